@@ -1,0 +1,63 @@
+// The optimized kernels of one ISA, behind one table of function pointers. The kernels do
+// arithmetic only: the drivers (attention.cpp, multi_head_attention.cpp) own validation,
+// threads and scratch memory, and call a kernel on a piece of the problem per task.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "simdattn/types.hpp"
+
+namespace simdattn::kernels {
+
+/// C[m, n] = A[m, k] B + bias, with B packed by pack_weight() (see gemm/pack.hpp).
+/// Single-threaded: the driver splits C into blocks and calls once per block.
+struct GemmArgs {
+  const float* a = nullptr;
+  std::size_t lda = 0;
+  std::size_t m = 0;
+  std::size_t n = 0;  // columns of C computed by this call; a multiple of kPanel unless last
+  std::size_t k = 0;
+  const float* b_packed = nullptr;  // already offset to the first panel of this call's columns
+  const float* bias = nullptr;      // [n] (offset like b_packed) or nullptr
+  float* c = nullptr;
+  std::size_t ldc = 0;
+  float* a_pack = nullptr;  // scratch of gemm_scratch_floats() floats, 64-byte aligned
+};
+
+/// One task of the attention core: query rows [row_begin, row_end) of one (batch, head).
+struct AttentionArgs {
+  const float* q = nullptr;  // row 0 of this (batch, head); row i at q + i * q_stride
+  std::size_t q_stride = 0;
+  const float* k = nullptr;  // key 0 of this (batch, head)
+  std::size_t k_stride = 0;
+  const float* v = nullptr;
+  std::size_t v_stride = 0;
+  float* out = nullptr;  // row 0 of this (batch, head)
+  std::size_t out_stride = 0;
+  std::size_t lq = 0;
+  std::size_t lk = 0;
+  std::size_t d = 0;
+  std::size_t row_begin = 0;
+  std::size_t row_end = 0;
+  // Keep-mask rows for this (batch, head): row i at mask + i * mask_row_stride (0 when the
+  // mask broadcasts over queries); mask_lk is lk or 1 (broadcast over keys). nullptr: none.
+  const std::uint8_t* mask = nullptr;
+  std::size_t mask_row_stride = 0;
+  std::size_t mask_lk = 0;
+  Causal causal = Causal::none;
+  float scale = 1.0f;
+  MaskedRows masked_rows = MaskedRows::uniform;
+  float* scratch = nullptr;  // attention_scratch_floats(lk, d) floats, 64-byte aligned
+};
+
+struct KernelTable {
+  Isa isa;
+  void (*gemm)(const GemmArgs& args);
+  void (*attention)(const AttentionArgs& args);
+};
+
+/// The table of an optimized ISA compiled into this build and runnable here, else nullptr.
+const KernelTable* kernel_table(Isa isa);
+
+}  // namespace simdattn::kernels
