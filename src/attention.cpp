@@ -20,7 +20,7 @@ namespace {
 // barrier costs more than the work (the tutorial's [1, 2, 256] case).
 constexpr double kSerialWorkLimit = 1 << 18;
 // Query rows per task at most; smaller when needed to give every thread several tasks.
-constexpr std::size_t kMaxTaskRows = 256;
+constexpr std::size_t kMaxTaskRows = kernels::kMaxTaskRows;
 // Granularity of task rows, a multiple of every ISA's query micro-tile.
 constexpr std::size_t kTaskRowQuantum = 16;
 
@@ -32,14 +32,6 @@ struct ScratchSlot {
   std::unique_ptr<float, AlignedFree> data;
   std::size_t floats = 0;
 };
-
-std::size_t attention_scratch_floats(std::size_t lk, std::size_t d) {
-  // Packed K^T and V for one head (padded to 64 keys and 16 columns) plus a score tile and
-  // per-row state; see kernels/attention/flash.hpp.
-  const std::size_t lk_pad = (lk + 63) / 64 * 64;
-  const std::size_t d_pad = (d + 15) / 16 * 16;
-  return 2 * lk_pad * d_pad + 64 * 1024 + 8 * d_pad;
-}
 
 }  // namespace
 
@@ -77,7 +69,7 @@ void run_attention(const reference::Heads<const float>& q, const reference::Head
   rows = std::min(kMaxTaskRows, (rows + kTaskRowQuantum - 1) / kTaskRowQuantum * kTaskRowQuantum);
   const std::size_t row_tasks = (q.l + rows - 1) / rows;
   const std::size_t tasks = heads * row_tasks;
-  const std::size_t scratch_floats = attention_scratch_floats(k.l, q.d);
+  const std::size_t scratch_floats = kernels::attention_scratch_floats(q.d);
 
   auto run_task = [&](std::size_t t) {
     const std::size_t bh = t / row_tasks;

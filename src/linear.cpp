@@ -19,7 +19,6 @@ constexpr std::size_t kTaskRows = 96;
 constexpr std::size_t kTaskCols = 256;
 // Below this many multiply-adds, one thread: a parallel region costs several microseconds.
 constexpr double kSerialWorkLimit = 1 << 20;
-constexpr std::size_t kGemmScratchFloats = 512 * kTaskRows + 1024;
 
 }  // namespace
 
@@ -45,7 +44,6 @@ bool run_linear(const float* x, std::size_t rows, const PackedWeight& w, const f
     g.bias = bias != nullptr ? bias + cb * kTaskCols : nullptr;
     g.c = y + rb * kTaskRows * ldy + cb * kTaskCols;
     g.ldc = ldy;
-    g.a_pack = thread_scratch(1, kGemmScratchFloats);
     table->gemm(g);
   };
   if (threads <= 1 || tasks == 1) {

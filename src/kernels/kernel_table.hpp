@@ -22,7 +22,6 @@ struct GemmArgs {
   const float* bias = nullptr;      // [n] (offset like b_packed) or nullptr
   float* c = nullptr;
   std::size_t ldc = 0;
-  float* a_pack = nullptr;  // scratch of gemm_scratch_floats() floats, 64-byte aligned
 };
 
 /// One task of the attention core: query rows [row_begin, row_end) of one (batch, head).
@@ -48,8 +47,20 @@ struct AttentionArgs {
   Causal causal = Causal::none;
   float scale = 1.0f;
   MaskedRows masked_rows = MaskedRows::uniform;
-  float* scratch = nullptr;  // attention_scratch_floats(lk, d) floats, 64-byte aligned
+  float* scratch = nullptr;  // attention_scratch_floats(d) floats, 64-byte aligned
 };
+
+/// Query rows per attention task at most (the driver splits longer sequences).
+inline constexpr std::size_t kMaxTaskRows = 256;
+/// Keys per block of the attention kernels, every ISA.
+inline constexpr std::size_t kKeyBlock = 64;
+
+/// Floats of scratch one attention task needs: a packed block of K^T and of V, a score tile,
+/// and the running output, max and sum of every row of the task. O(task rows x D), not O(L).
+inline std::size_t attention_scratch_floats(std::size_t d) {
+  const std::size_t dp = (d + 15) / 16 * 16;
+  return kKeyBlock * dp * 2 + 8 * kKeyBlock + kMaxTaskRows * (dp + 2) + 2 * dp + 64;
+}
 
 struct KernelTable {
   Isa isa;

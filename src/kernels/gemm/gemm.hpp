@@ -1,0 +1,132 @@
+// Projection GEMM: C[m, n] = A[m, k] B + bias, B = W^T packed by pack_weight().
+//
+// Layout: A row-major (lda), read in place: the micro-kernel broadcasts A[r][k] straight from
+// the rows, which costs the same loads as a packed copy and skips a scalar transpose that
+// measured 12-25% of the kernel at n = 256. B in panels of kPanel = 16 columns (pack.hpp), one
+// 64-byte row per k, 64-byte aligned. C row-major (ldc), any alignment.
+//
+// Blocking (BLIS names): kKc = 256 rows of B per pass, so the micro-kernel's two B panels
+// (2 x 256 x 64 B = 32 KiB) stay in the 48 KiB L1 while the MR-row strips of A (at most
+// 96 x 256 x 4 B = 96 KiB, the driver's task) come from L2. The micro-tile is kMr rows x kNp
+// panels: 12 x 32 on AVX-512 (24 zmm accumulators, 2 B vectors, 1 broadcast of 32 registers),
+// 6 x 16 on AVX2 (12 of 16 ymm), 4 x 16 on SSE2. Every element of C sums its k products in
+// the same order whatever the block it lands in, so results do not depend on the tiling of the
+// driver (threads); the bias is added with the first pass.
+//
+// Tails: rows below kMr use a micro-kernel instantiated for that row count; columns past n
+// inside the last panel are computed on B's zero padding and not stored.
+// Single-threaded, no allocation.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+
+#include "kernels/gemm/pack.hpp"
+#include "kernels/kernel_table.hpp"
+#include "kernels/simd.hpp"
+
+namespace simdattn::kernels {
+namespace {
+
+inline constexpr std::size_t kKc = 256;
+
+template <class Arch>
+struct GemmTile;
+template <>
+struct GemmTile<xsimd::avx512bw> {
+  static constexpr std::size_t kMr = 12, kNp = 2;
+};
+template <>
+struct GemmTile<xsimd::fma3<xsimd::avx2>> {
+  static constexpr std::size_t kMr = 6, kNp = 1;
+};
+template <>
+struct GemmTile<xsimd::sse2> {
+  static constexpr std::size_t kMr = 4, kNp = 1;
+};
+
+/// Rows x (np panels) tile of C over kc values of k. `b` points at the first panel's row k0;
+/// the next panel is `panel_stride` floats further. `cols` (<= np * kPanel) columns are stored.
+template <class Arch, std::size_t kRows, std::size_t kPanels>
+void gemm_ukernel(const float* a, std::size_t lda, const float* b, std::size_t panel_stride,
+                  std::size_t kc, float* c, std::size_t ldc, std::size_t cols, const float* bias,
+                  bool first) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  constexpr std::size_t kPv = kPanel / kW;  // vectors per panel row
+  constexpr std::size_t kNv = kPanels * kPv;
+  V acc[kRows][kNv];
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < kRows; ++r) {
+#pragma GCC unroll 16
+    for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = V(0.0f);
+  }
+  for (std::size_t k = 0; k < kc; ++k) {
+    V bv[kNv];
+#pragma GCC unroll 16
+    for (std::size_t v = 0; v < kNv; ++v) {
+      bv[v] = V::load_aligned(b + (v / kPv) * panel_stride + k * kPanel + (v % kPv) * kW);
+    }
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < kRows; ++r) {
+      const V av(a[r * lda + k]);
+#pragma GCC unroll 16
+      for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = madd<Arch>(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < kRows; ++r) {
+    float* cr = c + r * ldc;
+#pragma GCC unroll 16
+    for (std::size_t v = 0; v < kNv; ++v) {
+      const std::size_t col = v * kW;
+      if (col + kW <= cols) {
+        const V base = first ? (bias != nullptr ? V::load_unaligned(bias + col) : V(0.0f))
+                             : V::load_unaligned(cr + col);
+        (acc[r][v] + base).store_unaligned(cr + col);
+      } else if (col < cols) {
+        alignas(64) float lanes[kW];
+        acc[r][v].store_aligned(lanes);
+        for (std::size_t j = 0; j < cols - col; ++j) {
+          const float base = first ? (bias != nullptr ? bias[col + j] : 0.0f) : cr[col + j];
+          cr[col + j] = lanes[j] + base;
+        }
+      }
+    }
+  }
+}
+
+template <class Arch>
+void gemm(const GemmArgs& g) {
+  constexpr std::size_t kMr = GemmTile<Arch>::kMr;
+  constexpr std::size_t kNp = GemmTile<Arch>::kNp;
+  constexpr std::size_t kGroup = kNp * kPanel;  // columns per micro-tile
+  const std::size_t panel_stride = g.k * kPanel;
+  for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
+    const std::size_t kc = std::min(kKc, g.k - k0);
+    const bool first = k0 == 0;
+    for (std::size_t j0 = 0; j0 < g.n; j0 += kGroup) {
+      const std::size_t cols = std::min(kGroup, g.n - j0);
+      const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
+      const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
+      const bool full_group = cols > (kNp - 1) * kPanel;
+      for (std::size_t i0 = 0; i0 < g.m; i0 += kMr) {
+        const std::size_t rows = std::min(kMr, g.m - i0);
+        const float* a = g.a + i0 * g.lda + k0;
+        float* c = g.c + i0 * g.ldc + j0;
+        with_rows<kMr>(rows, [&](auto r) {
+          if (full_group) {
+            gemm_ukernel<Arch, decltype(r)::value, kNp>(a, g.lda, b, panel_stride, kc, c, g.ldc,
+                                                        cols, bias, first);
+          } else {
+            gemm_ukernel<Arch, decltype(r)::value, 1>(a, g.lda, b, panel_stride, kc, c, g.ldc, cols,
+                                                      bias, first);
+          }
+        });
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace simdattn::kernels

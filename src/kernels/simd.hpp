@@ -1,0 +1,45 @@
+// Small xsimd 8.1 helpers the kernels share: tile sizes per vector width and the reductions
+// 8.1 lacks (it has hadd, no reduce_max).
+#pragma once
+
+#include <cstddef>
+#include <xsimd/xsimd.hpp>
+
+namespace simdattn::kernels {
+
+template <class Arch>
+using Vec = xsimd::batch<float, Arch>;
+
+template <class Arch>
+inline constexpr std::size_t kWidth = Vec<Arch>::size;
+
+/// Largest lane of v (NaN lanes may or may not win: callers never rely on it).
+template <class Arch>
+inline float hmax(const Vec<Arch>& v) {
+  alignas(64) float lanes[kWidth<Arch>];
+  v.store_aligned(lanes);
+  float m = lanes[0];
+  for (std::size_t i = 1; i < kWidth<Arch>; ++i) m = lanes[i] > m ? lanes[i] : m;
+  return m;
+}
+
+/// a * b + c; SSE2 has no FMA, and xsimd::fma there is a separate multiply and add.
+template <class Arch>
+inline Vec<Arch> madd(const Vec<Arch>& a, const Vec<Arch>& b, const Vec<Arch>& c) {
+  return xsimd::fma(a, b, c);
+}
+
+/// Calls f(std::integral_constant<std::size_t, R>) for the runtime value r in [1, kMax]:
+/// micro-kernels are templates on their row count so that every accumulator is a register.
+template <std::size_t kMax, class F>
+inline void with_rows(std::size_t r, F&& f) {
+  if constexpr (kMax >= 1) {
+    if (r == kMax) {
+      f(std::integral_constant<std::size_t, kMax>{});
+    } else {
+      with_rows<kMax - 1>(r, f);
+    }
+  }
+}
+
+}  // namespace simdattn::kernels
