@@ -1,0 +1,253 @@
+// Every documented error: std::invalid_argument whose message names the argument and the values.
+// Messages are checked whole, so a vague or wrong message fails here.
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "common.hpp"
+
+using namespace simdattn;
+using Catch::Matchers::Message;
+
+namespace {
+
+constexpr std::size_t kHuge = std::size_t{1} << 62;
+
+#define CHECK_INVALID(expr, message) \
+  CHECK_THROWS_MATCHES(expr, std::invalid_argument, Message(message))
+
+}  // namespace
+
+TEST_CASE("module construction errors", "[errors]") {
+  CHECK_INVALID(MultiHeadAttention(0, 1),
+                "simdattn::MultiHeadAttention: embed_size must be > 0, got 0");
+  CHECK_INVALID(MultiHeadAttention(8, 0), "simdattn::MultiHeadAttention: heads must be > 0, got 0");
+  CHECK_INVALID(MultiHeadAttention(10, 3),
+                "simdattn::MultiHeadAttention: embed_size (10) must be divisible by heads (3)");
+  // A size computed as a negative int and converted to size_t is caught as an overflow.
+  CHECK_INVALID(MultiHeadAttention(std::size_t{1} << 32, 1),
+                "simdattn::MultiHeadAttention: embed_size * embed_size * 3 overflows: "
+                "4294967296 * 4294967296 does not fit in size_t");
+  CHECK_INVALID(MultiHeadAttention(static_cast<std::size_t>(-8), 2),
+                "simdattn::MultiHeadAttention: embed_size * embed_size * 3 overflows: "
+                "18446744073709551608 * 18446744073709551608 does not fit in size_t");
+  CHECK_INVALID(tutorial_scale(0), "simdattn::tutorial_scale: embed_size must be > 0, got 0");
+}
+
+TEST_CASE("parameter setter errors leave the module unchanged", "[errors]") {
+  MultiHeadAttention m(4, 2, 1);
+  const auto before = m.weight(Projection::key);
+  const auto bias_before = m.bias(Projection::output);
+  const std::vector<float> fifteen(15, 1.0f), three(3, 1.0f);
+  CHECK_INVALID(m.set_weight(Projection::query, nullptr, 16),
+                "simdattn::set_weight: query weight is null");
+  CHECK_INVALID(m.set_weight(Projection::key, fifteen),
+                "simdattn::set_weight: key weight has 15 elements, [E, E] = [4, 4] needs 16");
+  CHECK_INVALID(m.set_bias(Projection::value, nullptr, 4),
+                "simdattn::set_bias: value bias is null");
+  CHECK_INVALID(m.set_bias(Projection::output, three),
+                "simdattn::set_bias: output bias has 3 elements, [E] = [4] needs 4");
+  CHECK(m.weight(Projection::key) == before);
+  CHECK(m.bias(Projection::output) == bias_before);
+  CHECK_FALSE(m.has_bias(Projection::value));
+}
+
+TEST_CASE("Tensor errors", "[errors]") {
+  CHECK_INVALID(Tensor(2, 2, 2, std::vector<float>(7)),
+                "simdattn::Tensor: data has 7 elements, shape [2, 2, 2] needs 8");
+  CHECK_INVALID(Tensor(std::size_t{1} << 40, std::size_t{1} << 40, 1),
+                "simdattn::Tensor: n * l * e overflows: 1099511627776 * 1099511627776 does not "
+                "fit in size_t");
+}
+
+TEST_CASE("forward errors", "[errors]") {
+  const MultiHeadAttention m(4, 2, 1);
+  const std::string where = "simdattn::MultiHeadAttention::forward: ";
+  const Tensor x = Tensor::randn(1, 3, 4, 1);
+  const Tensor x4 = Tensor::randn(1, 4, 4, 2);
+  const Tensor x2 = Tensor::randn(2, 3, 4, 3);
+  const Tensor e5 = Tensor::randn(1, 3, 5, 4);
+  std::vector<float> out_buf(12);
+  const TensorView<float> out{out_buf.data(), 1, 3, 4};
+
+  SECTION("null pointers") {
+    CHECK_INVALID(m.forward({nullptr, 1, 3, 4}, x, x, {}, out), where + "values.data is null");
+    CHECK_INVALID(m.forward(x, {nullptr, 1, 3, 4}, x, {}, out), where + "keys.data is null");
+    CHECK_INVALID(m.forward(x, x, {nullptr, 1, 3, 4}, {}, out), where + "query.data is null");
+    CHECK_INVALID(m.forward(x, x, x, {}, TensorView<float>{nullptr, 1, 3, 4}),
+                  where + "out.data is null");
+    CHECK_INVALID(m.forward(x, x, ConstTensorView{nullptr, 1, 3, 4}), where + "query.data is null");
+  }
+  SECTION("zero sizes") {
+    CHECK_INVALID(m.forward({x.data(), 0, 3, 4}, x, x, {}, out),
+                  where + "values has a zero size: [0, 3, 4]");
+    CHECK_INVALID(m.forward(x, {x.data(), 1, 0, 4}, x, {}, out),
+                  where + "keys has a zero size: [1, 0, 4]");
+    CHECK_INVALID(m.forward(x, x, ConstTensorView{x.data(), 1, 3, 0}),
+                  where + "query has a zero size: [1, 3, 0]");
+  }
+  SECTION("shapes that do not fit") {
+    CHECK_INVALID(m.forward(x, x, e5),
+                  where +
+                      "query has embedding size 5 (shape [1, 3, 5]), the module has "
+                      "embed_size 4");
+    CHECK_INVALID(m.forward(x, x4, x),
+                  where + "keys [1, 4, 4] and values [1, 3, 4] must have the same shape");
+    CHECK_INVALID(m.forward(x, x, x2),
+                  where + "batch sizes differ: query has N = 2, keys and values have N = 1");
+    CHECK_INVALID(m.forward(x4, x4, x, {}, TensorView<float>{out_buf.data(), 1, 2, 4}),
+                  where + "out has shape [1, 2, 4], the query needs [1, 3, 4]");
+  }
+  SECTION("masks that do not broadcast") {
+    const std::vector<std::uint8_t> bytes(64, 1);
+    CHECK_INVALID(m.forward(x4, x4, x, Mask{bytes.data(), 2, 1, 1, 4}),
+                  where +
+                      "mask of shape [2, 1, 1, 4] does not broadcast to [N, H, Lq, Lk] = "
+                      "[1, 2, 3, 4] (each mask dimension must be 1 or the full size)");
+    CHECK_INVALID(m.forward(x4, x4, x, Mask{bytes.data(), 1, 1, 4, 3}),
+                  where +
+                      "mask of shape [1, 1, 4, 3] does not broadcast to [N, H, Lq, Lk] = "
+                      "[1, 2, 3, 4] (each mask dimension must be 1 or the full size)");
+  }
+  SECTION("scale and threads") {
+    Options o;
+    o.scale = 0.0f;
+    CHECK_INVALID(m.forward(x, x, x, {}, o),
+                  where + "options.scale must be finite and > 0, got 0.000000");
+    o.scale = -2.0f;
+    CHECK_INVALID(m.forward(x, x, x, {}, o),
+                  where + "options.scale must be finite and > 0, got -2.000000");
+    o.scale = std::numeric_limits<float>::infinity();
+    CHECK_INVALID(m.forward(x, x, x, {}, o),
+                  where + "options.scale must be finite and > 0, got inf");
+    o.scale = std::numeric_limits<float>::quiet_NaN();
+    CHECK_INVALID(m.forward(x, x, x, {}, o),
+                  where + "options.scale must be finite and > 0, got nan");
+    Options t;
+    t.threads = -1;
+    CHECK_INVALID(m.forward(x, x, x, {}, t),
+                  where + "options.threads must be >= 0 (0 = OpenMP's default), got -1");
+  }
+  SECTION("overlapping output") {
+    Tensor y = Tensor::randn(1, 3, 4, 5);
+    CHECK_INVALID(m.forward(y, x, x, {}, y.view()),
+                  where +
+                      "out overlaps an input (values, keys or query): in-place forward is not "
+                      "supported");
+    std::vector<float> big = test::random_normal(24, 6);  // query in [0, 12), out in [6, 18)
+    CHECK_INVALID(m.forward(x, x, ConstTensorView{big.data(), 1, 3, 4}, {},
+                            TensorView<float>{big.data() + 6, 1, 3, 4}),
+                  where +
+                      "out overlaps an input (values, keys or query): in-place forward is not "
+                      "supported");
+    std::vector<float> shared(40);
+    const Mask mask{reinterpret_cast<const std::uint8_t*>(shared.data()), 1, 1, 3, 3};
+    CHECK_INVALID(m.forward(x, x, x, mask, TensorView<float>{shared.data() + 1, 1, 3, 4}),
+                  where + "out overlaps the mask");
+  }
+  SECTION("sizes whose product overflows") {
+    CHECK_INVALID(m.forward({x.data(), kHuge, 1, 4}, {x.data(), kHuge, 1, 4}, x, {}, out),
+                  where + "values overflows: 4611686018427387904 * 4 does not fit in size_t");
+    CHECK_INVALID(m.forward(x, x, ConstTensorView{x.data(), kHuge, 1, 4}),
+                  where + "query overflows: 4611686018427387904 * 4 does not fit in size_t");
+  }
+  SECTION("the returning form validates the query before allocating its result") {
+    // 2^40 x 4 floats would be 16 TiB: the shape error must come first, not std::bad_alloc.
+    CHECK_INVALID(m.forward(x, x, ConstTensorView{x.data(), std::size_t{1} << 40, 1, 5}),
+                  where +
+                      "query has embedding size 5 (shape [1099511627776, 1, 5]), the module "
+                      "has embed_size 4");
+  }
+}
+
+TEST_CASE("scaled_dot_product_attention errors", "[errors]") {
+  const std::string where = "simdattn::scaled_dot_product_attention: ";
+  const auto data = test::random_normal(2 * 5 * 2 * 3, 1);
+  const ConstHeadsView q{data.data(), 1, 3, 2, 3}, k{data.data(), 1, 5, 2, 3};
+  std::vector<float> out_buf(2 * 5 * 2 * 3);
+  const HeadsView<float> out{out_buf.data(), 1, 3, 2, 3};
+  auto with = [](ConstHeadsView v, auto edit) {
+    edit(v);
+    return v;
+  };
+
+  SECTION("null pointers and zero sizes") {
+    CHECK_INVALID(scaled_dot_product_attention({nullptr, 1, 3, 2, 3}, k, k, out),
+                  where + "query.data is null");
+    CHECK_INVALID(scaled_dot_product_attention(q, {nullptr, 1, 5, 2, 3}, k, out),
+                  where + "keys.data is null");
+    CHECK_INVALID(scaled_dot_product_attention(q, k, {nullptr, 1, 5, 2, 3}, out),
+                  where + "values.data is null");
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k, {nullptr, 1, 3, 2, 3}),
+                  where + "out.data is null");
+    CHECK_INVALID(scaled_dot_product_attention(q, {data.data(), 1, 0, 2, 3}, k, out),
+                  where + "keys has a zero size: [N, L, H, D] = [1, 0, 2, 3]");
+    CHECK_INVALID(scaled_dot_product_attention({data.data(), 1, 3, 2, 0}, k, k, out),
+                  where + "query has a zero size: [N, L, H, D] = [1, 3, 2, 0]");
+  }
+  SECTION("strides") {
+    CHECK_INVALID(scaled_dot_product_attention(with(q, [](ConstHeadsView& v) { v.row_stride = 5; }),
+                                               k, k, out),
+                  where + "query.row_stride (5) is smaller than H * D (6)");
+    const ConstHeadsView two{data.data(), 2, 2, 2, 3};
+    CHECK_INVALID(scaled_dot_product_attention(
+                      two, two, with(two, [](ConstHeadsView& v) { v.batch_stride = 10; }),
+                      HeadsView<float>{out_buf.data(), 2, 2, 2, 3}),
+                  where + "values.batch_stride (10) makes batches overlap (rows need 12)");
+  }
+  SECTION("mismatched shapes") {
+    const ConstHeadsView k2{data.data(), 2, 5, 2, 3}, k3h{data.data(), 1, 5, 3, 2},
+        k4d{data.data(), 1, 5, 2, 4}, k4{data.data(), 1, 4, 2, 3};
+    CHECK_INVALID(scaled_dot_product_attention(q, k2, k, out),
+                  where + "batch sizes N differ: query has 1, keys has 2");
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k3h, out),
+                  where + "heads H differ: query has 2, values has 3");
+    CHECK_INVALID(scaled_dot_product_attention(q, k4d, k, out),
+                  where + "head_dim D differ: query has 3, keys has 4");
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k4, out),
+                  where + "key lengths Lk differ: keys has 5, values has 4");
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k, {out_buf.data(), 1, 2, 2, 3}),
+                  where + "query lengths Lq differ: query has 3, out has 2");
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k, {out_buf.data(), 2, 3, 2, 3}),
+                  where + "batch sizes N differ: query has 1, out has 2");
+  }
+  SECTION("mask, scale, threads") {
+    const std::vector<std::uint8_t> bytes(64, 1);
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k, out, Mask{bytes.data(), 1, 2, 3, 4}),
+                  where +
+                      "mask of shape [1, 2, 3, 4] does not broadcast to [N, H, Lq, Lk] = "
+                      "[1, 2, 3, 5] (each mask dimension must be 1 or the full size)");
+    Options o;
+    o.scale = -0.5f;
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k, out, {}, o),
+                  where + "options.scale must be finite and > 0, got -0.500000");
+    Options t;
+    t.threads = -3;
+    CHECK_INVALID(scaled_dot_product_attention(q, k, k, out, {}, t),
+                  where + "options.threads must be >= 0 (0 = OpenMP's default), got -3");
+  }
+  SECTION("overlapping output") {
+    std::vector<float> buf(out_buf.size());
+    const ConstHeadsView qb{buf.data(), 1, 3, 2, 3};
+    CHECK_INVALID(scaled_dot_product_attention(qb, k, k, {buf.data() + 4, 1, 3, 2, 3}),
+                  where +
+                      "out overlaps an input (query, keys or values): in-place attention is "
+                      "not supported");
+  }
+  SECTION("sizes whose product overflows") {
+    // Views that claim 2^31 rows pass on their own; their [1, 1, 2^31, 2^31] mask does not.
+    const std::size_t rows = std::size_t{1} << 31;
+    const std::uint8_t byte = 1;
+    CHECK_INVALID(
+        scaled_dot_product_attention({data.data(), 1, rows, 2, 3}, {data.data(), 1, rows, 2, 3},
+                                     {data.data(), 1, rows, 2, 3}, {out_buf.data(), 1, rows, 2, 3},
+                                     Mask{&byte, 1, 1, rows, rows}),
+        where + "mask size overflows: 4611686018427387904 * 4 does not fit in size_t");
+    CHECK_INVALID(scaled_dot_product_attention({data.data(), 1, 3, kHuge, kHuge}, k, k, out),
+                  where +
+                      "query overflows: 4611686018427387904 * 4611686018427387904 does not "
+                      "fit in size_t");
+    CHECK_INVALID(scaled_dot_product_attention({data.data(), kHuge, kHuge, 2, 3}, k, k, out),
+                  where + "query overflows: 4611686018427387904 * 6 does not fit in size_t");
+  }
+}
