@@ -357,7 +357,9 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
 Tensor MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,
                                    const ConstTensorView& query, const Mask& mask,
                                    const Options& options) const {
-  if (query.data == nullptr) detail::fail("MultiHeadAttention::forward", "query.data is null");
+  // Validate the query before sizing the result from it: a wrong shape must be reported as
+  // such, not as a failed allocation.
+  check_tensor("MultiHeadAttention::forward", "query", query, impl_->e);
   Tensor out(query.n, query.l, impl_->e);
   forward(values, keys, query, mask, out.view(), options);
   return out;
