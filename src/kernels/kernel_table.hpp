@@ -55,11 +55,12 @@ inline constexpr std::size_t kMaxTaskRows = 256;
 /// Keys per block of the attention kernels, every ISA.
 inline constexpr std::size_t kKeyBlock = 64;
 
-/// Floats of scratch one attention task needs: a packed block of K^T and of V, a score tile,
-/// and the running output, max and sum of every row of the task. O(task rows x D), not O(L).
+/// Floats of scratch one attention task needs: the task's queries transposed, a padded block
+/// of V, a score tile, and the running output, max, sum and rescale factor of every row of the
+/// task, plus the uniform average of V. O(task rows x D), independent of Lq and Lk.
 inline std::size_t attention_scratch_floats(std::size_t d) {
   const std::size_t dp = (d + 15) / 16 * 16;
-  return kKeyBlock * dp * 2 + 8 * kKeyBlock + kMaxTaskRows * (dp + 2) + 2 * dp + 64;
+  return kMaxTaskRows * dp * 2 + kKeyBlock * dp + kKeyBlock * 32 + 3 * kMaxTaskRows + dp + 64;
 }
 
 struct KernelTable {

@@ -1,29 +1,34 @@
 // Fused attention for one task: query rows [row_begin, row_end) of one (batch, head),
 // softmax(scale * Q K^T) V without an Lq x Lk matrix (FlashAttention's online softmax).
 //
-// Tile path (Lq > kRowPathMaxLq): keys are taken in blocks of kKeyBlock = 64. Each block is
-// packed once per task, K transposed to [D][64] and V to [64][Dp] (Dp = D rounded up to 16,
-// zero-filled), and stays in L1 (2 x 64 x 64 x 4 B = 32 KiB at D = 64) while every strip of
-// kRows query rows of the task passes over it: a score micro-kernel (kRows x 64 keys, Q
-// broadcast from its rows in place), the online-softmax update per row (running max m, sum l,
-// rescale factor alpha), and an output micro-kernel (kRows x kOutVecs vectors of D) that
-// rescales and accumulates the task's running output. Scratch: O(task rows x D).
-// Tile: 6 rows x 4 zmm on AVX-512 (24 accumulators), 6 x 2 on AVX2, 4 x 2 on SSE2.
+// Tile path (Lq > kRowPathMaxLq), queries in vector lanes: the task's queries are packed once,
+// transposed to Q^T [D][rows]. Keys come in blocks of kKeyBlock = 64, read in place (K and V
+// rows are contiguous in D, so a block of 64 keys stays in L1: 16 KiB each at D = 64). For
+// each group of kQueryVecs x W queries the score micro-kernel computes S^T [64 keys][queries]
+// (K elements broadcast, Q^T vectors loaded); the online softmax then runs down the key axis
+// with queries in lanes, so the row max, the exponentials and the row sums are plain vector
+// operations with no horizontal reduction; the output micro-kernel accumulates
+// O[query][D] += P^T[key][query] V[key][D] into the task's running output. A first version
+// packed K^T per block and per task instead: that transpose measured 12% of the time at
+// s2048 (55 ms -> 62 ms when done twice) and the per-row horizontal max a few % more.
+// V is read in place when D is a multiple of the width, else packed per block with zero padding.
+// Tiles: scores 8 keys x 2 zmm of queries, output 6 queries x 4 zmm of D on AVX-512;
+// 6 x 2 ymm and 6 x 2 ymm on AVX2; 4 x 2 and 4 x 2 xmm on SSE2. Scratch: O(task rows x D).
 //
 // Row path (Lq <= kRowPathMaxLq, decoding): K and V are read in place, once, with no packing:
 // scores by dot products over D (a vector accumulator per key, then a horizontal add), then
-// o += p * V[k]. Decode is bound by reading K and V; packing would double that traffic.
+// o += p * V[k] with o held in registers across the block. Decode is bound by reading K and V.
 //
-// Masks: a key block wholly past a strip's causal end is skipped; in a block that crosses it,
-// or with an explicit mask or past Lk, hidden scores become -inf before the max. A row whose
-// max is still -inf after a block skips the exponentials (exp(-inf - -inf) is NaN). At the end
-// a row that saw no visible key gets the policy's answer: zeros, or the uniform average of V.
-// Values of hidden keys inside a crossed block are multiplied by 0, so a NaN or Inf stored
-// there can reach the row (the reference skips them): callers must not rely on masked NaNs.
+// Masks: a key block wholly past a query group's causal end is skipped; in a block that
+// crosses it, or with an explicit mask, hidden scores become -inf before the max. A query
+// whose max is still -inf after a block gets p = 0 without computing exp(-inf - -inf) (NaN).
+// At the end a query that saw no visible key gets the policy's answer: zeros, or the uniform
+// average of V. Values of hidden keys inside a crossed block are multiplied by 0, so a NaN or
+// Inf stored there can reach the row (the reference skips them): do not rely on masked NaNs.
 //
-// Accuracy: xsimd::exp, max 1 ulp on [-87, 0] (measured in tests/test_kernels.cpp). Each row's
-// arithmetic depends only on the row, Lq, Lk and D, never on the task split, so results are
-// bitwise the same for every thread count. Single-threaded, no allocation.
+// Accuracy: xsimd::exp, max 1 ulp on [-87, 0]. Each query's arithmetic depends only on the
+// query, Lq, Lk and D, never on the task split or its lane, so results are bitwise the same for
+// every thread count. Single-threaded, no allocation.
 #pragma once
 
 #include <algorithm>
@@ -45,16 +50,19 @@ template <class Arch>
 struct AttentionTile;
 template <>
 struct AttentionTile<xsimd::avx512bw> {
-  static constexpr std::size_t kRows = 6, kScoreVecs = 4, kOutVecs = 4;
+  static constexpr std::size_t kScoreKeys = 8, kQueryVecs = 2, kRows = 6, kOutVecs = 4;
 };
 template <>
 struct AttentionTile<xsimd::fma3<xsimd::avx2>> {
-  static constexpr std::size_t kRows = 6, kScoreVecs = 2, kOutVecs = 2;
+  static constexpr std::size_t kScoreKeys = 6, kQueryVecs = 2, kRows = 6, kOutVecs = 2;
 };
 template <>
 struct AttentionTile<xsimd::sse2> {
-  static constexpr std::size_t kRows = 4, kScoreVecs = 2, kOutVecs = 2;
+  static constexpr std::size_t kScoreKeys = 4, kQueryVecs = 2, kRows = 4, kOutVecs = 2;
 };
+
+/// Queries per group of the tile path, the largest over ISAs (sizes the score tile).
+inline constexpr std::size_t kMaxQueryGroup = 32;
 
 inline std::size_t round_up(std::size_t x, std::size_t m) {
   return (x + m - 1) / m * m;
@@ -73,20 +81,18 @@ inline std::size_t causal_end(const AttentionArgs& a, std::size_t i) {
   return a.lk;
 }
 
-/// Sets hidden scores of row i among keys [k0, k0 + n) to -inf; returns true if any is visible.
-inline bool hide_masked(const AttentionArgs& a, std::size_t i, std::size_t k0, std::size_t n,
-                        float* s) {
+/// Sets the hidden scores of query row i among keys [k0, k0 + n) to -inf; s[j * stride] is
+/// the score of key k0 + j.
+inline void hide_masked(const AttentionArgs& a, std::size_t i, std::size_t k0, std::size_t n,
+                        float* s, std::size_t stride) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
   const std::size_t end = causal_end(a, i);
   const std::uint8_t* mrow = a.mask != nullptr ? a.mask + i * a.mask_row_stride : nullptr;
-  bool any = false;
   for (std::size_t j = 0; j < n; ++j) {
     const std::size_t key = k0 + j;
     const bool visible = key < end && (mrow == nullptr || mrow[a.mask_lk == 1 ? 0 : key] != 0);
-    if (!visible) s[j] = kHidden;
-    any = any || visible;
+    if (!visible) s[j * stride] = kHidden;
   }
-  return any;
 }
 
 /// s[0, n) <- exp(s - m_new) with n a multiple of the width; returns the sum. Updates the
@@ -119,48 +125,44 @@ float softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) 
   return sum;
 }
 
-/// s[r][0, kScoreVecs * W) = scale * q_r . kt[:, j] for kRows rows (q rows in place).
-template <class Arch, std::size_t kR>
-void score_ukernel(const float* q, std::size_t q_stride, const float* kt, std::size_t d,
-                   float scale, float* s) {
+/// st[key][0, kQueryVecs * W) = scale * K[key] . Q^T[:, q] for kKeys keys read in place.
+template <class Arch, std::size_t kKeys>
+void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::size_t qt_stride,
+                   std::size_t d, float scale, float* st) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
-  constexpr std::size_t kNv = AttentionTile<Arch>::kScoreVecs;
-  for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kNv * kW) {
-    V acc[kR][kNv];
-#pragma GCC unroll 8
-    for (std::size_t r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = V(0.0f);
+  constexpr std::size_t kQv = AttentionTile<Arch>::kQueryVecs;
+  constexpr std::size_t kGroup = kQv * kW;
+  V acc[kKeys][kQv];
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < kKeys; ++r) {
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < kQv; ++v) acc[r][v] = V(0.0f);
+  }
+  for (std::size_t dd = 0; dd < d; ++dd) {
+    V qv[kQv];
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < kQv; ++v) qv[v] = V::load_aligned(qt + dd * qt_stride + v * kW);
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < kKeys; ++r) {
+      const V kv(k[r * k_stride + dd]);
+#pragma GCC unroll 4
+      for (std::size_t v = 0; v < kQv; ++v) acc[r][v] = madd<Arch>(kv, qv[v], acc[r][v]);
     }
-    for (std::size_t dd = 0; dd < d; ++dd) {
-      V kv[kNv];
-#pragma GCC unroll 8
-      for (std::size_t v = 0; v < kNv; ++v) {
-        kv[v] = V::load_aligned(kt + dd * kKeyBlock + j0 + v * kW);
-      }
-#pragma GCC unroll 8
-      for (std::size_t r = 0; r < kR; ++r) {
-        const V qv(q[r * q_stride + dd]);
-#pragma GCC unroll 8
-        for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = madd<Arch>(qv, kv[v], acc[r][v]);
-      }
-    }
-    const V vs(scale);
-#pragma GCC unroll 8
-    for (std::size_t r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (std::size_t v = 0; v < kNv; ++v) {
-        (acc[r][v] * vs).store_aligned(s + r * kKeyBlock + j0 + v * kW);
-      }
-    }
+  }
+  const V vs(scale);
+#pragma GCC unroll 16
+  for (std::size_t r = 0; r < kKeys; ++r) {
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < kQv; ++v) (acc[r][v] * vs).store_aligned(st + r * kGroup + v * kW);
   }
 }
 
-/// o_r[c0, c0 + kNv * W) = alpha_r * o_r + sum_j p_r[j] v[j] over j < nkeys, kR rows.
+/// o_r[c0, c0 + kNv * W) = alpha_r * o_r + sum_j p[j][r] v[j] over j < nkeys, for kR queries.
+/// p is the transposed probability tile (p_stride floats per key); v rows are v_stride apart.
 template <class Arch, std::size_t kR, std::size_t kNv>
-void output_ukernel(const float* p, const float* vp, std::size_t dp, std::size_t nkeys,
-                    const float* alpha, float* o, std::size_t c0) {
+void output_ukernel(const float* p, std::size_t p_stride, const float* v, std::size_t v_stride,
+                    std::size_t nkeys, const float* alpha, float* o, std::size_t o_stride) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kNv];
@@ -168,26 +170,52 @@ void output_ukernel(const float* p, const float* vp, std::size_t dp, std::size_t
   for (std::size_t r = 0; r < kR; ++r) {
     const V ar(alpha[r]);
 #pragma GCC unroll 8
-    for (std::size_t v = 0; v < kNv; ++v) {
-      acc[r][v] = V::load_aligned(o + r * dp + c0 + v * kW) * ar;
-    }
+    for (std::size_t c = 0; c < kNv; ++c)
+      acc[r][c] = V::load_aligned(o + r * o_stride + c * kW) * ar;
   }
   for (std::size_t j = 0; j < nkeys; ++j) {
     V vv[kNv];
 #pragma GCC unroll 8
-    for (std::size_t v = 0; v < kNv; ++v) vv[v] = V::load_aligned(vp + j * dp + c0 + v * kW);
+    for (std::size_t c = 0; c < kNv; ++c) vv[c] = V::load_unaligned(v + j * v_stride + c * kW);
 #pragma GCC unroll 8
     for (std::size_t r = 0; r < kR; ++r) {
-      const V pr(p[r * kKeyBlock + j]);
+      const V pr(p[j * p_stride + r]);
 #pragma GCC unroll 8
-      for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = madd<Arch>(pr, vv[v], acc[r][v]);
+      for (std::size_t c = 0; c < kNv; ++c) acc[r][c] = madd<Arch>(pr, vv[c], acc[r][c]);
     }
   }
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
-    for (std::size_t v = 0; v < kNv; ++v) acc[r][v].store_aligned(o + r * dp + c0 + v * kW);
+    for (std::size_t c = 0; c < kNv; ++c) acc[r][c].store_aligned(o + r * o_stride + c * kW);
   }
+}
+
+/// Online-softmax step for one vector of queries over the keys [0, nk) of the transposed
+/// score tile st (stride floats per key): p = exp(s - m_new) in place, l = l * alpha + sum p,
+/// m = m_new, alpha = exp(m_old - m_new). Lanes with nothing visible yet keep m = -inf, get
+/// p = 0 and alpha = 0, and compute no exp(-inf - -inf).
+template <class Arch>
+void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, float* l,
+                   float* alpha) {
+  using V = Vec<Arch>;
+  const V neg_inf(-std::numeric_limits<float>::infinity());
+  V vmax = V::load_aligned(st);
+  for (std::size_t j = 1; j < nk; ++j) vmax = xsimd::max(vmax, V::load_aligned(st + j * stride));
+  const V m_old = V::load_aligned(m);
+  const V m_new = xsimd::max(m_old, vmax);
+  // Where nothing is visible, subtract 0 instead of -inf: exp(-inf - 0) = 0, never NaN.
+  const V m_use = xsimd::select(m_new == neg_inf, V(0.0f), m_new);
+  V sum(0.0f);
+  for (std::size_t j = 0; j < nk; ++j) {
+    const V p = xsimd::exp(V::load_aligned(st + j * stride) - m_use);
+    p.store_aligned(st + j * stride);
+    sum += p;
+  }
+  const V a = xsimd::exp(m_old - m_use);  // m_old = -inf gives 0: nothing to keep
+  a.store_aligned(alpha);
+  (V::load_aligned(l) * a + sum).store_aligned(l);
+  m_new.store_aligned(m);
 }
 
 /// Writes row i's result from its running state, or the fully-masked policy's answer.
@@ -221,70 +249,91 @@ void finish_row(const AttentionArgs& a, std::size_t i, float m, float l, const f
 template <class Arch>
 void attention_tiles(const AttentionArgs& a) {
   constexpr std::size_t kW = kWidth<Arch>;
+  constexpr std::size_t kKeys = AttentionTile<Arch>::kScoreKeys;
+  constexpr std::size_t kGroup = AttentionTile<Arch>::kQueryVecs * kW;
   constexpr std::size_t kRows = AttentionTile<Arch>::kRows;
   constexpr std::size_t kOutVecs = AttentionTile<Arch>::kOutVecs;
+  static_assert(kGroup <= kMaxQueryGroup && kMaxTaskRows % kGroup == 0);
   const std::size_t d = a.d;
   const std::size_t dp = round_up(d, 16);
   const std::size_t rows = a.row_end - a.row_begin;
-  // Scratch layout (every piece 64-byte aligned): kt, vp, s, alpha, o, m, l, mean.
-  float* kt = a.scratch;
-  float* vp = kt + kKeyBlock * dp;
-  float* s = vp + kKeyBlock * dp;
-  float* alpha = s + kRows * kKeyBlock;
-  float* o = alpha + kKeyBlock;
-  float* m = o + kMaxTaskRows * dp;
+  const std::size_t rows_pad = round_up(rows, kGroup);
+  // Scratch layout (every piece 64-byte aligned): qt, vp, st, alpha, m, l, o, mean.
+  float* qt = a.scratch;
+  float* vp = qt + dp * kMaxTaskRows;
+  float* st = vp + kKeyBlock * dp;
+  float* alpha = st + kKeyBlock * kMaxQueryGroup;
+  float* m = alpha + kMaxTaskRows;
   float* l = m + kMaxTaskRows;
-  float* mean = l + kMaxTaskRows;
-  std::fill(o, o + rows * dp, 0.0f);
-  std::fill(m, m + rows, -std::numeric_limits<float>::infinity());
-  std::fill(l, l + rows, 0.0f);
+  float* o = l + kMaxTaskRows;
+  float* mean = o + kMaxTaskRows * dp;
+  for (std::size_t dd = 0; dd < d; ++dd) {
+    float* row = qt + dd * rows_pad;
+    for (std::size_t t = 0; t < rows; ++t) row[t] = a.q[(a.row_begin + t) * a.q_stride + dd];
+    std::fill(row + rows, row + rows_pad, 0.0f);
+  }
+  std::fill(o, o + rows_pad * dp, 0.0f);
+  std::fill(m, m + rows_pad, -std::numeric_limits<float>::infinity());
+  std::fill(l, l + rows_pad, 0.0f);
+  // V in place when every vector load stays inside a row; else a zero-padded copy per block.
+  const bool v_in_place = d % kW == 0;
 
-  const std::size_t task_key_end = causal_end(a, a.row_end - 1);  // rows only see more keys
+  const std::size_t task_key_end = causal_end(a, a.row_end - 1);  // later rows see more keys
   for (std::size_t k0 = 0; k0 < task_key_end; k0 += kKeyBlock) {
     const std::size_t nk = std::min(kKeyBlock, a.lk - k0);
-    // Pack this key block: K^T [d][64] and V [64][dp], zeros past nk and d.
-    for (std::size_t dd = 0; dd < d; ++dd) {
-      float* row = kt + dd * kKeyBlock;
-      for (std::size_t j = 0; j < nk; ++j) row[j] = a.k[(k0 + j) * a.k_stride + dd];
-      std::fill(row + nk, row + kKeyBlock, 0.0f);
-    }
-    for (std::size_t j = 0; j < kKeyBlock; ++j) {
-      float* row = vp + j * dp;
-      if (j < nk) {
-        std::copy(a.v + (k0 + j) * a.v_stride, a.v + (k0 + j) * a.v_stride + d, row);
-        std::fill(row + d, row + dp, 0.0f);
-      } else {
-        std::fill(row, row + dp, 0.0f);
+    const float* kb = a.k + k0 * a.k_stride;
+    const float* vb = a.v + k0 * a.v_stride;
+    std::size_t vb_stride = a.v_stride;
+    if (!v_in_place) {
+      for (std::size_t j = 0; j < nk; ++j) {
+        std::copy(vb + j * a.v_stride, vb + j * a.v_stride + d, vp + j * dp);
+        std::fill(vp + j * dp + d, vp + (j + 1) * dp, 0.0f);
       }
+      vb = vp;
+      vb_stride = dp;
     }
-    for (std::size_t i0 = a.row_begin; i0 < a.row_end; i0 += kRows) {
-      const std::size_t nr = std::min(kRows, a.row_end - i0);
-      const std::size_t strip_end = causal_end(a, i0 + nr - 1);
-      if (strip_end <= k0) continue;  // the whole block is past every row's causal end
-      const bool crosses = a.mask != nullptr || causal_end(a, i0) < k0 + kKeyBlock;
-      const float* q = a.q + i0 * a.q_stride;
-      with_rows<kRows>(nr, [&](auto r) {
-        score_ukernel<Arch, decltype(r)::value>(q, a.q_stride, kt, d, a.scale, s);
-      });
-      for (std::size_t r = 0; r < nr; ++r) {
-        const std::size_t t = i0 - a.row_begin + r;
-        float* sr = s + r * kKeyBlock;
-        if (crosses) hide_masked(a, i0 + r, k0, kKeyBlock, sr);
-        softmax_update<Arch>(sr, kKeyBlock, m[t], l[t], alpha[r]);
+    for (std::size_t g0 = 0; g0 < rows; g0 += kGroup) {
+      const std::size_t gn = std::min(kGroup, rows - g0);
+      const std::size_t i0 = a.row_begin + g0;
+      const std::size_t group_end = causal_end(a, i0 + gn - 1);
+      if (group_end <= k0) continue;  // the whole block is past every query's causal end
+      std::size_t kc = 0;
+      for (; kc + kKeys <= nk; kc += kKeys) {
+        score_ukernel<Arch, kKeys>(kb + kc * a.k_stride, a.k_stride, qt + g0, rows_pad, d, a.scale,
+                                   st + kc * kGroup);
       }
-      // Keys past the strip's causal end have p = 0 in every row of the strip: skip them.
-      const std::size_t nkeys = std::min(nk, strip_end - k0);
-      float* ot = o + (i0 - a.row_begin) * dp;
-      std::size_t c0 = 0;
-      for (; c0 + kOutVecs * kW <= dp; c0 += kOutVecs * kW) {
-        with_rows<kRows>(nr, [&](auto r) {
-          output_ukernel<Arch, decltype(r)::value, kOutVecs>(s, vp, dp, nkeys, alpha, ot, c0);
+      if (kc < nk) {
+        with_rows<kKeys>(nk - kc, [&](auto r) {
+          score_ukernel<Arch, decltype(r)::value>(kb + kc * a.k_stride, a.k_stride, qt + g0,
+                                                  rows_pad, d, a.scale, st + kc * kGroup);
         });
       }
-      for (; c0 < dp; c0 += kW) {
-        with_rows<kRows>(nr, [&](auto r) {
-          output_ukernel<Arch, decltype(r)::value, 1>(s, vp, dp, nkeys, alpha, ot, c0);
-        });
+      if (a.mask != nullptr || causal_end(a, i0) < k0 + nk) {
+        for (std::size_t t = 0; t < gn; ++t) hide_masked(a, i0 + t, k0, nk, st + t, kGroup);
+      }
+      for (std::size_t v = 0; v < kGroup; v += kW) {
+        softmax_lanes<Arch>(st + v, kGroup, nk, m + g0 + v, l + g0 + v, alpha + g0 + v);
+      }
+      // Keys past the group's causal end have p = 0 for every query of the group: skip them.
+      const std::size_t nkeys = std::min(nk, group_end - k0);
+      const std::size_t d_vec = round_up(d, kW);  // in place: d itself; packed: inside dp
+      for (std::size_t r0 = 0; r0 < gn; r0 += kRows) {
+        const std::size_t nr = std::min(kRows, gn - r0);
+        float* ot = o + (g0 + r0) * dp;
+        const float* pt = st + r0;
+        std::size_t c0 = 0;
+        for (; c0 + kOutVecs * kW <= d_vec; c0 += kOutVecs * kW) {
+          with_rows<kRows>(nr, [&](auto r) {
+            output_ukernel<Arch, decltype(r)::value, kOutVecs>(pt, kGroup, vb + c0, vb_stride,
+                                                               nkeys, alpha + g0 + r0, ot + c0, dp);
+          });
+        }
+        for (; c0 < d_vec; c0 += kW) {
+          with_rows<kRows>(nr, [&](auto r) {
+            output_ukernel<Arch, decltype(r)::value, 1>(pt, kGroup, vb + c0, vb_stride, nkeys,
+                                                        alpha + g0 + r0, ot + c0, dp);
+          });
+        }
       }
     }
   }
@@ -299,6 +348,7 @@ template <class Arch>
 void attention_rows(const AttentionArgs& a) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
+  constexpr std::size_t kOutVecs = AttentionTile<Arch>::kOutVecs;
   const std::size_t d = a.d;
   const std::size_t dv = d / kW * kW;  // vector part of D; the rest is a scalar tail
   const std::size_t dp = round_up(d, 16);
@@ -314,42 +364,52 @@ void attention_rows(const AttentionArgs& a) {
     for (std::size_t k0 = 0; k0 < key_end; k0 += kKeyBlock) {
       const std::size_t nk = std::min(kKeyBlock, key_end - k0);
       for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kW) {
-        V acc[kW];
-        for (std::size_t j = 0; j < kW; ++j) acc[j] = V(0.0f);
         const std::size_t nj = j0 < nk ? std::min(kW, nk - j0) : 0;
+        if (nj == 0) {
+          std::fill(s + j0, s + j0 + kW, -std::numeric_limits<float>::infinity());
+          continue;
+        }
+        // kW keys at once, a fixed count so the accumulators stay in registers; past nj the
+        // last key is read again (in bounds) and its result dropped.
+        const float* krow[kW];
+        for (std::size_t j = 0; j < kW; ++j) {
+          krow[j] = a.k + (k0 + j0 + std::min(j, nj - 1)) * a.k_stride;
+        }
+        V acc[kW];
+#pragma GCC unroll 16
+        for (std::size_t j = 0; j < kW; ++j) acc[j] = V(0.0f);
         for (std::size_t dd = 0; dd < dv; dd += kW) {
           const V qv = V::load_unaligned(q + dd);
-          for (std::size_t j = 0; j < nj; ++j) {
-            acc[j] =
-                madd<Arch>(qv, V::load_unaligned(a.k + (k0 + j0 + j) * a.k_stride + dd), acc[j]);
+#pragma GCC unroll 16
+          for (std::size_t j = 0; j < kW; ++j) {
+            acc[j] = madd<Arch>(qv, V::load_unaligned(krow[j] + dd), acc[j]);
           }
         }
         // One hadd per key: xsimd 8.1's haddp returns the AVX-512 lanes permuted.
-        float dots[kW];
-        for (std::size_t j = 0; j < kW; ++j) dots[j] = j < nj ? xsimd::hadd(acc[j]) : 0.0f;
+#pragma GCC unroll 16
         for (std::size_t j = 0; j < kW; ++j) {
-          float dot = dots[j];
-          if (j < nj) {
-            const float* kk = a.k + (k0 + j0 + j) * a.k_stride;
-            for (std::size_t dd = dv; dd < d; ++dd) dot += q[dd] * kk[dd];
-          }
+          float dot = xsimd::hadd(acc[j]);
+          for (std::size_t dd = dv; dd < d; ++dd) dot += q[dd] * krow[j][dd];
           s[j0 + j] = j < nj ? dot * a.scale : -std::numeric_limits<float>::infinity();
         }
       }
-      if (a.mask != nullptr) hide_masked(a, i, k0, nk, s);
+      if (a.mask != nullptr) hide_masked(a, i, k0, nk, s, 1);
       float alpha = 1.0f;
       softmax_update<Arch>(s, kKeyBlock, m, l, alpha);
       if (m == -std::numeric_limits<float>::infinity()) continue;
-      const V va(alpha);
-      for (std::size_t dd = 0; dd < dp; dd += kW)
-        (V::load_aligned(o + dd) * va).store_aligned(o + dd);
-      for (std::size_t j = 0; j < nk; ++j) {
-        const float* vk = a.v + (k0 + j) * a.v_stride;
-        const V pj(s[j]);
-        for (std::size_t dd = 0; dd < dv; dd += kW) {
-          madd<Arch>(pj, V::load_unaligned(vk + dd), V::load_aligned(o + dd)).store_aligned(o + dd);
-        }
-        for (std::size_t dd = dv; dd < d; ++dd) o[dd] += s[j] * vk[dd];
+      // o = alpha * o + sum_j p_j V[k0 + j]: o stays in registers across the block.
+      const float* vb = a.v + k0 * a.v_stride;
+      std::size_t c0 = 0;
+      for (; c0 + kOutVecs * kW <= dv; c0 += kOutVecs * kW) {
+        output_ukernel<Arch, 1, kOutVecs>(s, 1, vb + c0, a.v_stride, nk, &alpha, o + c0, 0);
+      }
+      for (; c0 < dv; c0 += kW) {
+        output_ukernel<Arch, 1, 1>(s, 1, vb + c0, a.v_stride, nk, &alpha, o + c0, 0);
+      }
+      for (std::size_t dd = dv; dd < d; ++dd) {
+        float acc = o[dd] * alpha;
+        for (std::size_t j = 0; j < nk; ++j) acc += s[j] * vb[j * a.v_stride + dd];
+        o[dd] = acc;
       }
     }
     finish_row<Arch>(a, i, m, l, o, mean, have_mean);
