@@ -124,6 +124,37 @@ void check_overlaps(const std::string& file,
   }
 }
 
+// Range, size and element-count checks of one entry, whatever parsed the header.
+void check_entry(const std::string& file, const std::string& tensor, const SafetensorsEntry& e,
+                 std::size_t data_size) {
+  auto invalid = [&](const std::string& what) {
+    fail(file, "invalid header: tensor '" + tensor + "' " + what);
+  };
+  std::size_t numel = 1;
+  for (std::size_t d : e.shape) {
+    if (__builtin_mul_overflow(numel, d, &numel)) {
+      invalid("has shape " + shape_text(e.shape) + ": too many elements");
+    }
+  }
+  if (e.begin > e.end) invalid("has data_offsets " + range_text(e) + " that end before they begin");
+  if (e.end > data_size) {
+    fail(file, "data offsets out of range: tensor '" + tensor + "' has data_offsets " +
+                   range_text(e) + " but the data section holds " + std::to_string(data_size) +
+                   " bytes (truncated file?)");
+  }
+  const std::size_t item = dtype_size(e.dtype);
+  if (item == 0) return;
+  std::size_t bytes = 0;
+  if (__builtin_mul_overflow(numel, item, &bytes)) {
+    invalid("has shape " + shape_text(e.shape) + ": too many bytes");
+  }
+  if (bytes != e.end - e.begin) {
+    fail(file, "data offsets do not match the shape: tensor '" + tensor + "' has data_offsets " +
+                   range_text(e) + " (" + std::to_string(e.end - e.begin) + " bytes) but " +
+                   e.dtype + " " + shape_text(e.shape) + " needs " + std::to_string(bytes));
+  }
+}
+
 #ifdef SIMDATTN_HAVE_NLOHMANN_JSON
 
 using Json = nlohmann::json;
@@ -141,8 +172,8 @@ std::size_t json_size(const std::string& file, const std::string& tensor, const 
   return static_cast<std::size_t>(v.get<std::uint64_t>());
 }
 
-SafetensorsEntry parse_entry(const std::string& file, const std::string& tensor, const Json& v,
-                             std::size_t data_size) {
+// An entry's fields as written; check_entry() judges their values.
+SafetensorsEntry parse_entry(const std::string& file, const std::string& tensor, const Json& v) {
   auto invalid = [&](const std::string& what) {
     fail(file, "invalid header: tensor '" + tensor + "' " + what);
   };
@@ -157,38 +188,15 @@ SafetensorsEntry parse_entry(const std::string& file, const std::string& tensor,
   }
   SafetensorsEntry e;
   e.dtype = dtype->get<std::string>();
-  std::size_t numel = 1;
-  for (const Json& d : *shape) {
-    e.shape.push_back(json_size(file, tensor, "shape", d));
-    if (__builtin_mul_overflow(numel, e.shape.back(), &numel)) {
-      invalid("has shape " + shape->dump() + ": too many elements");
-    }
-  }
+  for (const Json& d : *shape) e.shape.push_back(json_size(file, tensor, "shape", d));
   e.begin = json_size(file, tensor, "data_offsets", (*offsets)[0]);
   e.end = json_size(file, tensor, "data_offsets", (*offsets)[1]);
-  if (e.begin > e.end) invalid("has data_offsets " + range_text(e) + " that end before they begin");
-  if (e.end > data_size) {
-    fail(file, "data offsets out of range: tensor '" + tensor + "' has data_offsets " +
-                   range_text(e) + " but the data section holds " + std::to_string(data_size) +
-                   " bytes (truncated file?)");
-  }
-  const std::size_t item = dtype_size(e.dtype);
-  if (item == 0) return e;
-  std::size_t bytes = 0;
-  if (__builtin_mul_overflow(numel, item, &bytes)) {
-    invalid("has shape " + shape->dump() + ": too many bytes");
-  }
-  if (bytes != e.end - e.begin) {
-    fail(file, "data offsets do not match the shape: tensor '" + tensor + "' has data_offsets " +
-                   range_text(e) + " (" + std::to_string(e.end - e.begin) + " bytes) but " +
-                   e.dtype + " " + shape_text(e.shape) + " needs " + std::to_string(bytes));
-  }
   return e;
 }
 
-void parse_header(const std::string& file, const char* text, std::size_t size,
-                  std::size_t data_size, std::map<std::string, std::string>& metadata,
-                  std::map<std::string, SafetensorsEntry>& entries) {
+void parse_json_header(const std::string& file, const char* text, std::size_t size,
+                       std::map<std::string, std::string>& metadata,
+                       std::map<std::string, SafetensorsEntry>& entries) {
   Json header;
   try {
     header = Json::parse(text, text + size, [](int depth, Json::parse_event_t event, Json&) {
@@ -204,36 +212,45 @@ void parse_header(const std::string& file, const char* text, std::size_t size,
     fail(file, "invalid JSON in the header: nested deeper than " + std::to_string(kMaxJsonDepth) +
                    " levels");
   }
-  if (!header.is_object())
+  if (!header.is_object()) {
     fail(file,
          std::string("invalid header: a JSON ") + header.type_name() + ", expected an object");
+  }
   for (const auto& [key, value] : header.items()) {
-    if (key == "__metadata__") {
-      if (!value.is_object()) fail(file, "invalid header: \"__metadata__\" is not an object");
-      for (const auto& [mkey, mvalue] : value.items()) {
-        if (!mvalue.is_string()) {
-          fail(file, "invalid header: \"__metadata__\" value of '" + mkey + "' is " +
-                         mvalue.dump() + ", expected a string");
-        }
-        metadata[mkey] = mvalue.get<std::string>();
-      }
+    if (key != "__metadata__") {
+      entries[key] = parse_entry(file, key, value);
       continue;
     }
-    entries[key] = parse_entry(file, key, value, data_size);
+    if (!value.is_object()) fail(file, "invalid header: \"__metadata__\" is not an object");
+    for (const auto& [mkey, mvalue] : value.items()) {
+      if (!mvalue.is_string()) {
+        fail(file, "invalid header: \"__metadata__\" value of '" + mkey + "' is " + mvalue.dump() +
+                       ", expected a string");
+      }
+      metadata[mkey] = mvalue.get<std::string>();
+    }
   }
-  check_overlaps(file, entries);
 }
 
 #else
 
-void parse_header(const std::string& file, const char*, std::size_t, std::size_t,
-                  std::map<std::string, std::string>&, std::map<std::string, SafetensorsEntry>&) {
+void parse_json_header(const std::string& file, const char*, std::size_t,
+                       std::map<std::string, std::string>&,
+                       std::map<std::string, SafetensorsEntry>&) {
   fail(file,
        "this simdattn was built without nlohmann-json, which reads safetensors headers: "
        "install Debian's nlohmann-json3-dev and rebuild simdattn");
 }
 
 #endif
+
+void parse_header(const std::string& file, const char* text, std::size_t size,
+                  std::size_t data_size, std::map<std::string, std::string>& metadata,
+                  std::map<std::string, SafetensorsEntry>& entries) {
+  parse_json_header(file, text, size, metadata, entries);
+  for (const auto& [name, e] : entries) check_entry(file, name, e, data_size);
+  check_overlaps(file, entries);
+}
 
 }  // namespace
 
