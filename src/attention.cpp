@@ -3,11 +3,11 @@
 #include "simdattn/attention.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 
 #include "driver.hpp"
-#include "fp_env.hpp"
 #include "kernels/kernel_table.hpp"
 #include "simdattn/dispatch.hpp"
 #include "validate.hpp"
@@ -33,6 +33,18 @@ struct ScratchSlot {
   std::size_t floats = 0;
 };
 
+// The uniform average of head h's values: the answer for a fully masked row under
+// MaskedRows::uniform, summed as the reference does (p * v in key order, p = 1 / Lk).
+void uniform_average(const reference::Heads<const float>& v, std::size_t b, std::size_t h,
+                     float* out) {
+  const float p = 1.0f / static_cast<float>(v.l);
+  std::fill(out, out + v.d, 0.0f);
+  for (std::size_t key = 0; key < v.l; ++key) {
+    const float* vk = v.at(b, key, h);
+    for (std::size_t dd = 0; dd < v.d; ++dd) out[dd] += p * vk[dd];
+  }
+}
+
 }  // namespace
 
 float* thread_scratch(int slot, std::size_t floats) {
@@ -48,6 +60,89 @@ float* thread_scratch(int slot, std::size_t floats) {
   return s.data.get();
 }
 
+namespace {
+
+// Decoding (Lq <= kDecodeMaxLq): tasks are (batch, slice of keys) over every head, so threads
+// share the key range even when N x H is small; slices depend on Lk only and are merged in
+// slice order with log-sum-exp weights, so results do not depend on the thread count.
+void run_decode(const kernels::KernelTable& table, const reference::Heads<const float>& q,
+                const reference::Heads<const float>& k, const reference::Heads<const float>& v,
+                const reference::Heads<float>& out, const MaskRule& rule, float scale,
+                MaskedRows policy, int threads) {
+  const std::size_t n = q.n, heads = q.h, d = q.d, lq = q.l, lk = k.l;
+  const std::size_t slices = (lk + kernels::kDecodeSlice - 1) / kernels::kDecodeSlice;
+  const std::size_t rec = kernels::partial_record_floats(d);
+  const std::size_t per_slice = lq * heads * rec;
+  const std::size_t tasks = n * slices;
+  float* partial = thread_scratch(3, tasks * per_slice);
+  if (static_cast<double>(n) * heads * lq * lk * d < kSerialWorkLimit) threads = 1;
+  const std::size_t scratch_floats = kernels::decode_scratch_floats(heads);
+  const Mask& mask = rule.mask;
+  parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
+    const std::size_t b = t / slices, slice = t % slices;
+    kernels::AttentionArgs a;
+    a.q = q.at(b, 0, 0);
+    a.q_stride = q.row_stride;
+    a.k = k.at(b, 0, 0);
+    a.k_stride = k.row_stride;
+    a.v = v.at(b, 0, 0);
+    a.v_stride = v.row_stride;
+    a.lq = lq;
+    a.lk = lk;
+    a.d = d;
+    a.row_begin = 0;
+    a.row_end = lq;
+    a.mask = rule.mask_row(b, 0, 0);
+    a.mask_row_stride = mask.data != nullptr && mask.lq != 1 ? mask.lk : 0;
+    a.mask_head_stride = mask.data != nullptr && mask.h != 1 ? mask.lq * mask.lk : 0;
+    a.mask_lk = mask.lk;
+    a.causal = rule.causal;
+    a.scale = scale;
+    a.masked_rows = policy;
+    a.heads = heads;
+    a.key_begin = slice * kernels::kDecodeSlice;
+    a.key_end = std::min(lk, a.key_begin + kernels::kDecodeSlice);
+    a.partial = partial + t * per_slice;
+    a.scratch = thread_scratch(0, scratch_floats);
+    table.decode(a);
+  });
+  for (std::size_t b = 0; b < n; ++b) {
+    for (std::size_t i = 0; i < lq; ++i) {
+      for (std::size_t h = 0; h < heads; ++h) {
+        auto record = [&](std::size_t s) {
+          return partial + (b * slices + s) * per_slice + (i * heads + h) * rec;
+        };
+        float* o = out.at(b, i, h);
+        float m = -INFINITY;
+        for (std::size_t s = 0; s < slices; ++s) {
+          if (!(record(s)[0] <= m)) m = record(s)[0];  // a NaN max wins: it must propagate
+        }
+        if (m == -INFINITY) {  // no visible key in any slice
+          if (policy == MaskedRows::zeros) {
+            std::fill(o, o + d, 0.0f);
+          } else {
+            uniform_average(v, b, h, o);
+          }
+          continue;
+        }
+        float l = 0.0f;
+        std::fill(o, o + d, 0.0f);
+        for (std::size_t s = 0; s < slices; ++s) {
+          const float* r = record(s);
+          if (r[0] == -INFINITY) continue;  // this slice saw nothing
+          const float w = std::exp(r[0] - m);
+          l += r[1] * w;
+          for (std::size_t dd = 0; dd < d; ++dd) o[dd] += r[16 + dd] * w;
+        }
+        const float inv = 1.0f / l;
+        for (std::size_t dd = 0; dd < d; ++dd) o[dd] *= inv;
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void run_attention(const reference::Heads<const float>& q, const reference::Heads<const float>& k,
                    const reference::Heads<const float>& v, const reference::Heads<float>& out,
                    const MaskRule& rule, float scale, MaskedRows policy, Path path, int threads) {
@@ -55,6 +150,10 @@ void run_attention(const reference::Heads<const float>& q, const reference::Head
       path == Path::optimized ? kernels::kernel_table(active_isa()) : nullptr;
   if (table == nullptr || table->attention == nullptr) {
     reference::attention<float>(q, k, v, out, rule, scale, policy);
+    return;
+  }
+  if (q.l <= kernels::kDecodeMaxLq && table->decode != nullptr) {
+    run_decode(*table, q, k, v, out, rule, scale, policy, threads);
     return;
   }
   const std::size_t heads = q.n * q.h;
@@ -99,28 +198,9 @@ void run_attention(const reference::Heads<const float>& q, const reference::Head
     table->attention(a);
   };
 
-  if (threads <= 1 || tasks == 1) {
-    FlushDenormals ftz;
-    for (std::size_t t = 0; t < tasks; ++t) run_task(t);
-    return;
-  }
   // Each row's arithmetic is independent of the task it lands in, so results do not depend on
   // the thread count or the schedule; dynamic scheduling evens out causal masks.
-  bool failed = false;
-#pragma omp parallel num_threads(threads)
-  {
-    FlushDenormals ftz;
-#pragma omp for schedule(dynamic, 1)
-    for (std::size_t t = 0; t < tasks; ++t) {
-      try {
-        run_task(t);
-      } catch (...) {  // only std::bad_alloc from scratch; never let it escape the region
-#pragma omp atomic write
-        failed = true;
-      }
-    }
-  }
-  if (failed) throw std::bad_alloc();
+  parallel_tasks(tasks, threads, /*dynamic=*/true, run_task);
 }
 
 }  // namespace detail

@@ -1,10 +1,8 @@
 // The projection driver: splits y = x W^T + b into blocks of rows and panel columns, one GEMM
 // kernel call per block, on OpenMP threads.
 #include <algorithm>
-#include <new>
 
 #include "driver.hpp"
-#include "fp_env.hpp"
 #include "kernels/gemm/pack.hpp"
 #include "kernels/kernel_table.hpp"
 #include "simdattn/dispatch.hpp"
@@ -46,27 +44,7 @@ bool run_linear(const float* x, std::size_t rows, const PackedWeight& w, const f
     g.ldc = ldy;
     table->gemm(g);
   };
-  if (threads <= 1 || tasks == 1) {
-    FlushDenormals ftz;
-    for (std::size_t t = 0; t < tasks; ++t) run_task(t);
-    return true;
-  }
-  bool failed = false;
-  // Static schedule: a thread gets the same blocks call after call, so its L2 keeps them.
-#pragma omp parallel num_threads(threads)
-  {
-    FlushDenormals ftz;
-#pragma omp for schedule(static)
-    for (std::size_t t = 0; t < tasks; ++t) {
-      try {
-        run_task(t);
-      } catch (...) {
-#pragma omp atomic write
-        failed = true;
-      }
-    }
-  }
-  if (failed) throw std::bad_alloc();
+  parallel_tasks(tasks, threads, /*dynamic=*/false, run_task);
   return true;
 }
 

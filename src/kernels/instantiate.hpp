@@ -14,7 +14,7 @@ namespace {
 
 template <class Arch>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &gemm<Arch>, &attention<Arch>};
+  return KernelTable{isa, &gemm<Arch>, &attention_tiles<Arch>, &attention_decode<Arch>};
 }
 
 }  // namespace

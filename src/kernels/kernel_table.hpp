@@ -48,7 +48,29 @@ struct AttentionArgs {
   float scale = 1.0f;
   MaskedRows masked_rows = MaskedRows::uniform;
   float* scratch = nullptr;  // attention_scratch_floats(d) floats, 64-byte aligned
+
+  // Decoding only (KernelTable::decode): all `heads` heads of one batch, head j's data at
+  // q/k/v + j * d and its mask rows at mask + j * mask_head_stride; keys [key_begin, key_end);
+  // unnormalised results go to `partial` (see partial_record()).
+  std::size_t heads = 1;
+  std::size_t mask_head_stride = 0;
+  std::size_t key_begin = 0;
+  std::size_t key_end = 0;
+  float* partial = nullptr;
 };
+
+/// Query lengths up to this are decoding: the driver calls KernelTable::decode.
+inline constexpr std::size_t kDecodeMaxLq = 4;
+/// Keys per decode slice: slices depend on Lk only, so the merged result does not depend on
+/// the thread count; 512 keys keep the per-slice work (512 x D x 2 reads) far above the merge.
+inline constexpr std::size_t kDecodeSlice = 512;
+
+/// Floats per (query row, head) record of a decode slice's partial result: the running max at
+/// [0], the sum of exponentials at [1], the unnormalised output (D floats) from [16] on, so that
+/// records stay 64-byte aligned.
+inline std::size_t partial_record_floats(std::size_t d) {
+  return (d + 15) / 16 * 16 + 16;
+}
 
 /// Query rows per attention task at most (the driver splits longer sequences).
 inline constexpr std::size_t kMaxTaskRows = 256;
@@ -63,10 +85,17 @@ inline std::size_t attention_scratch_floats(std::size_t d) {
   return kMaxTaskRows * dp * 2 + kKeyBlock * dp + kKeyBlock * 32 + 3 * kMaxTaskRows + dp + 64;
 }
 
+/// Floats of scratch one decode task needs: scores and rescale factors of every head for one
+/// key block.
+inline std::size_t decode_scratch_floats(std::size_t heads) {
+  return heads * (kKeyBlock + 1) + 64;
+}
+
 struct KernelTable {
   Isa isa;
   void (*gemm)(const GemmArgs& args);
-  void (*attention)(const AttentionArgs& args);
+  void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
+  void (*decode)(const AttentionArgs& args);     // Lq <= kDecodeMaxLq, one (batch, slice)
 };
 
 /// The table of an optimized ISA compiled into this build and runnable here, else nullptr.

@@ -1,7 +1,7 @@
 // Fused attention for one task: query rows [row_begin, row_end) of one (batch, head),
 // softmax(scale * Q K^T) V without an Lq x Lk matrix (FlashAttention's online softmax).
 //
-// Tile path (Lq > kRowPathMaxLq), queries in vector lanes: the task's queries are packed once,
+// Tile path (Lq > kDecodeMaxLq), queries in vector lanes: the task's queries are packed once,
 // transposed to Q^T [D][rows]. Keys come in blocks of kKeyBlock = 64, read in place (K and V
 // rows are contiguous in D, so a block of 64 keys stays in L1: 16 KiB each at D = 64). For
 // each group of kQueryVecs x W queries the score micro-kernel computes S^T [64 keys][queries]
@@ -15,10 +15,13 @@
 // Tiles: scores 8 keys x 2 zmm of queries, output 6 queries x 4 zmm of D on AVX-512;
 // 6 x 2 ymm and 6 x 2 ymm on AVX2; 4 x 2 and 4 x 2 xmm on SSE2. Scratch: O(task rows x D).
 //
-// Row path (Lq <= kRowPathMaxLq, decoding): K and V are read in place, once, with no packing:
-// scores by dot products over D (a vector accumulator per key, then a horizontal add), then
-// o += p * V[k] with o held in registers across the block. Decode is bound by reading K and V.
-//
+// Decode path (Lq <= kDecodeMaxLq): one task per (batch, slice of kDecodeSlice keys) covers
+// every head. K and V are read in place, once, row by row with the heads inner, so each key's
+// row (all heads, contiguous) streams in order; head-major order read 256-byte pieces 4 KiB
+// apart and ran at 14 GB/s per core. Scores are dot products over D (a vector accumulator,
+// then a horizontal add); then o += p * V[k] per head, o in L1 (heads x D floats).
+// Slices write unnormalised (max, sum, output) records that the driver merges in slice order.
+
 // Masks: a key block wholly past a query group's causal end is skipped; in a block that
 // crosses it, or with an explicit mask, hidden scores become -inf before the max. A query
 // whose max is still -inf after a block gets p = 0 without computing exp(-inf - -inf) (NaN).
@@ -42,9 +45,6 @@
 
 namespace simdattn::kernels {
 namespace {
-
-/// Query lengths up to this take the row path.
-inline constexpr std::size_t kRowPathMaxLq = 4;
 
 template <class Arch>
 struct AttentionTile;
@@ -81,16 +81,15 @@ inline std::size_t causal_end(const AttentionArgs& a, std::size_t i) {
   return a.lk;
 }
 
-/// Sets the hidden scores of query row i among keys [k0, k0 + n) to -inf; s[j * stride] is
-/// the score of key k0 + j.
-inline void hide_masked(const AttentionArgs& a, std::size_t i, std::size_t k0, std::size_t n,
-                        float* s, std::size_t stride) {
+/// Sets the hidden scores among keys [k0, k0 + n) to -inf: keys at or past `end` (the causal
+/// rule) and keys whose mask byte is 0 (mrow: the row's mask, nullptr for none; mask_lk 1 when
+/// it broadcasts over keys). s[j * stride] is the score of key k0 + j.
+inline void hide_masked(const std::uint8_t* mrow, std::size_t mask_lk, std::size_t end,
+                        std::size_t k0, std::size_t n, float* s, std::size_t stride) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
-  const std::size_t end = causal_end(a, i);
-  const std::uint8_t* mrow = a.mask != nullptr ? a.mask + i * a.mask_row_stride : nullptr;
   for (std::size_t j = 0; j < n; ++j) {
     const std::size_t key = k0 + j;
-    const bool visible = key < end && (mrow == nullptr || mrow[a.mask_lk == 1 ? 0 : key] != 0);
+    const bool visible = key < end && (mrow == nullptr || mrow[mask_lk == 1 ? 0 : key] != 0);
     if (!visible) s[j * stride] = kHidden;
   }
 }
@@ -309,7 +308,11 @@ void attention_tiles(const AttentionArgs& a) {
         });
       }
       if (a.mask != nullptr || causal_end(a, i0) < k0 + nk) {
-        for (std::size_t t = 0; t < gn; ++t) hide_masked(a, i0 + t, k0, nk, st + t, kGroup);
+        for (std::size_t t = 0; t < gn; ++t) {
+          const std::size_t i = i0 + t;
+          const std::uint8_t* mrow = a.mask != nullptr ? a.mask + i * a.mask_row_stride : nullptr;
+          hide_masked(mrow, a.mask_lk, causal_end(a, i), k0, nk, st + t, kGroup);
+        }
       }
       for (std::size_t v = 0; v < kGroup; v += kW) {
         softmax_lanes<Arch>(st + v, kGroup, nk, m + g0 + v, l + g0 + v, alpha + g0 + v);
@@ -343,85 +346,78 @@ void attention_tiles(const AttentionArgs& a) {
   }
 }
 
-/// Decoding: each row reads K and V in place, once.
+/// Decoding, one slice of keys for every head and query row of one batch. K and V are read in
+/// place, once, row by row: for each key the heads are inner, so a key's row (all heads,
+/// contiguous) streams through in order. Writes unnormalised partial results (max, sum,
+/// output) that the driver merges across slices in a fixed order.
 template <class Arch>
-void attention_rows(const AttentionArgs& a) {
+void attention_decode(const AttentionArgs& a) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
-  constexpr std::size_t kOutVecs = AttentionTile<Arch>::kOutVecs;
+  constexpr float kHidden = -std::numeric_limits<float>::infinity();
   const std::size_t d = a.d;
   const std::size_t dv = d / kW * kW;  // vector part of D; the rest is a scalar tail
-  const std::size_t dp = round_up(d, 16);
-  float* s = a.scratch;
-  float* o = s + kKeyBlock;
-  float* mean = o + dp;
-  bool have_mean = false;
-  for (std::size_t i = a.row_begin; i < a.row_end; ++i) {
+  const std::size_t rec = partial_record_floats(d);
+  float* s = a.scratch;                    // [heads][kKeyBlock] scores, then probabilities
+  float* alpha = s + a.heads * kKeyBlock;  // [heads]
+  for (std::size_t i = 0; i < a.lq; ++i) {
+    float* part = a.partial + i * a.heads * rec;
+    for (std::size_t h = 0; h < a.heads; ++h) {
+      float* r = part + h * rec;
+      r[0] = kHidden;
+      r[1] = 0.0f;
+      std::fill(r + 16, r + rec, 0.0f);
+    }
     const float* q = a.q + i * a.q_stride;
-    const std::size_t key_end = causal_end(a, i);
-    float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
-    std::fill(o, o + dp, 0.0f);
-    for (std::size_t k0 = 0; k0 < key_end; k0 += kKeyBlock) {
+    const std::size_t key_end = std::min(a.key_end, causal_end(a, i));
+    for (std::size_t k0 = a.key_begin; k0 < key_end; k0 += kKeyBlock) {
       const std::size_t nk = std::min(kKeyBlock, key_end - k0);
-      for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kW) {
-        const std::size_t nj = j0 < nk ? std::min(kW, nk - j0) : 0;
-        if (nj == 0) {
-          std::fill(s + j0, s + j0 + kW, -std::numeric_limits<float>::infinity());
-          continue;
-        }
-        // kW keys at once, a fixed count so the accumulators stay in registers; past nj the
-        // last key is read again (in bounds) and its result dropped.
-        const float* krow[kW];
-        for (std::size_t j = 0; j < kW; ++j) {
-          krow[j] = a.k + (k0 + j0 + std::min(j, nj - 1)) * a.k_stride;
-        }
-        V acc[kW];
-#pragma GCC unroll 16
-        for (std::size_t j = 0; j < kW; ++j) acc[j] = V(0.0f);
-        for (std::size_t dd = 0; dd < dv; dd += kW) {
-          const V qv = V::load_unaligned(q + dd);
-#pragma GCC unroll 16
-          for (std::size_t j = 0; j < kW; ++j) {
-            acc[j] = madd<Arch>(qv, V::load_unaligned(krow[j] + dd), acc[j]);
+      for (std::size_t j = 0; j < nk; ++j) {
+        const float* kj = a.k + (k0 + j) * a.k_stride;
+        for (std::size_t h = 0; h < a.heads; ++h) {
+          const float* qh = q + h * d;
+          const float* kh = kj + h * d;
+          V acc(0.0f);
+          for (std::size_t dd = 0; dd < dv; dd += kW) {
+            acc = madd<Arch>(V::load_unaligned(qh + dd), V::load_unaligned(kh + dd), acc);
           }
-        }
-        // One hadd per key: xsimd 8.1's haddp returns the AVX-512 lanes permuted.
-#pragma GCC unroll 16
-        for (std::size_t j = 0; j < kW; ++j) {
-          float dot = xsimd::hadd(acc[j]);
-          for (std::size_t dd = dv; dd < d; ++dd) dot += q[dd] * krow[j][dd];
-          s[j0 + j] = j < nj ? dot * a.scale : -std::numeric_limits<float>::infinity();
+          float dot = xsimd::hadd(acc);
+          for (std::size_t dd = dv; dd < d; ++dd) dot += qh[dd] * kh[dd];
+          s[h * kKeyBlock + j] = dot * a.scale;
         }
       }
-      if (a.mask != nullptr) hide_masked(a, i, k0, nk, s, 1);
-      float alpha = 1.0f;
-      softmax_update<Arch>(s, kKeyBlock, m, l, alpha);
-      if (m == -std::numeric_limits<float>::infinity()) continue;
-      // o = alpha * o + sum_j p_j V[k0 + j]: o stays in registers across the block.
-      const float* vb = a.v + k0 * a.v_stride;
-      std::size_t c0 = 0;
-      for (; c0 + kOutVecs * kW <= dv; c0 += kOutVecs * kW) {
-        output_ukernel<Arch, 1, kOutVecs>(s, 1, vb + c0, a.v_stride, nk, &alpha, o + c0, 0);
+      for (std::size_t h = 0; h < a.heads; ++h) {
+        float* sh = s + h * kKeyBlock;
+        std::fill(sh + nk, sh + kKeyBlock, kHidden);
+        if (a.mask != nullptr) {
+          const std::uint8_t* mrow = a.mask + h * a.mask_head_stride + i * a.mask_row_stride;
+          hide_masked(mrow, a.mask_lk, key_end, k0, nk, sh, 1);
+        }
+        float* r = part + h * rec;
+        softmax_update<Arch>(sh, kKeyBlock, r[0], r[1], alpha[h]);
+        // Rows with nothing visible yet keep o = 0 and p = 0: scaling by 1 changes nothing.
+        float* o = r + 16;
+        const V va(alpha[h]);
+        for (std::size_t dd = 0; dd < dv; dd += kW) {
+          (V::load_aligned(o + dd) * va).store_aligned(o + dd);
+        }
+        for (std::size_t dd = dv; dd < d; ++dd) o[dd] *= alpha[h];
       }
-      for (; c0 < dv; c0 += kW) {
-        output_ukernel<Arch, 1, 1>(s, 1, vb + c0, a.v_stride, nk, &alpha, o + c0, 0);
-      }
-      for (std::size_t dd = dv; dd < d; ++dd) {
-        float acc = o[dd] * alpha;
-        for (std::size_t j = 0; j < nk; ++j) acc += s[j] * vb[j * a.v_stride + dd];
-        o[dd] = acc;
+      for (std::size_t j = 0; j < nk; ++j) {
+        const float* vj = a.v + (k0 + j) * a.v_stride;
+        for (std::size_t h = 0; h < a.heads; ++h) {
+          const float p = s[h * kKeyBlock + j];
+          float* o = part + h * rec + 16;
+          const float* vh = vj + h * d;
+          const V vp(p);
+          for (std::size_t dd = 0; dd < dv; dd += kW) {
+            madd<Arch>(vp, V::load_unaligned(vh + dd), V::load_aligned(o + dd))
+                .store_aligned(o + dd);
+          }
+          for (std::size_t dd = dv; dd < d; ++dd) o[dd] += p * vh[dd];
+        }
       }
     }
-    finish_row<Arch>(a, i, m, l, o, mean, have_mean);
-  }
-}
-
-template <class Arch>
-void attention(const AttentionArgs& a) {
-  if (a.lq <= kRowPathMaxLq) {
-    attention_rows<Arch>(a);
-  } else {
-    attention_tiles<Arch>(a);
   }
 }
 
