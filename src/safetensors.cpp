@@ -269,16 +269,20 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   if (!in || end < 0) fail(path, "cannot read the file's size");
   const std::size_t size = static_cast<std::size_t>(end);
   std::uint8_t first8[8] = {};
-  in.read(reinterpret_cast<char*>(first8),
-          static_cast<std::streamsize>(std::min<std::size_t>(size, 8)));
+  const std::size_t prefix = std::min<std::size_t>(size, 8);
+  in.read(reinterpret_cast<char*>(first8), static_cast<std::streamsize>(prefix));
+  if (static_cast<std::size_t>(in.gcount()) != prefix) {
+    fail(path, "cannot read the file (a directory?)");
+  }
   SafetensorsFile f;
   f.name_ = path;
   f.path_ = path;
   const std::size_t n = header_length(path, first8, size);
   std::string header(n, '\0');
   in.read(header.data(), static_cast<std::streamsize>(n));
-  if (static_cast<std::size_t>(in.gcount()) != n)
+  if (static_cast<std::size_t>(in.gcount()) != n) {
     fail(path, "truncated file: the header ends early");
+  }
   f.data_start_ = 8 + n;
   f.data_size_ = size - 8 - n;
   parse_header(path, header.data(), n, f.data_size_, f.metadata_, f.entries_);

@@ -529,6 +529,10 @@ TEST_CASE("safetensors: files on disk name their path in errors", "[safetensors]
   CHECK_THAT(error_of([&] { load_weights(m, missing.string()); }),
              Catch::Contains("'" + missing.string() + "': cannot open the file"));
 
+  const std::string directory = std::filesystem::temp_directory_path().string();
+  CHECK_THAT(error_of([&] { load_weights(m, directory); }),
+             Catch::Contains("'" + directory + "': cannot read the file"));
+
   const auto good = build(tutorial_tensors(random_module(24, 3, 1)));
   const auto cut =
       temp_file("cut.safetensors", std::vector<std::uint8_t>(good.begin(), good.end() - 100));
