@@ -13,8 +13,23 @@ namespace simdattn::kernels {
 namespace {
 
 template <class Arch>
+void exp_array(const float* x, float* y, std::size_t n) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  std::size_t i = 0;
+  for (; i + kW <= n; i += kW) xsimd::exp(V::load_unaligned(x + i)).store_unaligned(y + i);
+  if (i < n) {  // tail through a padded copy: xsimd 8.1 has no masked loads
+    alignas(64) float buf[kW] = {};
+    std::copy(x + i, x + n, buf);
+    xsimd::exp(V::load_aligned(buf)).store_aligned(buf);
+    std::copy(buf, buf + (n - i), y + i);
+  }
+}
+
+template <class Arch>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &gemm<Arch>, &attention_tiles<Arch>, &attention_decode<Arch>};
+  return KernelTable{isa, &gemm<Arch>, &attention_tiles<Arch>, &attention_decode<Arch>,
+                     &exp_array<Arch>};
 }
 
 }  // namespace

@@ -96,6 +96,8 @@ struct KernelTable {
   void (*gemm)(const GemmArgs& args);
   void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
   void (*decode)(const AttentionArgs& args);     // Lq <= kDecodeMaxLq, one (batch, slice)
+  /// y[i] = exp(x[i]) with the kernels' vector exp, for tests of its accuracy.
+  void (*exp)(const float* x, float* y, std::size_t n);
 };
 
 /// The table of an optimized ISA compiled into this build and runnable here, else nullptr.
