@@ -3,10 +3,12 @@
 # runs its default naive-vs-optimized comparison (under 3 minutes on 2 cores) and turns the JSON
 # into a markdown table and PNG plots.
 #
-#   tools/run_bench.sh [--peers] [bench_attention flags...]
+#   tools/run_bench.sh [--peers] [--update-readme] [bench_attention flags...]
 #
-#   --peers   also time PyTorch on the GRID cases (tools/peers_torch.py; needs Debian's
-#             python3-torch, and takes minutes) and add its columns to the report.
+#   --peers          also time PyTorch on the GRID cases (tools/peers_torch.py; needs Debian's
+#                    python3-torch, and takes minutes) and add its columns to the report.
+#   --update-readme  rewrite the README's results section (and bench/results/gflops_vs_L.png)
+#                    from this run.
 #   Other arguments go to bench_attention, e.g. --set=grid, --isa=avx2,
 #   --benchmark_filter='^sdpa/', --benchmark_min_time=0.2 (see bench_attention --help).
 #
@@ -23,10 +25,12 @@ out="${SIMDATTN_OUT_DIR:-$root/out}"
 python=/usr/bin/python3
 
 peers=0
+readme=0
 args=()
 for a in "$@"; do
   case "$a" in
     --peers) peers=1 ;;
+    --update-readme) readme=1 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -57,6 +61,9 @@ if ((peers)); then
   else
     "$python" "$root/tools/peers_torch.py" || true  # says how to install PyTorch
   fi
+fi
+if ((readme)); then
+  report+=(--readme "$root/README.md")
 fi
 "${report[@]}"
 echo "run_bench: benchmark JSON in $json (also $out/bench.json)"
