@@ -18,13 +18,11 @@ Benchmark's median aggregate when only aggregates were written).
 """
 import argparse
 import collections
-import datetime
 import json
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 
 GRID_ORDER = ["seed", "s128", "s512", "s2048", "bert", "s4096", "causal", "cross", "decode"]
@@ -301,6 +299,10 @@ def header(context, command):
     ]
     if command:
         lines.append("- command: `%s`" % command)
+    load = context.get("load_avg")
+    if load:
+        lines.append("- load average when it started: %s (other work on the machine slows "
+                     "the runs, the 2-thread ones most)" % ", ".join("%.1f" % x for x in load))
     return "\n".join(lines)
 
 
@@ -319,15 +321,6 @@ def extra_lines(results):
                          % (key[3], key[4], key[6], key[7], key[8], r.counters["peak_rss_MiB"],
                             r.counters["rss_ratio"], r.counters["io_MiB"]))
     return lines
-
-
-def git_commit():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
 
 
 def readme_section(rows, threads, context, command, plot_rel):
@@ -366,7 +359,8 @@ def main():
     results, context = load(args.json)
     if not results:
         sys.exit("report.py: no bench_attention results in %s" % ", ".join(args.json))
-    context.setdefault("commit", git_commit())
+    # The run's own record (run_bench.sh passes it); the checkout now may hold other code.
+    context.setdefault("commit", "not recorded (--benchmark_context=commit=...)")
     rows, threads = build_rows(results)
     os.makedirs(args.out_dir, exist_ok=True)
 
