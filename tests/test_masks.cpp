@@ -189,7 +189,8 @@ TEST_CASE("full [N, H, Lq, Lk] masks, alone and combined with causal", "[masks]"
       const auto out = p.run(full.mask, o);
       test::check_close(out.data(), p.oracle(full.mask, o), "full mask vs oracle");
       if (causal == Causal::none) continue;
-      // A key must pass both: AND the causal rule into an explicit mask.
+      // A key must pass both: AND the causal rule into an explicit mask (Lq == Lk here, so
+      // both alignments mean k <= q).
       std::vector<std::uint8_t> both = full.bytes;
       for (std::size_t row = 0; row < p.n * p.h * p.lq; ++row) {
         const std::size_t i = row % p.lq;
