@@ -58,6 +58,7 @@
 // Inputs are standard normal from fixed seeds (Tensor::randn), the module's weights from
 // MultiHeadAttention(E, H, kWeightSeed): every run and every path sees the same numbers.
 #include <benchmark/benchmark.h>
+#include <omp.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -68,7 +69,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -87,7 +87,6 @@ namespace {
 
 using simdattn::Causal;
 using simdattn::ConstHeadsView;
-using simdattn::ConstTensorView;
 using simdattn::HeadsView;
 using simdattn::Isa;
 using simdattn::Mask;
@@ -286,20 +285,22 @@ PeakLoop peak_loop(Isa active) {
 #endif
 }
 
-volatile float g_sink;
+volatile float g_sink;  // keeps the peak loops' results alive
 
 double thread_cpu_seconds() {
   timespec t{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}  // keeps the peak loops' results alive
+}
 
 // GFLOP/s of `threads` threads each running the loop. Each thread times its own loop in its own
 // CPU time and the rates add up, so a thread that another process preempts on this shared
-// machine does not count as slow: this is what the cores can do. The best of several 10+ ms
-// trials is kept, since a peak is an upper bound.
+// machine does not count as slow: this is what the cores can do. For the same reason more
+// threads than processors would add rates that no core delivers, so at most one per processor
+// runs. The best of several 10+ ms trials is kept, since a peak is an upper bound.
 double measure_peak_gflops(const PeakLoop& loop, int threads) {
   if (loop.run == nullptr) return 0.0;
+  threads = std::min(threads, omp_get_num_procs());
   auto trial = [&](std::int64_t iters) {
     double flops_per_s = 0;
     float sink = 0;
