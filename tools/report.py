@@ -258,7 +258,7 @@ def plot(rows, threads, context, out_dir):
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.78, 1))
     paths.append(os.path.join(out_dir, "gflops_vs_L.png"))
-    fig.savefig(paths[-1], dpi=90)
+    fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -279,7 +279,7 @@ def plot(rows, threads, context, out_dir):
     axes[0].set_ylabel("speedup over naive (x)")
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "speedup_vs_L.png"))
-    fig.savefig(paths[-1], dpi=90)
+    fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
     return paths
 
@@ -323,7 +323,7 @@ def extra_lines(results):
     return lines
 
 
-def readme_section(rows, threads, context, command, plot_rel):
+def readme_section(rows, threads, context, command, plot_rel, note):
     return "\n".join([
         BEGIN,
         "",
@@ -336,6 +336,7 @@ def readme_section(rows, threads, context, command, plot_rel):
         "",
         header(context, command),
         "",
+    ] + ([note, ""] if note else []) + [
         markdown_table(rows, threads, cases=GRID_ORDER),
         "",
         "![GFLOP/s against L](%s)" % plot_rel,
@@ -354,6 +355,8 @@ def main():
     parser.add_argument("--readme", help="README.md whose results section to rewrite")
     parser.add_argument("--readme-plot", default="bench/results/gflops_vs_L.png",
                         help="where the README's plot is copied, relative to the README")
+    parser.add_argument("--note", default="",
+                        help="a sentence for the README section, e.g. why the figures are provisional")
     args = parser.parse_args()
 
     results, context = load(args.json)
@@ -400,7 +403,8 @@ def main():
         plot_dst = os.path.join(os.path.dirname(os.path.abspath(args.readme)), args.readme_plot)
         os.makedirs(os.path.dirname(plot_dst), exist_ok=True)
         shutil.copyfile(pngs[0], plot_dst)
-        section = readme_section(rows, threads, context, args.command, args.readme_plot)
+        section = readme_section(rows, threads, context, args.command, args.readme_plot,
+                                 args.note)
         start, stop = text.index(BEGIN), text.index(END) + len(END)
         with open(args.readme, "w") as f:
             f.write(text[:start] + section + text[stop:])
