@@ -341,6 +341,19 @@ def readme_section(rows, threads, context, command, plot_rel, note):
         "",
         "![GFLOP/s against L](%s)" % plot_rel,
         "",
+        "Other runs (`build/release/bench/bench_attention --help` lists the sets, names and "
+        "flags; arguments of `tools/run_bench.sh` go to it):",
+        "",
+        "- GRID.md's cases with 0.2 s per measurement (issue 3's figures): "
+        "`tools/run_bench.sh --set=grid`",
+        "- the full E x H x L sweep (tens of minutes): `tools/run_bench.sh --set=sweep`",
+        "- a subset by name: `tools/run_bench.sh --benchmark_filter='^sdpa/.*/(s2048|bert)/'`",
+        "- a forced ISA: `tools/run_bench.sh --isa=avx2` (sets `SIMDATTN_ISA`)",
+        "- PyTorch's columns beside ours (needs `python3-torch`): `tools/run_bench.sh --peers`",
+        "- peak resident memory of sdpa at N=1, L=16384, E=512, H=8 against inputs plus output: "
+        "`build/release/bench/bench_attention --set=memory` (counters `peak_rss_MiB`, "
+        "`rss_ratio`), or the same under `/usr/bin/time -v` (\"Maximum resident set size\")",
+        "",
         END,
     ])
 
