@@ -157,6 +157,9 @@ def markdown_table(rows, threads, peers=None, cases=None):
     for t in threads:
         head.append("optimized ms, %d thr" % t)
     head.append("speedup (%d thr)" % top)
+    low = min(threads) if threads else 1
+    if top != low:
+        head.append("scaling %d→%d thr" % (low, top))
     for t in threads:
         head += ["GFLOP/s, %d thr" % t, "of peak, %d thr" % t]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -173,6 +176,10 @@ def markdown_table(rows, threads, peers=None, cases=None):
         best = by_path.get(("optimized", top))
         cells.append("%.1fx" % (naive.ms / best.ms) if naive and naive.ms and best and best.ms
                      else "-")
+        if top != low:
+            one = by_path.get(("optimized", low))
+            cells.append("%.2fx" % (one.ms / best.ms) if one and one.ms and best and best.ms
+                         else "-")
         for t in threads:
             r = by_path.get(("optimized", t))
             ok = r and r.ms
