@@ -117,7 +117,9 @@ void run_decode(const kernels::KernelTable& table, const reference::Heads<const 
         for (std::size_t s = 0; s < slices; ++s) {
           if (!(record(s)[0] <= m)) m = record(s)[0];  // a NaN max wins: it must propagate
         }
-        if (m == -INFINITY) {  // no visible key in any slice
+        // Decided by the mask rule, not by m: a visible score of -inf (from infinite inputs)
+        // gives NaN as in the reference (0 / 0 below), not the fully-masked answer.
+        if (!rule.has_visible_key(b, h, i)) {
           if (policy == MaskedRows::zeros) {
             std::fill(o, o + d, 0.0f);
           } else {
@@ -129,7 +131,7 @@ void run_decode(const kernels::KernelTable& table, const reference::Heads<const 
         std::fill(o, o + d, 0.0f);
         for (std::size_t s = 0; s < slices; ++s) {
           const float* r = record(s);
-          if (r[0] == -INFINITY) continue;  // this slice saw nothing
+          if (r[0] == -INFINITY && !std::isnan(r[1])) continue;  // nothing finite in this slice
           const float w = std::exp(r[0] - m);
           l += r[1] * w;
           for (std::size_t dd = 0; dd < d; ++dd) o[dd] += r[16 + dd] * w;
@@ -275,6 +277,10 @@ void scaled_dot_product_attention(const ConstHeadsView& query, const ConstHeadsV
                    "out overlaps an input (query, keys or values): in-place attention "
                    "is not supported");
     }
+  }
+  if (mask.data != nullptr &&
+      detail::overlaps(o.data, out_bytes, mask.data, mask.n * mask.h * mask.lq * mask.lk)) {
+    detail::fail(where, "out overlaps the mask");
   }
   const reference::Heads<float> out_heads{out.data, o.n,          o.l,           o.h,
                                           o.d,      o.row_stride, o.batch_stride};

@@ -38,6 +38,15 @@ struct MaskRule {
     }
     return lk;
   }
+  /// True if query row i of (batch b, head h) sees at least one key.
+  bool has_visible_key(std::size_t b, std::size_t h, std::size_t i) const {
+    const std::size_t end = causal_end(i);
+    const std::uint8_t* row = mask_row(b, h, i);
+    for (std::size_t k = 0; k < end; ++k) {
+      if (mask_keeps(row, mask.lk, k)) return true;
+    }
+    return false;
+  }
   static bool mask_keeps(const std::uint8_t* row, std::size_t mask_lk, std::size_t k) {
     return row == nullptr || row[mask_lk == 1 ? 0 : k] != 0;
   }

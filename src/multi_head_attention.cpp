@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <utility>
 
@@ -74,7 +75,7 @@ struct MultiHeadAttention::Impl {
   std::vector<float> weight[kNumProjections];
   std::vector<float> bias[kNumProjections];  // empty for an absent Q/K/V bias
 
-  // Derived from the above by repack(), never set directly.
+  // Derived from the above, never set directly.
   OwnedPacked packed[kNumProjections];
   OwnedPacked packed_qkv;       // [3E, E]: self-attention's one GEMM
   OwnedPacked packed_kv;        // [2E, E]: keys and values from the same buffer
@@ -85,22 +86,51 @@ struct MultiHeadAttention::Impl {
     for (int i = 0; i < kNumProjections; ++i) packed[i] = pack_stacked({&weight[i]}, e);
     packed_qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
     packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
-    auto concat = [&](std::initializer_list<int> idx) {
-      bool any = false;
-      for (int i : idx) any = any || !bias[i].empty();
-      std::vector<float> out;
-      if (!any) return out;
-      for (int i : idx) {
-        if (bias[i].empty()) {
-          out.insert(out.end(), e, 0.0f);
-        } else {
-          out.insert(out.end(), bias[i].begin(), bias[i].end());
-        }
+    bias_qkv = concat_biases(bias, {0, 1, 2});
+    bias_kv = concat_biases(bias, {1, 2});
+  }
+
+  // Replaces weight i and the packed copies that contain it. Everything that can throw
+  // (allocation) happens before the first change, so a failure leaves the module as it was.
+  void replace_weight(int i, std::vector<float> w) {
+    auto pick = [&](int j) { return j == i ? &w : &weight[j]; };
+    OwnedPacked single = pack_stacked({&w}, e);
+    OwnedPacked qkv, kv;
+    if (i < 3) qkv = pack_stacked({pick(0), pick(1), pick(2)}, e);
+    if (i == 1 || i == 2) kv = pack_stacked({pick(1), pick(2)}, e);
+    weight[i] = std::move(w);
+    packed[i] = std::move(single);
+    if (i < 3) packed_qkv = std::move(qkv);
+    if (i == 1 || i == 2) packed_kv = std::move(kv);
+  }
+
+  // Replaces bias i (empty: none) with the same guarantee.
+  void replace_bias(int i, std::vector<float> b) {
+    std::vector<float> next[kNumProjections];
+    for (int j = 0; j < kNumProjections; ++j) next[j] = j == i ? std::move(b) : bias[j];
+    std::vector<float> qkv = concat_biases(next, {0, 1, 2});
+    std::vector<float> kv = concat_biases(next, {1, 2});
+    for (int j = 0; j < kNumProjections; ++j) bias[j].swap(next[j]);
+    bias_qkv.swap(qkv);
+    bias_kv.swap(kv);
+  }
+
+  // The biases of projections `idx` end to end (zeros for an absent one), or empty if none of
+  // them has a bias.
+  std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections],
+                                   std::initializer_list<int> idx) const {
+    bool any = false;
+    for (int i : idx) any = any || !b[i].empty();
+    std::vector<float> out;
+    if (!any) return out;
+    for (int i : idx) {
+      if (b[i].empty()) {
+        out.insert(out.end(), e, 0.0f);
+      } else {
+        out.insert(out.end(), b[i].begin(), b[i].end());
       }
-      return out;
-    };
-    bias_qkv = concat({0, 1, 2});
-    bias_kv = concat({1, 2});
+    }
+    return out;
   }
 
   Impl clone() const {
@@ -179,11 +209,7 @@ void MultiHeadAttention::set_weight(Projection p, const float* data, std::size_t
                                    " elements, [E, E] = [" + std::to_string(e) + ", " +
                                    std::to_string(e) + "] needs " + std::to_string(e * e));
   }
-  // Pack into new storage first: on bad_alloc the module keeps its old weights.
-  Impl next = impl_->clone();
-  next.weight[i].assign(data, data + count);
-  next.repack();
-  *impl_ = std::move(next);
+  impl_->replace_weight(i, std::vector<float>(data, data + count));
 }
 
 const std::vector<float>& MultiHeadAttention::weight(Projection p) const {
@@ -199,22 +225,13 @@ void MultiHeadAttention::set_bias(Projection p, const float* data, std::size_t c
                                  " elements, [E] = [" + std::to_string(e) + "] needs " +
                                  std::to_string(e));
   }
-  Impl next = impl_->clone();
-  next.bias[i].assign(data, data + count);
-  next.repack();
-  *impl_ = std::move(next);
+  impl_->replace_bias(i, std::vector<float>(data, data + count));
 }
 
 void MultiHeadAttention::clear_bias(Projection p) {
   const int i = index_of(p);
-  Impl next = impl_->clone();
-  if (p == Projection::output) {
-    next.bias[i].assign(impl_->e, 0.0f);
-  } else {
-    next.bias[i].clear();
-  }
-  next.repack();
-  *impl_ = std::move(next);
+  impl_->replace_bias(
+      i, p == Projection::output ? std::vector<float>(impl_->e, 0.0f) : std::vector<float>());
 }
 
 bool MultiHeadAttention::has_bias(Projection p) const {
@@ -291,6 +308,14 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
 
   // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call.
   const std::size_t q_size = n * lq * e, kv_size = n * lk * e;
+  // The scratch holds at most 4 activations. Shapes whose own byte counts fit can still make
+  // that count overflow: an error before any allocation, never a wrapped-around small buffer
+  // (both paths crashed on such shapes). The factor 2 leaves room for thread_scratch's rounding.
+  if (std::max(q_size, kv_size) >
+      std::numeric_limits<std::size_t>::max() / (4 * 2 * sizeof(float))) {
+    detail::fail(where, "the scratch of 4 activations of " +
+                            std::to_string(std::max(q_size, kv_size)) + " floats overflows size_t");
+  }
   const bool self = values.data == keys.data && keys.data == query.data && lq == lk;
   const bool shared_kv = !self && values.data == keys.data;
 

@@ -106,7 +106,11 @@ float softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) 
   const float bmax = hmax<Arch>(vmax);
   const float m_new = bmax > m ? bmax : m;
   if (m_new == -std::numeric_limits<float>::infinity()) {
-    // Nothing visible yet: no exponentials (exp(-inf - -inf) is NaN), nothing to add.
+    // Nothing visible yet: no exponentials (exp(-inf - -inf) is NaN), nothing to add. The max
+    // above drops NaN scores; a NaN score must still reach the row, through its sum.
+    for (std::size_t j = 0; j < n; ++j) {
+      if (std::isnan(s[j])) l = s[j];
+    }
     for (std::size_t j = 0; j < n; j += kW) V(0.0f).store_aligned(s + j);
     alpha = 1.0f;
     return 0.0f;
@@ -218,13 +222,28 @@ void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, floa
   m_new.store_aligned(m);
 }
 
+/// True if query row i sees at least one key under the causal rule and the mask.
+inline bool has_visible_key(const AttentionArgs& a, std::size_t i) {
+  const std::size_t end = causal_end(a, i);
+  if (end == 0) return false;
+  if (a.mask == nullptr) return true;
+  const std::uint8_t* mrow = a.mask + i * a.mask_row_stride;
+  if (a.mask_lk == 1) return mrow[0] != 0;
+  for (std::size_t k = 0; k < end; ++k) {
+    if (mrow[k] != 0) return true;
+  }
+  return false;
+}
+
 /// Writes row i's result from its running state, or the fully-masked policy's answer.
 /// `mean` is the uniform average of V (computed on first need, `have_mean` tracks it).
 template <class Arch>
-void finish_row(const AttentionArgs& a, std::size_t i, float m, float l, const float* o,
-                float* mean, bool& have_mean) {
+void finish_row(const AttentionArgs& a, std::size_t i, float l, const float* o, float* mean,
+                bool& have_mean) {
   float* out = a.out + i * a.out_stride;
-  if (m == -std::numeric_limits<float>::infinity()) {
+  // Decided by the mask rule, not by m: a visible score of -inf (from infinite inputs) must
+  // give NaN as in the reference, not the fully-masked answer.
+  if (!has_visible_key(a, i)) {
     if (a.masked_rows == MaskedRows::zeros) {
       std::fill(out, out + a.d, 0.0f);
       return;
@@ -343,7 +362,7 @@ void attention_tiles(const AttentionArgs& a) {
   }
   bool have_mean = false;
   for (std::size_t t = 0; t < rows; ++t) {
-    finish_row<Arch>(a, a.row_begin + t, m[t], l[t], o + t * dp, mean, have_mean);
+    finish_row<Arch>(a, a.row_begin + t, l[t], o + t * dp, mean, have_mean);
   }
 }
 
