@@ -4,5 +4,6 @@
 #include "simdattn/attention.hpp"
 #include "simdattn/dispatch.hpp"
 #include "simdattn/multi_head_attention.hpp"
+#include "simdattn/safetensors.hpp"
 #include "simdattn/types.hpp"
 #include "simdattn/version.hpp"
