@@ -31,6 +31,8 @@ NAME = re.compile(r"^(?P<op>mha|sdpa)/(?P<path>naive|optimized)/(?P<case>[^/]+)/
                   r"/Lq:(?P<Lq>\d+)/Lk:(?P<Lk>\d+)/E:(?P<E>\d+)/H:(?P<H>\d+)"
                   r"/threads:(?P<threads>\d+)")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+COUNTERS = ("GFLOPS", "frac_peak", "bytes_per_second", "rel_err", "peak_rss_MiB", "io_MiB",
+            "rss_ratio")
 
 
 class Result:
@@ -77,16 +79,13 @@ def load(paths):
             rs = runs[key]
             r.ms = statistics.median(x["real_time"] * UNIT_MS[x["time_unit"]] for x in rs)
             names = set().union(*(x.keys() for x in rs))
-            for c in ("GFLOPS", "frac_peak", "bytes_per_second", "rel_err", "peak_rss_MiB",
-                      "io_MiB", "rss_ratio"):
+            for c in COUNTERS:
                 if c in names:
                     r.counters[c] = statistics.median(x[c] for x in rs if c in x)
         else:
             b = medians[key]
             r.ms = b["real_time"] * UNIT_MS[b["time_unit"]]
-            r.counters = {c: b[c] for c in ("GFLOPS", "frac_peak", "bytes_per_second",
-                                            "rel_err", "peak_rss_MiB", "io_MiB", "rss_ratio")
-                          if c in b}
+            r.counters = {c: b[c] for c in COUNTERS if c in b}
     return results, context or {}
 
 
