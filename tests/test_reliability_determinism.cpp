@@ -1,0 +1,103 @@
+// Reliability: the same inputs give bitwise identical outputs run to run and for thread counts
+// 1, 2 and 3 (and OpenMP's default, threads = 0). CTest runs this file once per ISA, so every
+// ISA's kernels are covered.
+//
+// Sizes are above the serial-work limits of the drivers, so more threads really means another
+// task split: the attention core cuts each (batch, head) into a different number of query-row
+// tasks for 1, 2 and 3 threads, and the GEMMs run their blocks on other threads. Between two
+// runs of one call, a call of another shape reuses the thread's scratch, so a kernel that
+// reads scratch it did not write in this call shows up as a run-to-run difference.
+// Inputs are finite: with NaN/Inf hidden by a mask, which rows it reaches may depend on the
+// task split (see the README's reliability section and test_reliability_nonfinite.cpp).
+#include <vector>
+
+#include "test_reliability_common.hpp"
+
+namespace simdattn {
+namespace {
+
+using test::first_difference;
+using test::SdpaProblem;
+
+// Scratch of another shape, written with other data, between two runs of a call.
+void disturb_scratch() {
+  const SdpaProblem other(1, 200, 130, 2, 72, 99);
+  Options o;
+  o.threads = 1;
+  other.run({}, o);
+  MultiHeadAttention m(48, 4, 5);
+  const Tensor x = Tensor::randn(2, 90, 48, 6);
+  m.forward(x, x, x, {}, o);
+}
+
+}  // namespace
+
+TEST_CASE("scaled_dot_product_attention is bitwise deterministic run to run and for 1-3 threads",
+          "[reliability][determinism]") {
+  // Two heads of Lq = 150 make tasks of 160, 48 and 32 query rows for 1, 2 and 3 threads, so
+  // the kernels' row strips fall differently. Lq = 3 takes the decode (row) path with its own
+  // split over heads. D = 24, 40 and Lk = 133, 1501 leave vector and key-block tails.
+  const SdpaProblem tile(1, 150, 133, 2, 24, 1);
+  const SdpaProblem decode(1, 3, 1501, 2, 40, 2);
+  for (const SdpaProblem* p : {&tile, &decode}) {
+    for (test::MaskKind kind : test::kAllMaskKinds) {
+      const auto m = test::make_mask(kind, p->n, p->h, p->lq, p->lk, 3);
+      Options o;
+      o.causal = m.causal;
+      o.threads = 1;
+      INFO("Lq " << p->lq << ", mask " << test::mask_kind_name(kind));
+      const auto base = p->run(m.mask, o);
+      test::check_close(base.data(), p->oracle(m.mask, o), "threads = 1 vs oracle");
+      for (int threads : {1, 2, 3, 0}) {
+        o.threads = threads;
+        disturb_scratch();
+        INFO("threads " << threads);
+        CHECK(first_difference(base, p->run(m.mask, o)) == "");
+      }
+    }
+  }
+}
+
+TEST_CASE("MultiHeadAttention::forward is bitwise deterministic run to run and for 1-3 threads",
+          "[reliability][determinism]") {
+  // E = 100, H = 4 (head_dim 25): the [3E, E] self-attention GEMM has several row and column
+  // blocks at N x L = 2 x 97, and the attention core is above its serial limit.
+  const std::size_t e = 100, heads = 4, n = 2, lq = 97, lk = 113;
+  MultiHeadAttention m(e, heads, 21);
+  m.set_bias(Projection::value, test::random_normal(e, 22));
+  const auto x = test::random_normal(n * lq * e, 23);
+  const auto kv = test::random_normal(n * lk * e, 24);
+  const auto vals = test::random_normal(n * lk * e, 25);
+  struct Case {
+    const char* name;
+    ConstTensorView v, k, q;
+  };
+  const Case cases[] = {
+      {"self-attention", {x.data(), n, lq, e}, {x.data(), n, lq, e}, {x.data(), n, lq, e}},
+      {"shared keys/values", {kv.data(), n, lk, e}, {kv.data(), n, lk, e}, {x.data(), n, lq, e}},
+      {"cross-attention", {vals.data(), n, lk, e}, {kv.data(), n, lk, e}, {x.data(), n, lq, e}},
+  };
+  for (const Case& c : cases) {
+    for (test::MaskKind kind : test::kAllMaskKinds) {
+      const auto mask = test::make_mask(kind, n, heads, lq, c.k.l, 4);
+      Options o;
+      o.causal = mask.causal;
+      o.threads = 1;
+      INFO(c.name << ", mask " << test::mask_kind_name(kind));
+      std::vector<float> base(n * lq * e);
+      m.forward(c.v, c.k, c.q, mask.mask, {base.data(), n, lq, e}, o);
+      test::check_close(base.data(), test::oracle_forward(m, c.v, c.k, c.q, mask.mask, o),
+                        "threads = 1 vs oracle");
+      for (int threads : {1, 2, 3, 0}) {
+        o.threads = threads;
+        disturb_scratch();
+        std::vector<float> out(n * lq * e, -1.0f);
+        m.forward(c.v, c.k, c.q, mask.mask, {out.data(), n, lq, e}, o);
+        INFO("threads " << threads);
+        CHECK(first_difference(base, out) == "");
+      }
+    }
+  }
+}
+
+}  // namespace simdattn
