@@ -9,6 +9,7 @@
 // reads scratch it did not write in this call shows up as a run-to-run difference.
 // Inputs are finite: with NaN/Inf hidden by a mask, which rows it reaches may depend on the
 // task split (see the README's reliability section and test_reliability_nonfinite.cpp).
+#include <limits>
 #include <vector>
 
 #include "test_reliability_common.hpp"
@@ -19,15 +20,43 @@ namespace {
 using test::first_difference;
 using test::SdpaProblem;
 
-// Scratch of another shape, written with other data, between two runs of a call.
-void disturb_scratch() {
+// NaN and Inf in every 7th element: scratch holding them poisons a later call that reads it
+// before writing it (0 x NaN is NaN) instead of cancelling out.
+void poison(std::vector<float>& x) {
+  for (std::size_t i = 0; i < x.size(); i += 7) {
+    x[i] = i % 2 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  }
+}
+
+// Calls of p's shapes (so the scratch layout is the same) and of another shape, with poisoned
+// data, on 1 and 2 threads: what a run of p finds in its scratch afterwards.
+void disturb_scratch(const SdpaProblem& p) {
+  SdpaProblem same = p;
+  poison(same.q);
+  poison(same.v);
   const SdpaProblem other(1, 200, 130, 2, 72, 99);
-  Options o;
-  o.threads = 1;
-  other.run({}, o);
-  MultiHeadAttention m(48, 4, 5);
-  const Tensor x = Tensor::randn(2, 90, 48, 6);
-  m.forward(x, x, x, {}, o);
+  for (int threads : {1, 2}) {
+    Options o;
+    o.threads = threads;
+    same.run({}, o);
+    other.run({}, o);
+  }
+}
+
+void disturb_scratch(const MultiHeadAttention& m, const ConstTensorView& like_q,
+                     const ConstTensorView& like_kv) {
+  std::vector<float> q(like_q.data, like_q.data + like_q.n * like_q.l * like_q.e);
+  std::vector<float> kv(like_kv.data, like_kv.data + like_kv.n * like_kv.l * like_kv.e);
+  poison(q);
+  poison(kv);
+  const ConstTensorView qv{q.data(), like_q.n, like_q.l, like_q.e},
+      kvv{kv.data(), like_kv.n, like_kv.l, like_kv.e};
+  for (int threads : {1, 2}) {
+    Options o;
+    o.threads = threads;
+    m.forward(kvv, kvv, qv, {}, o);
+    m.forward(qv, qv, qv, {}, o);
+  }
 }
 
 }  // namespace
@@ -48,9 +77,9 @@ TEST_CASE("scaled_dot_product_attention is bitwise deterministic run to run and 
       INFO("Lq " << p->lq << ", mask " << test::mask_kind_name(kind));
       const auto base = p->run(m.mask, o);
       test::check_close(base.data(), p->oracle(m.mask, o), "threads = 1 vs oracle");
+      disturb_scratch(*p);  // every later run finds poisoned scratch on its threads
       for (int threads : {1, 2, 3, 0}) {
         o.threads = threads;
-        disturb_scratch();
         INFO("threads " << threads);
         CHECK(first_difference(base, p->run(m.mask, o)) == "");
       }
@@ -88,9 +117,9 @@ TEST_CASE("MultiHeadAttention::forward is bitwise deterministic run to run and f
       m.forward(c.v, c.k, c.q, mask.mask, {base.data(), n, lq, e}, o);
       test::check_close(base.data(), test::oracle_forward(m, c.v, c.k, c.q, mask.mask, o),
                         "threads = 1 vs oracle");
+      disturb_scratch(m, c.q, c.k);
       for (int threads : {1, 2, 3, 0}) {
         o.threads = threads;
-        disturb_scratch();
         std::vector<float> out(n * lq * e, -1.0f);
         m.forward(c.v, c.k, c.q, mask.mask, {out.data(), n, lq, e}, o);
         INFO("threads " << threads);
