@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 
 #include "driver.hpp"
+#include "fp_env.hpp"
 #include "kernels/kernel_table.hpp"
 #include "simdattn/dispatch.hpp"
 #include "validate.hpp"
@@ -51,6 +53,9 @@ float* thread_scratch(int slot, std::size_t floats) {
   thread_local ScratchSlot slots[4];
   ScratchSlot& s = slots[slot];
   if (s.floats < floats) {
+    if (floats > (std::numeric_limits<std::size_t>::max() - 63) / sizeof(float)) {
+      throw std::bad_alloc();  // the rounding below would wrap around to a tiny buffer
+    }
     const std::size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
     float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (p == nullptr) throw std::bad_alloc();
@@ -106,6 +111,7 @@ void run_decode(const kernels::KernelTable& table, const reference::Heads<const 
     a.scratch = thread_scratch(0, scratch_floats);
     table.decode(a);
   });
+  FlushDenormals ftz;  // the merge and the uniform average run like the kernels do
   for (std::size_t b = 0; b < n; ++b) {
     for (std::size_t i = 0; i < lq; ++i) {
       for (std::size_t h = 0; h < heads; ++h) {
