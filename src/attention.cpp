@@ -21,10 +21,8 @@ namespace {
 // Below this many multiply-adds a call runs on the calling thread: starting the team and its
 // barrier costs more than the work (the tutorial's [1, 2, 256] case).
 constexpr double kSerialWorkLimit = 1 << 18;
-// Query rows per task at most; smaller when needed to give every thread several tasks.
-constexpr std::size_t kMaxTaskRows = kernels::kMaxTaskRows;
-// Granularity of task rows, a multiple of every ISA's query micro-tile.
-constexpr std::size_t kTaskRowQuantum = 16;
+// Granularity of task rows: every ISA's query group divides it, so no group runs half empty.
+constexpr std::size_t kTaskRowQuantum = kernels::kMaxQueryGroup;
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -173,7 +171,8 @@ void run_attention(const reference::Heads<const float>& q, const reference::Head
     ++chunks;
   }
   std::size_t rows = (q.l + chunks - 1) / chunks;
-  rows = std::min(kMaxTaskRows, (rows + kTaskRowQuantum - 1) / kTaskRowQuantum * kTaskRowQuantum);
+  rows = std::min(kernels::kMaxTaskRows,
+                  (rows + kTaskRowQuantum - 1) / kTaskRowQuantum * kTaskRowQuantum);
   const std::size_t row_tasks = (q.l + rows - 1) / rows;
   const std::size_t tasks = heads * row_tasks;
   const std::size_t scratch_floats = kernels::attention_scratch_floats(q.d);

@@ -76,13 +76,16 @@ inline std::size_t partial_record_floats(std::size_t d) {
 inline constexpr std::size_t kMaxTaskRows = 256;
 /// Keys per block of the attention kernels, every ISA.
 inline constexpr std::size_t kKeyBlock = 64;
+/// Queries per group of the attention tile path, the largest over ISAs (2 zmm on AVX-512).
+inline constexpr std::size_t kMaxQueryGroup = 32;
 
 /// Floats of scratch one attention task needs: the task's queries transposed, a padded block
 /// of V, a score tile, and the running output, max, sum and rescale factor of every row of the
 /// task, plus the uniform average of V. O(task rows x D), independent of Lq and Lk.
 inline std::size_t attention_scratch_floats(std::size_t d) {
   const std::size_t dp = (d + 15) / 16 * 16;
-  return kMaxTaskRows * dp * 2 + kKeyBlock * dp + kKeyBlock * 32 + 3 * kMaxTaskRows + dp + 64;
+  return kMaxTaskRows * dp * 2 + kKeyBlock * dp + kKeyBlock * kMaxQueryGroup + 3 * kMaxTaskRows +
+         dp + 64;
 }
 
 /// Floats of scratch one decode task needs: scores and rescale factors of every head for one

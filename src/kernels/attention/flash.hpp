@@ -62,9 +62,6 @@ struct AttentionTile<xsimd::sse2> {
   static constexpr std::size_t kScoreKeys = 4, kQueryVecs = 2, kRows = 4, kOutVecs = 2;
 };
 
-/// Queries per group of the tile path, the largest over ISAs (sizes the score tile).
-inline constexpr std::size_t kMaxQueryGroup = 32;
-
 inline std::size_t round_up(std::size_t x, std::size_t m) {
   return (x + m - 1) / m * m;
 }
@@ -98,7 +95,7 @@ inline void hide_masked(const std::uint8_t* mrow, std::size_t mask_lk, std::size
 /// s[0, n) <- exp(s - m_new) with n a multiple of the width; returns the sum. Updates the
 /// row's running max and sum and returns alpha = exp(m_old - m_new) through `alpha`.
 template <class Arch>
-float softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) {
+void softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V vmax = V::load_aligned(s);
@@ -113,7 +110,7 @@ float softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) 
     }
     for (std::size_t j = 0; j < n; j += kW) V(0.0f).store_aligned(s + j);
     alpha = 1.0f;
-    return 0.0f;
+    return;
   }
   alpha = m == -std::numeric_limits<float>::infinity() ? 0.0f : xsimd::exp(V(m - m_new)).get(0);
   const V vm(m_new);
@@ -126,7 +123,6 @@ float softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) 
   const float sum = xsimd::hadd(vsum);
   l = l * alpha + sum;
   m = m_new;
-  return sum;
 }
 
 /// st[key][0, kQueryVecs * W) = scale * K[key] . Q^T[:, q] for kKeys keys read in place.
