@@ -1,0 +1,30 @@
+// What the machine can do, measured at start-up: the FP32 peak of an ISA's vectors (the
+// denominator of every "fraction of peak"), and the CPU's name for the report.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "simdattn/simdattn.hpp"
+
+namespace bench {
+
+// A loop of independent FMA chains (multiply-add on SSE2) on the widest vectors of `isa`.
+struct PeakLoop {
+  simdattn::Isa isa;  // whose vectors the loop uses
+  double flops_per_iteration;
+  float (*run)(std::int64_t iters);
+};
+
+// The loop for the active ISA; the naive path has no vectors of its own, so it is measured
+// against the best ISA this machine runs (the hardware's peak).
+PeakLoop peak_loop(simdattn::Isa active);
+
+// GFLOP/s of `threads` threads each running the loop (at most one per processor): the best of
+// several trials, each thread timed in its own CPU time.
+double measure_peak_gflops(const PeakLoop& loop, int threads);
+
+// /proc/cpuinfo's "model name", or "unknown".
+std::string cpu_model();
+
+}  // namespace bench

@@ -1,0 +1,281 @@
+// bench_attention: how much faster simdattn's optimized path is than its naive one on this
+// machine, and how close it comes to the machine's FP32 peak (issue 4).
+//
+//   bench_attention [--set=default|grid|sweep|full|memory] [--isa=avx512|avx2|sse2|naive]
+//                   [--threads=1,2] [--naive_limit_s=2] [--optimized_limit_s=30]
+//                   [Google Benchmark flags: --benchmark_filter=REGEX,
+//                    --benchmark_out=out/bench.json, --benchmark_repetitions=N, ...]
+//
+// Benchmark names (one per op, path, shape and thread count):
+//
+//   <op>/<path>/<case>/N:<n>/Lq:<lq>/Lk:<lk>/E:<e>/H:<h>/threads:<t>/real_time
+//
+//   op     mha: MultiHeadAttention::forward (self-attention: one tensor passed three times,
+//               except cross and decode, whose keys and values are one [N, Lk, E] tensor);
+//          sdpa: scaled_dot_product_attention on the [N, L, H, D] heads of three [N, L, E]
+//               tensors (queries, keys, values drawn separately).
+//   path   naive: the scalar reference. It ignores Options::threads, so it runs at threads:1
+//               only and the report compares every optimized thread count against it.
+//          optimized: the kernels of the active ISA (--isa or SIMDATTN_ISA forces one).
+//   case   a GRID.md case (seed s128 s512 s2048 bert s4096 causal cross decode), "sweep" for
+//          the E x H x L sweep, "memory" for the peak-memory run.
+//
+// --benchmark_filter is a regex on these names, e.g. '^sdpa/' (op), '/naive/' (path), '/bert/'
+// (case), '/E:512/', '/H:8/', '/Lq:2048/', '/threads:2/'. The ISA is per process: --isa.
+//
+// Sets (--set, comma-separated; filters then pick within them):
+//   default  what a plain run shows in under 3 minutes on a 2-core machine: the GRID cases
+//            and 10 sweep points that with them vary L, E and H (see kDefaultSweep), each
+//            measurement 0.05 s at least: a quick look. The other sets follow GRID.md's 0.2 s.
+//   grid     the nine GRID.md cases, both ops, both paths, every thread count.
+//   sweep    E in {128, 256, 512, 1024} x H in {1, 4, 8, 16} x L in {2, 128, 512, 2048, 4096},
+//            both ops and paths (480 benchmarks; a long run: filter it, or expect tens of minutes).
+//   full     grid and sweep.
+//   memory   sdpa at N=1, L=16384, E=512, H=8, once, with the process's peak resident memory
+//            (getrusage) against the bytes of inputs plus output. Run it in its own process:
+//            the peak is process-wide.
+//
+// Counters (medians over --benchmark_repetitions, 5 unless given; GRID.md's two warm-ups are the
+// check's call and one more):
+//   GFLOPS       FLOPs per call / wall time per call / 1e9, with GRID.md's formulas:
+//                  sdpa = 4 N Lq Lk E, halved when causal (the masked half need not be computed)
+//                  mha  = sdpa + 4 N Lq E^2 (Q and output projections) + 4 N Lk E^2 (K and V)
+//   frac_peak    GFLOPS / the FP32 peak measured at start-up with the same thread count by an
+//                FMA loop on the active ISA's vectors (the best ISA's when the ISA is naive).
+//   omp_threads  Options::threads of the call.
+//   rel_err      relative Frobenius error of the output rows checked before timing (below).
+//   bytes_per_second  decode (Lq = 1) sdpa only: K and V bytes, read once, per second.
+//   The label names the ISA that ran ("reference" for the naive path).
+//
+// Before timing, each benchmark runs once and compares its output with the naive path on
+// the same inputs: every row when Lq <= 32, otherwise the first and last kCheckRows query rows
+// of every batch (the edges of any tiling). A mismatch or a NaN fails that benchmark with an
+// error, the run exits with status 1, and no time is reported for it. Benchmarks whose
+// estimated time per call exceeds --naive_limit_s (naive) or --optimized_limit_s (optimized)
+// are skipped and reported as such; the estimate comes from each path's rate measured at
+// start-up on a small shape.
+//
+//
+// Files: cases.hpp (cases, names, FLOP counts), machine.hpp (peak measurement), workload.hpp
+// (inputs and the output check), registration.hpp (skip rule, timed body, counters), sets.hpp
+// (the table of sets; one file per set under sets/), and this file (flags and main).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "machine.hpp"
+#include "registration.hpp"
+#include "sets.hpp"
+#include "simdattn/simdattn.hpp"
+#include "workload.hpp"
+
+namespace {
+
+using bench::config;
+using bench::machine;
+using simdattn::Isa;
+using simdattn::Path;
+
+std::string set_names(const char* sep) {
+  std::string names;
+  for (const bench::BenchSet& set : bench::bench_sets()) {
+    names += (names.empty() ? "" : sep) + std::string(set.name);
+  }
+  return names;
+}
+
+std::string usage() {
+  std::string sets;
+  for (const bench::BenchSet& set : bench::bench_sets()) {
+    char line[160];
+    std::snprintf(line, sizeof line, "                          %-8s %s\n", set.name, set.help);
+    sets += line;
+  }
+  return "bench_attention: simdattn's naive and optimized paths, timed side by side.\n"
+         "\n"
+         "  --set=LIST            " +
+         set_names(" | ") + " (comma-separated)\n" + sets +
+         "  --isa=NAME            force the optimized path's ISA: avx512 | avx2 | sse2 | naive\n"
+         "                        (sets SIMDATTN_ISA before the library's first call)\n"
+         "  --threads=LIST        thread counts of the optimized path (default 1,2)\n"
+         "  --naive_limit_s=S     skip naive benchmarks estimated above S seconds per call (2)\n"
+         "  --optimized_limit_s=S the same for the optimized path (30)\n"
+         "\n"
+         "Names: <op>/<path>/<case>/N:n/Lq:lq/Lk:lk/E:e/H:h/threads:t, e.g.\n"
+         "  --benchmark_filter='^sdpa/optimized/(s2048|bert)/'   "
+         "--benchmark_filter='/E:512/H:8/'\n"
+         "Defaults added unless given: --benchmark_repetitions=5, --benchmark_min_time of the\n"
+         "  sets (the largest when several run),\n"
+         "  --benchmark_display_aggregates_only=true (the JSON of --benchmark_out keeps every "
+         "run).\n"
+         "Full sweep: bench_attention --set=sweep --benchmark_out=out/sweep.json (tens of "
+         "minutes).\n"
+         "Google Benchmark's own flags follow.\n\n";
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, sep);) out.push_back(item);
+  return out;
+}
+
+double parse_seconds(const std::string& flag, const std::string& value) {
+  std::size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(value, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != value.size() || !(v > 0)) {
+    throw std::invalid_argument(flag + " needs a positive number of seconds, got '" + value + "'");
+  }
+  return v;
+}
+
+// Takes our flags out of argv; Google Benchmark gets the rest.
+std::vector<char*> parse_flags(int argc, char** argv, bench::Config& cfg, bool& help) {
+  std::vector<char*> rest{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* flag) -> const char* {
+      const std::string prefix = std::string(flag) + "=";
+      return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
+    };
+    if (const char* v = value("--set")) {
+      cfg.sets = split(v, ',');
+      for (const std::string& set : cfg.sets) {
+        if (bench::find_set(set) == nullptr) {
+          throw std::invalid_argument("--set: unknown set '" + set + "' (" + set_names(", ") + ")");
+        }
+      }
+    } else if (const char* v = value("--isa")) {
+      cfg.isa = v;
+    } else if (const char* v = value("--threads")) {
+      cfg.threads.clear();
+      for (const std::string& t : split(v, ',')) {
+        const int n = std::atoi(t.c_str());
+        if (n < 1 || std::to_string(n) != t) {
+          throw std::invalid_argument("--threads: '" + t + "' is not a positive integer");
+        }
+        cfg.threads.push_back(n);
+      }
+      if (cfg.threads.empty()) throw std::invalid_argument("--threads: empty list");
+    } else if (const char* v = value("--naive_limit_s")) {
+      cfg.naive_limit_s = parse_seconds("--naive_limit_s", v);
+    } else if (const char* v = value("--optimized_limit_s")) {
+      cfg.optimized_limit_s = parse_seconds("--optimized_limit_s", v);
+    } else {
+      if (arg == "--help" || arg == "-h") help = true;
+      rest.push_back(argv[i]);
+    }
+  }
+  return rest;
+}
+
+std::string format_gflops(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
+}
+
+// --benchmark_min_time=<the largest min_time_s of the chosen sets>
+std::string min_time_flag(const std::vector<std::string>& sets) {
+  double seconds = 0;
+  for (const std::string& name : sets)
+    seconds = std::max(seconds, bench::find_set(name)->min_time_s);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "--benchmark_min_time=%g", seconds);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool help = false;
+  std::vector<char*> args;
+  try {
+    args = parse_flags(argc, argv, config(), help);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "bench_attention: %s\n%s", e.what(), usage().c_str());
+    return 2;
+  }
+  if (help) std::fputs(usage().c_str(), stdout);
+  // Our defaults first: a flag the user gives later on the command line wins.
+  static char kRepetitions[] = "--benchmark_repetitions=5";
+  static std::string min_time = min_time_flag(config().sets);
+  static char kAggregates[] = "--benchmark_display_aggregates_only=true";
+  args.insert(args.begin() + 1, {kRepetitions, min_time.data(), kAggregates});
+  int gb_argc = static_cast<int>(args.size());
+  args.push_back(nullptr);
+  benchmark::Initialize(&gb_argc, args.data());  // exits after printing its help for --help
+  if (benchmark::ReportUnrecognizedArguments(gb_argc, args.data())) return 2;
+
+  // Before the library's first call: dispatch reads SIMDATTN_ISA once.
+  if (!config().isa.empty()) setenv("SIMDATTN_ISA", config().isa.c_str(), 1);
+  bench::Machine& m = machine();
+  try {
+    m.isa = simdattn::active_isa();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_attention: %s\n", e.what());
+    return 2;
+  }
+  std::string available;
+  for (Isa isa : simdattn::available_isas()) {
+    available += (available.empty() ? "" : ", ") + std::string(simdattn::isa_name(isa));
+  }
+  std::printf("simdattn %s, active ISA: %s (available: %s)\n", simdattn::kVersion,
+              simdattn::isa_name(m.isa), available.c_str());
+  std::printf("CPU: %s\n", bench::cpu_model().c_str());
+  std::fflush(stdout);
+
+  m.loop = bench::peak_loop(m.isa);
+  std::string peaks;
+  for (int t : config().threads) {
+    peaks += (peaks.empty() ? "" : ", ") + std::to_string(t) + " thread" + (t > 1 ? "s " : " ") +
+             format_gflops(bench::peak_gflops(t)) + " GFLOP/s";
+  }
+  std::printf("FP32 peak (%s loop): %s\n", simdattn::isa_name(m.loop.isa), peaks.c_str());
+  m.rates[Path::naive] = bench::calibrate(Path::naive);
+  m.rates[Path::optimized] = bench::calibrate(Path::optimized);
+  std::printf(
+      "Start-up rates, 1 thread: naive %s GFLOP/s attention, %s projections; optimized "
+      "%s, %s\n",
+      format_gflops(m.rates[Path::naive].attention * 1e-9).c_str(),
+      format_gflops(m.rates[Path::naive].projection * 1e-9).c_str(),
+      format_gflops(m.rates[Path::optimized].attention * 1e-9).c_str(),
+      format_gflops(m.rates[Path::optimized].projection * 1e-9).c_str());
+  std::fflush(stdout);
+
+  benchmark::AddCustomContext("simdattn_version", simdattn::kVersion);
+  benchmark::AddCustomContext("simdattn_isa", simdattn::isa_name(m.isa));
+  benchmark::AddCustomContext("cpu_model", bench::cpu_model());
+  benchmark::AddCustomContext("peak_isa", simdattn::isa_name(m.loop.isa));
+  for (const auto& [t, gflops] : m.peak_gflops) {
+    benchmark::AddCustomContext("peak_gflops_" + std::to_string(t) + "t", format_gflops(gflops));
+  }
+  std::string sets;
+  for (const std::string& set : config().sets) {
+    sets += (sets.empty() ? "" : ",") + set;
+    bench::find_set(set)->add();
+  }
+  benchmark::AddCustomContext("bench_set", sets);
+
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  bench::release_workload();
+  if (bench::failed_checks() > 0) {
+    std::fprintf(stderr,
+                 "bench_attention: %d benchmark(s) FAILED the output check against the naive "
+                 "path; their times are not reported.\n",
+                 bench::failed_checks());
+    return 1;
+  }
+  return 0;
+}

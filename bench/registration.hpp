@@ -1,0 +1,65 @@
+// Registration of timed benchmarks: the run's configuration, the machine's start-up
+// measurements, the skip rule, and the timed body shared by every (op, path, shape, threads).
+// A benchmark set (bench/sets/) calls add() or add_shape() for each benchmark it wants, or
+// registers its own body with Google Benchmark and reports with set_rate_counters().
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cases.hpp"
+#include "machine.hpp"
+#include "simdattn/simdattn.hpp"
+
+namespace bench {
+
+struct Config {
+  std::vector<std::string> sets = {"default"};
+  std::string isa;  // empty: the library's choice
+  std::vector<int> threads = {1, 2};
+  double naive_limit_s = 2.0;
+  double optimized_limit_s = 30.0;
+};
+
+// Rates of one path measured at start-up on small shapes, one thread: the attention core's, and
+// the projections' (the rest of a module call). They only decide what to skip.
+struct Rates {
+  double attention = 0;   // FLOP/s
+  double projection = 0;  // FLOP/s
+};
+
+struct Machine {
+  simdattn::Isa isa = simdattn::Isa::naive;
+  PeakLoop loop{};
+  std::map<int, double> peak_gflops;  // by thread count
+  std::map<simdattn::Path, Rates> rates;
+};
+
+Config& config();
+Machine& machine();
+
+// The FP32 peak at `threads` threads, measured on first use.
+double peak_gflops(int threads);
+// One thread's rates of `path`, measured now (tens of milliseconds).
+Rates calibrate(simdattn::Path path);
+
+// Benchmark `op` on `path` at `threads` threads: checked against the naive path, then timed;
+// or, when the start-up rates say a call would exceed --naive_limit_s / --optimized_limit_s,
+// registered as a skipped benchmark that says so.
+void add(Op op, simdattn::Path path, const Shape& s, int threads);
+// Both ops of a shape, naive once and optimized at every thread count of the configuration, so
+// consecutive benchmarks share one workload.
+void add_shape(const Shape& s);
+
+// The counters every timed benchmark reports: GFLOPS, frac_peak (of the peak at `threads`) and
+// omp_threads.
+void set_rate_counters(benchmark::State& state, double flops_per_call, double seconds_per_call,
+                       int threads);
+// A benchmark whose output check failed: printed once on stderr, and the run exits with 1.
+void report_failed_check(const std::string& name, const std::string& message);
+int failed_checks();
+
+}  // namespace bench
