@@ -22,7 +22,10 @@ const char* const kCases[] = {
     "cross_attention", "causal",     "key_padding", "fully_masked_rows", "head_dim_15",
     "head_dim_3",      "inputs_1e3", "mha_cross",   "mha_key_padding",
 };
-const char* const kOtherFixtures[] = {"dtypes"};  // read by test_safetensors.cpp
+const char* const kOtherFixtures[] = {"dtypes",  // read by test_safetensors.cpp
+                                      // Gradients, read by test_backward.cpp.
+                                      "grad_self", "grad_cross", "grad_causal", "grad_key_padding",
+                                      "grad_head_dim_15", "grad_fully_masked_rows", "grad_mha"};
 
 // Relative error bound against the float64 expectation (Frobenius norm and largest element).
 constexpr double kTolerance = 1e-5;

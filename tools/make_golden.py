@@ -20,6 +20,14 @@ Tensors of a case file (E = embed size):
   mask          U8 [N|1, H|1, Lq|1, Lk|1], if the case has one
   expected.<s>  F64 [N, Lq, E] for scale convention s: "scale_embed" (the tutorial's
                 energy / sqrt(E)) or "scale_head_dim" (1 / sqrt(E / H), nn.MultiheadAttention)
+
+Gradient cases (files grad_*.safetensors; metadata["scale"] names their one convention) also
+hold what autograd computes in float64 for the loss sum(out * grad.out):
+  grad.out      F32 [N, Lq, E], the output gradient fed to the backward pass
+  grad.query, grad.keys, grad.values
+                F64, one per stored input tensor: for "self" only grad.query (the sum of the
+                three uses), for "shared_kv" grad.query and grad.values (keys and values summed)
+  grad.<param>  F64, the gradient of every parameter under its PyTorch name
 """
 
 import argparse
@@ -163,6 +171,75 @@ def check_fully_masked_rows(name, attention, mask, n, heads, lq, lk):
             assert torch.allclose(row, uniform, rtol=0, atol=1e-15), (name, idx, row)
 
 
+def leaves_for(query, keys, values, inputs):
+    """float64 leaves that require gradients, aliased as the float32 inputs are: autograd then
+    sums the gradients of a tensor passed more than once, as simdattn must."""
+    q = query.double().requires_grad_()
+    k = q if inputs == "self" else keys.double().requires_grad_()
+    v = k if inputs in ("self", "shared_kv") else values.double().requires_grad_()
+    stored = {"query": q}
+    if inputs != "self":
+        stored["values"] = v
+    if inputs == "distinct":
+        stored["keys"] = k
+    return q, k, v, stored
+
+
+def add_gradients(tensors, out, grad_out, stored, module):
+    (out * grad_out.double()).sum().backward()
+    for name, leaf in stored.items():
+        tensors["grad." + name] = leaf.grad
+    for name, param in module.named_parameters():
+        tensors["grad." + name] = param.grad
+    for k, v in tensors.items():
+        if k.startswith("grad."):
+            assert torch.isfinite(v).all(), k
+
+
+def tutorial_grad_case(name, description, n, lq, lk, e, heads, inputs, mask=None,
+                       scale="scale_embed"):
+    """The tutorial's module, its output and its gradients for one scale convention."""
+    seed_for(name)
+    model = SelfAttention(e, heads)
+    query, keys, values, tensors = draw_inputs(n, lq, lk, e, inputs)
+    grad_out = randn(n, lq, e)
+    tensors.update(model.state_dict())
+    tensors["grad.out"] = grad_out
+    double = SelfAttention(e, heads).double()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    q, k, v, stored = leaves_for(query, keys, values, inputs)
+    out = double(v, k, q, None if mask is None else mask.double(), scale)
+    tensors["expected." + scale] = out.detach()
+    add_gradients(tensors, out, grad_out, stored, double)
+    if mask is not None:
+        tensors["mask"] = mask
+    return case_file(name, description, "SelfAttention", heads, inputs, tensors, mask, "",
+                     scale)
+
+
+def mha_grad_case(name, description, n, lq, lk, e, heads, inputs, lengths):
+    """nn.MultiheadAttention in training mode (dropout 0): its Q/K/V biases get gradients."""
+    seed_for(name)
+    model = nn.MultiheadAttention(e, heads, batch_first=True)
+    with torch.no_grad():
+        model.in_proj_bias.uniform_(-0.5, 0.5)
+        model.out_proj.bias.uniform_(-0.5, 0.5)
+    query, keys, values, tensors = draw_inputs(n, lq, lk, e, inputs)
+    grad_out = randn(n, lq, e)
+    tensors.update(model.state_dict())
+    tensors["grad.out"] = grad_out
+    double = nn.MultiheadAttention(e, heads, batch_first=True).double().train()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    mask = keep_lengths(lengths, lk)
+    q, k, v, stored = leaves_for(query, keys, values, inputs)
+    out, _ = double(q, k, v, key_padding_mask=(mask.reshape(n, lk) == 0), need_weights=False)
+    tensors["expected.scale_head_dim"] = out.detach()
+    add_gradients(tensors, out, grad_out, stored, double)
+    tensors["mask"] = mask
+    return case_file(name, description, "MultiheadAttention", heads, inputs, tensors, mask, "",
+                     "scale_head_dim")
+
+
 def mha_case(name, description, n, lq, lk, e, heads, inputs, lengths=None, prefix=""):
     seed_for(name)
     model = nn.MultiheadAttention(e, heads, batch_first=True)
@@ -187,10 +264,12 @@ def mha_case(name, description, n, lq, lk, e, heads, inputs, lengths=None, prefi
     return case_file(name, description, "MultiheadAttention", heads, inputs, tensors, mask, prefix)
 
 
-def case_file(name, description, module, heads, inputs, tensors, mask, prefix):
+def case_file(name, description, module, heads, inputs, tensors, mask, prefix, scale=None):
     query = tensors["query"]
     meta = {"case": name, "description": description, "module": module, "heads": str(heads),
             "inputs": inputs, "prefix": prefix}
+    if scale is not None:
+        meta["scale"] = scale
     if mask is not None and mask.shape[0] == 1 and mask.shape[1] == 1 and torch.equal(
             mask, keep_tril(mask.shape[2], mask.shape[3])):
         meta["mask_equals_causal"] = "top_left"  # the same case again through Options::causal
@@ -202,6 +281,9 @@ def case_file(name, description, module, heads, inputs, tensors, mask, prefix):
             "Lk": tensors.get("values", query).shape[1], "E": query.shape[2], "heads": heads,
             "inputs": inputs, "mask": None if mask is None else list(mask.shape),
             "prefix": prefix, "expected": sorted(k for k in tensors if k.startswith("expected."))}
+    gradients = sorted(k for k in tensors if k.startswith("grad."))
+    if gradients:
+        info["gradients"] = gradients
     return name, safetensors_bytes(tensors, meta), info
 
 
@@ -262,6 +344,30 @@ def all_cases():
                    3, 11, 11, 40, 5, "self", lengths=[11, 4, 8],
                    prefix="encoder.layers.0.self_attn.")
     yield dtypes_file()
+    # Gradients (the training fixtures), the tutorial's scale unless said otherwise.
+    yield tutorial_grad_case("grad_self", "gradients: self-attention, x [2, 6, 32], H = 4",
+                             2, 6, 6, 32, 4, "self")
+    yield tutorial_grad_case("grad_cross",
+                             "gradients: cross-attention, one encoder tensor for keys and values",
+                             2, 5, 9, 32, 4, "shared_kv")
+    yield tutorial_grad_case("grad_causal", "gradients: lower-triangular mask [1, 1, L, L]",
+                             2, 11, 11, 24, 3, "self", mask=keep_tril(11, 11))
+    yield tutorial_grad_case("grad_key_padding",
+                             "gradients: key padding [N, 1, 1, Lk], lengths 8, 5, 1, 1/sqrt(D)",
+                             3, 8, 8, 20, 2, "self", mask=keep_lengths([8, 5, 1], 8),
+                             scale="scale_head_dim")
+    yield tutorial_grad_case("grad_head_dim_15",
+                             "gradients: head_dim 15 (E = 30, H = 2), key padding",
+                             2, 9, 9, 30, 2, "self", mask=keep_lengths([9, 4], 9))
+    full = (torch.rand(2, 2, 6, 7, generator=torch.Generator().manual_seed(11)) > 0.35).to(torch.uint8)
+    full[0, 1, 2, :] = 0
+    full[1, :, 0, :] = 0
+    yield tutorial_grad_case("grad_fully_masked_rows",
+                             "gradients: distinct query, keys, values; random mask with fully "
+                             "masked rows (uniform average: values get dO / Lk)",
+                             2, 6, 7, 16, 2, "distinct", mask=full)
+    yield mha_grad_case("grad_mha", "gradients: nn.MultiheadAttention (Q/K/V biases), "
+                        "cross-attention, key padding", 2, 5, 7, 24, 3, "distinct", [7, 3])
 
 
 def main():

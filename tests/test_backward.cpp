@@ -1,0 +1,429 @@
+// The backward pass. First the oracle itself (src/reference/backward.hpp in double) against
+// central finite differences of the double forward, on tiny sizes with every mask kind and both
+// fully-masked-row policies; then the library's gradients against the oracle.
+#include <cmath>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "reference/backward.hpp"
+#include "simdattn/safetensors.hpp"
+
+using namespace simdattn;
+
+namespace {
+
+using DHeads = reference::Heads<double>;
+using CDHeads = reference::Heads<const double>;
+
+std::vector<double> random_doubles(std::size_t count, std::uint64_t seed) {
+  const auto f = test::random_normal(count, seed);
+  return std::vector<double>(f.begin(), f.end());
+}
+
+// Dense [n, l, h, d] heads over a vector.
+CDHeads cheads(const std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h,
+               std::size_t d) {
+  return {x.data(), n, l, h, d, h * d, l * h * d};
+}
+DHeads heads(std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h, std::size_t d) {
+  return {x.data(), n, l, h, d, h * d, l * h * d};
+}
+
+// Central difference of f along every element of x, against the analytic gradient `grad`:
+// the largest error relative to max(1, |grad|). f is a polynomial-exponential of x, so the
+// truncation error of a step of 1e-5 is about 1e-10 and rounding about 1e-11.
+double max_fd_error(std::vector<double>& x, const std::function<double()>& f,
+                    const std::vector<double>& grad) {
+  constexpr double kStep = 1e-5;
+  double worst = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double saved = x[i];
+    x[i] = saved + kStep;
+    const double up = f();
+    x[i] = saved - kStep;
+    const double down = f();
+    x[i] = saved;
+    const double fd = (up - down) / (2 * kStep);
+    worst = std::max(worst, std::fabs(fd - grad[i]) / std::max(1.0, std::fabs(grad[i])));
+  }
+  return worst;
+}
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+double max_abs(const std::vector<double>& a) {
+  double m = 0;
+  for (double x : a) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("backward oracle: attention gradients equal finite differences", "[backward][oracle]") {
+  const std::size_t n = 2, h = 2, d = 3;
+  const auto lengths = GENERATE(std::make_pair<std::size_t, std::size_t>(3, 3),
+                                std::make_pair<std::size_t, std::size_t>(2, 5),
+                                std::make_pair<std::size_t, std::size_t>(5, 2));
+  const std::size_t lq = lengths.first, lk = lengths.second;
+  const test::MaskKind kind =
+      GENERATE(from_range(std::begin(test::kAllMaskKinds), std::end(test::kAllMaskKinds)));
+  const MaskedRows policy = GENERATE(MaskedRows::uniform, MaskedRows::zeros);
+  INFO("Lq " << lq << ", Lk " << lk << ", mask " << test::mask_kind_name(kind) << ", policy "
+             << (policy == MaskedRows::uniform ? "uniform" : "zeros"));
+  const test::MaskCase mc = test::make_mask(kind, n, h, lq, lk, 3);
+  const detail::MaskRule rule{mc.mask, mc.causal, lq, lk};
+  const double scale = 0.7;
+  std::vector<double> q = random_doubles(n * lq * h * d, 1), k = random_doubles(n * lk * h * d, 2),
+                      v = random_doubles(n * lk * h * d, 3), r = random_doubles(n * lq * h * d, 4);
+  // loss = sum(out * r), so d_out = r.
+  std::vector<double> out(n * lq * h * d);
+  auto loss = [&] {
+    reference::attention<double>(cheads(q, n, lq, h, d), cheads(k, n, lk, h, d),
+                                 cheads(v, n, lk, h, d), heads(out, n, lq, h, d), rule, scale,
+                                 policy);
+    return dot(out, r);
+  };
+  std::vector<double> dq(q.size()), dk(k.size()), dv(v.size());
+  reference::attention_backward<double>(cheads(q, n, lq, h, d), cheads(k, n, lk, h, d),
+                                        cheads(v, n, lk, h, d), cheads(r, n, lq, h, d),
+                                        heads(dq, n, lq, h, d), heads(dk, n, lk, h, d),
+                                        heads(dv, n, lk, h, d), rule, scale, policy);
+  CHECK(max_fd_error(q, loss, dq) < 1e-8);
+  CHECK(max_fd_error(k, loss, dk) < 1e-8);
+  CHECK(max_fd_error(v, loss, dv) < 1e-8);
+  // The gradients are not trivially zero (a test that cannot fail is a defect).
+  CHECK(max_abs(dv) > 0.1);
+  if (kind != test::MaskKind::none) CHECK(max_abs(dq) > 1e-3);
+}
+
+TEST_CASE("backward oracle: a fully masked row gives dQ = 0 and dV = dO / Lk (uniform) or 0",
+          "[backward][oracle]") {
+  const std::size_t lq = 3, lk = 4, d = 2;
+  std::vector<std::uint8_t> keep = {1, 1, 0, 1,   // row 0
+                                    0, 0, 0, 0,   // row 1: fully masked
+                                    1, 0, 0, 0};  // row 2
+  const detail::MaskRule rule{Mask{keep.data(), 1, 1, lq, lk}, Causal::none, lq, lk};
+  std::vector<double> q = random_doubles(lq * d, 5), k = random_doubles(lk * d, 6),
+                      v = random_doubles(lk * d, 7), r(lq * d, 0.0);
+  r[1 * d + 0] = 1.0;  // only row 1's output counts
+  r[1 * d + 1] = -2.0;
+  for (MaskedRows policy : {MaskedRows::uniform, MaskedRows::zeros}) {
+    std::vector<double> dq(q.size()), dk(k.size()), dv(v.size());
+    reference::attention_backward<double>(cheads(q, 1, lq, 1, d), cheads(k, 1, lk, 1, d),
+                                          cheads(v, 1, lk, 1, d), cheads(r, 1, lq, 1, d),
+                                          heads(dq, 1, lq, 1, d), heads(dk, 1, lk, 1, d),
+                                          heads(dv, 1, lk, 1, d), rule, 0.5, policy);
+    CHECK(max_abs(dq) == 0.0);
+    CHECK(max_abs(dk) == 0.0);
+    const double w = policy == MaskedRows::uniform ? 0.25 : 0.0;
+    for (std::size_t key = 0; key < lk; ++key) {
+      CHECK(dv[key * d + 0] == w * 1.0);
+      CHECK(dv[key * d + 1] == w * -2.0);
+    }
+  }
+}
+
+TEST_CASE("backward oracle: grouped key/value heads get the sum over their query heads",
+          "[backward][oracle]") {
+  // GQA (4 query heads, 2 key/value heads) equals plain attention on key/value heads repeated
+  // per query head, with the gradients of the repeats summed.
+  const std::size_t n = 2, lq = 4, lk = 5, hq = 4, hkv = 2, d = 3, group = hq / hkv;
+  const test::MaskCase mc = test::make_mask(test::MaskKind::fully_masked_rows, n, hq, lq, lk, 9);
+  const detail::MaskRule rule{mc.mask, Causal::none, lq, lk};
+  const std::vector<double> q = random_doubles(n * lq * hq * d, 11),
+                            k = random_doubles(n * lk * hkv * d, 12),
+                            v = random_doubles(n * lk * hkv * d, 13),
+                            r = random_doubles(n * lq * hq * d, 14);
+  std::vector<double> k_rep(n * lk * hq * d), v_rep(k_rep.size());
+  for (std::size_t b = 0; b < n; ++b) {
+    for (std::size_t key = 0; key < lk; ++key) {
+      for (std::size_t hh = 0; hh < hq; ++hh) {
+        for (std::size_t dd = 0; dd < d; ++dd) {
+          const std::size_t to = ((b * lk + key) * hq + hh) * d + dd;
+          const std::size_t from = ((b * lk + key) * hkv + hh / group) * d + dd;
+          k_rep[to] = k[from];
+          v_rep[to] = v[from];
+        }
+      }
+    }
+  }
+  std::vector<double> dq(q.size()), dk(k.size()), dv(v.size());
+  reference::attention_backward<double>(cheads(q, n, lq, hq, d), cheads(k, n, lk, hkv, d),
+                                        cheads(v, n, lk, hkv, d), cheads(r, n, lq, hq, d),
+                                        heads(dq, n, lq, hq, d), heads(dk, n, lk, hkv, d),
+                                        heads(dv, n, lk, hkv, d), rule, 0.6, MaskedRows::uniform);
+  std::vector<double> dq_rep(q.size()), dk_rep(k_rep.size()), dv_rep(v_rep.size());
+  reference::attention_backward<double>(
+      cheads(q, n, lq, hq, d), cheads(k_rep, n, lk, hq, d), cheads(v_rep, n, lk, hq, d),
+      cheads(r, n, lq, hq, d), heads(dq_rep, n, lq, hq, d), heads(dk_rep, n, lk, hq, d),
+      heads(dv_rep, n, lk, hq, d), rule, 0.6, MaskedRows::uniform);
+  for (std::size_t i = 0; i < dq.size(); ++i) CHECK(dq[i] == Approx(dq_rep[i]).margin(1e-14));
+  for (std::size_t b = 0; b < n; ++b) {
+    for (std::size_t key = 0; key < lk; ++key) {
+      for (std::size_t g = 0; g < hkv; ++g) {
+        for (std::size_t dd = 0; dd < d; ++dd) {
+          double sk = 0, sv = 0;
+          for (std::size_t j = 0; j < group; ++j) {
+            const std::size_t from = ((b * lk + key) * hq + g * group + j) * d + dd;
+            sk += dk_rep[from];
+            sv += dv_rep[from];
+          }
+          const std::size_t at = ((b * lk + key) * hkv + g) * d + dd;
+          CHECK(dk[at] == Approx(sk).margin(1e-14));
+          CHECK(dv[at] == Approx(sv).margin(1e-14));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("backward oracle: the log-sum-exp reproduces the forward", "[backward][oracle]") {
+  // out_i = sum_k exp(s_ik - lse_i) v_k over visible keys: lse is the softmax's normaliser.
+  const std::size_t n = 2, lq = 5, lk = 7, h = 3, d = 4;
+  const test::MaskKind kind =
+      GENERATE(from_range(std::begin(test::kAllMaskKinds), std::end(test::kAllMaskKinds)));
+  const test::MaskCase mc = test::make_mask(kind, n, h, lq, lk, 5);
+  const detail::MaskRule rule{mc.mask, mc.causal, lq, lk};
+  const double scale = 0.4;
+  const std::vector<double> q = random_doubles(n * lq * h * d, 21),
+                            k = random_doubles(n * lk * h * d, 22),
+                            v = random_doubles(n * lk * h * d, 23);
+  std::vector<double> lse(n * h * lq), out(q.size());
+  reference::attention_lse<double>(cheads(q, n, lq, h, d), cheads(k, n, lk, h, d), rule, scale,
+                                   lse.data());
+  reference::attention<double>(cheads(q, n, lq, h, d), cheads(k, n, lk, h, d),
+                               cheads(v, n, lk, h, d), heads(out, n, lq, h, d), rule, scale,
+                               MaskedRows::zeros);
+  for (std::size_t b = 0; b < n; ++b) {
+    for (std::size_t hh = 0; hh < h; ++hh) {
+      for (std::size_t i = 0; i < lq; ++i) {
+        const double l = lse[(b * h + hh) * lq + i];
+        std::vector<double> o(d, 0.0);
+        bool any = false;
+        for (std::size_t key = 0; key < lk; ++key) {
+          if (!reference::visible_key(rule, b, hh, i, key)) continue;
+          any = true;
+          double s = 0;
+          for (std::size_t dd = 0; dd < d; ++dd) {
+            s += q[((b * lq + i) * h + hh) * d + dd] * k[((b * lk + key) * h + hh) * d + dd];
+          }
+          const double p = std::exp(s * scale - l);
+          for (std::size_t dd = 0; dd < d; ++dd) o[dd] += p * v[((b * lk + key) * h + hh) * d + dd];
+        }
+        if (!any) CHECK(l == -INFINITY);
+        for (std::size_t dd = 0; dd < d; ++dd) {
+          CHECK(o[dd] == Approx(out[((b * lq + i) * h + hh) * d + dd]).margin(1e-13));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("backward oracle: module gradients equal finite differences", "[backward][oracle]") {
+  const std::size_t n = 2, e = 6, heads_count = 2;
+  const auto lengths = GENERATE(std::make_pair<std::size_t, std::size_t>(3, 3),
+                                std::make_pair<std::size_t, std::size_t>(2, 4));
+  const std::size_t lq = lengths.first, lk = lengths.second;
+  const test::MaskKind kind = GENERATE(test::MaskKind::none, test::MaskKind::causal_bottom_right,
+                                       test::MaskKind::fully_masked_rows);
+  INFO("Lq " << lq << ", Lk " << lk << ", mask " << test::mask_kind_name(kind));
+  const test::MaskCase mc = test::make_mask(kind, n, heads_count, lq, lk, 4);
+  const detail::MaskRule rule{mc.mask, mc.causal, lq, lk};
+  const double scale = 0.5;
+  std::vector<double> values = random_doubles(n * lk * e, 31),
+                      keys = random_doubles(n * lk * e, 32), query = random_doubles(n * lq * e, 33),
+                      r = random_doubles(n * lq * e, 34);
+  std::vector<double> w[4], b[4];
+  for (int i = 0; i < 4; ++i) {
+    w[i] = random_doubles(e * e, 40 + i);
+    for (double& x : w[i]) x *= 0.4;
+    b[i] = random_doubles(e, 50 + i);
+  }
+  const reference::Weights<double> weights{w[0].data(), w[1].data(), w[2].data(), w[3].data(),
+                                           b[0].data(), b[1].data(), b[2].data(), b[3].data()};
+  std::vector<double> out(n * lq * e), scratch;
+  auto loss = [&] {
+    reference::multi_head_attention<double>(values.data(), keys.data(), query.data(), n, lk, lq, e,
+                                            heads_count, weights, rule, scale, MaskedRows::uniform,
+                                            out.data(), scratch);
+    return dot(out, r);
+  };
+  std::vector<double> dvalues(values.size()), dkeys(keys.size()), dquery(query.size());
+  std::vector<double> dw[4], db[4];
+  for (int i = 0; i < 4; ++i) {
+    dw[i].assign(e * e, 7.0);  // overwritten, not accumulated into
+    db[i].assign(e, 7.0);
+  }
+  reference::multi_head_attention_backward<double>(
+      values.data(), keys.data(), query.data(), n, lk, lq, e, heads_count, weights, rule, scale,
+      MaskedRows::uniform, r.data(), dvalues.data(), dkeys.data(), dquery.data(),
+      reference::WeightGradients<double>{dw[0].data(), dw[1].data(), dw[2].data(), dw[3].data(),
+                                         db[0].data(), db[1].data(), db[2].data(), db[3].data()});
+  CHECK(max_fd_error(values, loss, dvalues) < 1e-8);
+  CHECK(max_fd_error(keys, loss, dkeys) < 1e-8);
+  CHECK(max_fd_error(query, loss, dquery) < 1e-8);
+  for (int i = 0; i < 4; ++i) {
+    INFO("projection " << i);
+    CHECK(max_fd_error(w[i], loss, dw[i]) < 1e-8);
+    CHECK(max_fd_error(b[i], loss, db[i]) < 1e-8);
+    CHECK(max_abs(dw[i]) > 1e-2);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PyTorch parity: the grad_* fixtures of tests/data (tools/make_golden.py, autograd in float64).
+
+namespace {
+
+const char* const kGradientCases[] = {"grad_self",        "grad_cross",
+                                      "grad_causal",      "grad_key_padding",
+                                      "grad_head_dim_15", "grad_fully_masked_rows",
+                                      "grad_mha"};
+
+std::string fixture_meta(const SafetensorsFile& f, const std::string& key) {
+  const auto it = f.metadata().find(key);
+  return it == f.metadata().end() ? std::string() : it->second;
+}
+
+// One gradient fixture: the module, its inputs as the case aliases them, the mask, and
+// autograd's gradients in float64 under simdattn's names.
+struct GradientFixture {
+  MultiHeadAttention module{1, 1};
+  std::string inputs;  // "self", "shared_kv" or "distinct"
+  std::size_t n = 0, lq = 0, lk = 0, e = 0;
+  std::vector<float> query, keys, values, d_out;
+  std::vector<std::uint8_t> mask_bytes;
+  Mask mask;
+  Options options;
+  bool mask_equals_causal = false;
+  std::vector<double> expected_out;
+  // Input gradients by stored tensor ("query", "keys", "values"; absent when not stored).
+  std::map<std::string, std::vector<double>> d_input;
+  std::vector<double> d_weight[4], d_bias[4];  // Projection order; d_bias empty when absent
+
+  explicit GradientFixture(const std::string& name) {
+    const SafetensorsFile f =
+        SafetensorsFile::open(std::string(SIMDATTN_TEST_DATA_DIR) + "/" + name + ".safetensors");
+    REQUIRE(fixture_meta(f, "case") == name);
+    const std::size_t heads = std::stoul(fixture_meta(f, "heads"));
+    module = load_multi_head_attention(f, heads, fixture_meta(f, "prefix"));
+    e = module.embed_size();
+    inputs = fixture_meta(f, "inputs");
+    query = f.read_float("query");
+    n = f.entry("query").shape[0];
+    lq = f.entry("query").shape[1];
+    keys = inputs == "distinct" ? f.read_float("keys") : std::vector<float>();
+    values = inputs != "self" ? f.read_float("values") : std::vector<float>();
+    lk = inputs == "self" ? lq : f.entry("values").shape[1];
+    d_out = f.read_float("grad.out");
+    if (f.contains("mask")) {
+      const SafetensorsEntry& m = f.entry("mask");
+      mask_bytes = f.read_bytes("mask");
+      mask = Mask{mask_bytes.data(), m.shape[0], m.shape[1], m.shape[2], m.shape[3]};
+      mask_equals_causal = fixture_meta(f, "mask_equals_causal") == "top_left";
+    }
+    const std::string scale = fixture_meta(f, "scale");
+    REQUIRE((scale == "scale_embed" || scale == "scale_head_dim"));
+    if (scale == "scale_embed") options.scale = tutorial_scale(e);
+    expected_out = f.read_double("expected." + scale);
+    for (const char* t : {"query", "keys", "values"}) {
+      if (f.contains(std::string("grad.") + t))
+        d_input[t] = f.read_double(std::string("grad.") + t);
+    }
+    if (fixture_meta(f, "module") == "MultiheadAttention") {
+      const std::vector<double> w = f.read_double("grad.in_proj_weight");
+      const std::vector<double> b = f.read_double("grad.in_proj_bias");
+      for (int i = 0; i < 3; ++i) {
+        d_weight[i].assign(w.begin() + i * e * e, w.begin() + (i + 1) * e * e);
+        d_bias[i].assign(b.begin() + i * e, b.begin() + (i + 1) * e);
+      }
+      d_weight[3] = f.read_double("grad.out_proj.weight");
+      d_bias[3] = f.read_double("grad.out_proj.bias");
+    } else {
+      const char* names[4] = {"queries", "keys", "values", "fc_out"};
+      for (int i = 0; i < 4; ++i)
+        d_weight[i] = f.read_double(std::string("grad.") + names[i] + ".weight");
+      d_bias[3] = f.read_double("grad.fc_out.bias");
+    }
+  }
+  const float* query_data() const { return query.data(); }
+  const float* keys_data() const {
+    return inputs == "distinct"    ? keys.data()
+           : inputs == "shared_kv" ? values.data()
+                                   : query.data();
+  }
+  const float* values_data() const { return inputs == "self" ? query.data() : values.data(); }
+};
+
+const Projection kProjections[4] = {Projection::query, Projection::key, Projection::value,
+                                    Projection::output};
+
+}  // namespace
+
+TEST_CASE("backward oracle: equals PyTorch autograd on the gradient fixtures",
+          "[backward][oracle][golden]") {
+  const std::string name =
+      GENERATE(from_range(std::begin(kGradientCases), std::end(kGradientCases)));
+  INFO("fixture " << name << " (regenerate with /usr/bin/python3 tools/make_golden.py)");
+  const GradientFixture fx(name);
+  const std::size_t e = fx.e;
+  std::vector<double> w[4], b[4];
+  for (int i = 0; i < 4; ++i) {
+    w[i] = test::to_double(fx.module.weight(kProjections[i]));
+    b[i] = test::to_double(fx.module.bias(kProjections[i]));
+  }
+  auto ptr = [](std::vector<double>& v) { return v.empty() ? nullptr : v.data(); };
+  const reference::Weights<double> weights{w[0].data(), w[1].data(), w[2].data(), w[3].data(),
+                                           ptr(b[0]),   ptr(b[1]),   ptr(b[2]),   ptr(b[3])};
+  const auto values = test::to_double(fx.values_data(), fx.n * fx.lk * e);
+  const auto keys = test::to_double(fx.keys_data(), fx.n * fx.lk * e);
+  const auto query = test::to_double(fx.query_data(), fx.n * fx.lq * e);
+  const auto d_out = test::to_double(fx.d_out);
+  const detail::MaskRule rule{fx.mask, Causal::none, fx.lq, fx.lk};
+  // PyTorch divides by sqrt(E) or sqrt(D) in float64: the oracle uses that exact scale, not
+  // the float that Options holds (which differs in the 8th digit).
+  const double scale =
+      1.0 / std::sqrt(static_cast<double>(fx.options.scale ? e : fx.module.head_dim()));
+  std::vector<double> dv(values.size()), dk(keys.size()), dq(query.size()), dw[4], db[4];
+  for (int i = 0; i < 4; ++i) {
+    dw[i].resize(e * e);
+    db[i].resize(b[i].empty() ? 0 : e);
+  }
+  reference::multi_head_attention_backward<double>(
+      values.data(), keys.data(), query.data(), fx.n, fx.lk, fx.lq, e, fx.module.heads(), weights,
+      rule, scale, MaskedRows::uniform, d_out.data(), dv.data(), dk.data(), dq.data(),
+      reference::WeightGradients<double>{dw[0].data(), dw[1].data(), dw[2].data(), dw[3].data(),
+                                         ptr(db[0]), ptr(db[1]), ptr(db[2]), ptr(db[3])});
+  // Inputs passed more than once get the sum of their gradients, as autograd gives them.
+  if (fx.inputs == "self") {
+    for (std::size_t i = 0; i < dq.size(); ++i) dq[i] += dk[i] + dv[i];
+  } else if (fx.inputs == "shared_kv") {
+    for (std::size_t i = 0; i < dv.size(); ++i) dv[i] += dk[i];
+  }
+  auto close = [](const std::vector<double>& got, const std::vector<double>& want,
+                  const std::string& what) {
+    REQUIRE(got.size() == want.size());
+    double diff = 0, ref = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      diff = std::max(diff, std::fabs(got[i] - want[i]));
+      ref = std::max(ref, std::fabs(want[i]));
+    }
+    INFO(what << ": max error " << diff << " of max |ref| " << ref);
+    CHECK(diff <= 1e-12 * std::max(ref, 1.0));
+    CHECK(ref > 0);
+  };
+  close(dq, fx.d_input.at("query"), "d query");
+  if (fx.d_input.count("values")) close(dv, fx.d_input.at("values"), "d values");
+  if (fx.d_input.count("keys")) close(dk, fx.d_input.at("keys"), "d keys");
+  for (int i = 0; i < 4; ++i) {
+    close(dw[i], fx.d_weight[i], "d weight " + std::to_string(i));
+    if (!fx.d_bias[i].empty()) close(db[i], fx.d_bias[i], "d bias " + std::to_string(i));
+  }
+}
