@@ -32,8 +32,8 @@ float sum_of(const float (&lanes)[N]) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-// 24 chains: the FMA latency (4 cycles) times two FMA pipes needs at least 8 in flight; on the
-// AMD EPYC (Zen 5) this was tuned on, 20-24 reached the full rate. 32 zmm registers hold them.
+// 24 chains: the FMA latency (4 cycles) times two FMA pipes needs at least 8 in flight; on an
+// AVX-512 AMD EPYC with two FMA pipes, 20-24 reached the full rate. 32 zmm registers hold them.
 constexpr int kAvx512Chains = 24;
 __attribute__((target("avx512f"))) float fma_loop_avx512(std::int64_t iters) {
   __m512 acc[kAvx512Chains];
@@ -50,7 +50,8 @@ __attribute__((target("avx512f"))) float fma_loop_avx512(std::int64_t iters) {
   return sum_of(lanes);
 }
 
-// 12 chains fill 16 ymm registers with the two constants (10-12 reached the full rate there).
+// 12 chains fill 16 ymm registers with the two constants (10-12 reached the full rate on that
+// EPYC).
 constexpr int kVex256Chains = 12;
 __attribute__((target("avx2,fma"))) float fma_loop_avx2(std::int64_t iters) {
   __m256 acc[kVex256Chains];

@@ -1,60 +1,11 @@
 // bench_attention: how much faster simdattn's optimized path is than its naive one on this
-// machine, and how close it comes to the machine's FP32 peak (issue 4).
+// machine, and how close it comes to the machine's FP32 peak. bench/README.md describes the
+// cases, names, FLOP formulas, timing, output check and counters; --help lists the flags.
 //
 //   bench_attention [--set=default|grid|sweep|full|memory] [--isa=avx512|avx2|sse2|naive]
 //                   [--threads=1,2] [--naive_limit_s=2] [--optimized_limit_s=30]
 //                   [Google Benchmark flags: --benchmark_filter=REGEX,
 //                    --benchmark_out=out/bench.json, --benchmark_repetitions=N, ...]
-//
-// Benchmark names (one per op, path, shape and thread count):
-//
-//   <op>/<path>/<case>/N:<n>/Lq:<lq>/Lk:<lk>/E:<e>/H:<h>/threads:<t>/real_time
-//
-//   op     mha: MultiHeadAttention::forward (self-attention: one tensor passed three times,
-//               except cross and decode, whose keys and values are one [N, Lk, E] tensor);
-//          sdpa: scaled_dot_product_attention on the [N, L, H, D] heads of three [N, L, E]
-//               tensors (queries, keys, values drawn separately).
-//   path   naive: the scalar reference. It ignores Options::threads, so it runs at threads:1
-//               only and the report compares every optimized thread count against it.
-//          optimized: the kernels of the active ISA (--isa or SIMDATTN_ISA forces one).
-//   case   a GRID.md case (seed s128 s512 s2048 bert s4096 causal cross decode), "sweep" for
-//          the E x H x L sweep, "memory" for the peak-memory run.
-//
-// --benchmark_filter is a regex on these names, e.g. '^sdpa/' (op), '/naive/' (path), '/bert/'
-// (case), '/E:512/', '/H:8/', '/Lq:2048/', '/threads:2/'. The ISA is per process: --isa.
-//
-// Sets (--set, comma-separated; filters then pick within them):
-//   default  what a plain run shows in under 3 minutes on a 2-core machine: the GRID cases
-//            and 10 sweep points that with them vary L, E and H (see kDefaultSweep), each
-//            measurement 0.05 s at least: a quick look. The other sets follow GRID.md's 0.2 s.
-//   grid     the nine GRID.md cases, both ops, both paths, every thread count.
-//   sweep    E in {128, 256, 512, 1024} x H in {1, 4, 8, 16} x L in {2, 128, 512, 2048, 4096},
-//            both ops and paths (480 benchmarks; a long run: filter it, or expect tens of minutes).
-//   full     grid and sweep.
-//   memory   sdpa at N=1, L=16384, E=512, H=8, once, with the process's peak resident memory
-//            (getrusage) against the bytes of inputs plus output. Run it in its own process:
-//            the peak is process-wide.
-//
-// Counters (medians over --benchmark_repetitions, 5 unless given; GRID.md's two warm-ups are the
-// check's call and one more):
-//   GFLOPS       FLOPs per call / wall time per call / 1e9, with GRID.md's formulas:
-//                  sdpa = 4 N Lq Lk E, halved when causal (the masked half need not be computed)
-//                  mha  = sdpa + 4 N Lq E^2 (Q and output projections) + 4 N Lk E^2 (K and V)
-//   frac_peak    GFLOPS / the FP32 peak measured at start-up with the same thread count by an
-//                FMA loop on the active ISA's vectors (the best ISA's when the ISA is naive).
-//   omp_threads  Options::threads of the call.
-//   rel_err      relative Frobenius error of the output rows checked before timing (below).
-//   bytes_per_second  decode (Lq = 1) sdpa only: K and V bytes, read once, per second.
-//   The label names the ISA that ran ("reference" for the naive path).
-//
-// Before timing, each benchmark runs once and compares its output with the naive path on
-// the same inputs: every row when Lq <= 32, otherwise the first and last kCheckRows query rows
-// of every batch (the edges of any tiling). A mismatch or a NaN fails that benchmark with an
-// error, the run exits with status 1, and no time is reported for it. Benchmarks whose
-// estimated time per call exceeds --naive_limit_s (naive) or --optimized_limit_s (optimized)
-// are skipped and reported as such; the estimate comes from each path's rate measured at
-// start-up on a small shape.
-//
 //
 // Files: cases.hpp (cases, names, FLOP counts), machine.hpp (peak measurement), workload.hpp
 // (inputs and the output check), registration.hpp (skip rule, timed body, counters), sets.hpp

@@ -1,5 +1,5 @@
 // Shared helpers of simdattn's Catch2 tests: seeded random data, the double oracle, and the
-// error measure of the correctness table (issue 3).
+// error measure of the correctness table (README, "Tests and CI").
 //
 // The oracle is the naive reference (src/reference/reference.hpp) instantiated on double and fed
 // the very same float inputs and weights, converted exactly. The difference between a float

@@ -15,8 +15,8 @@ namespace {
 
 using namespace simdattn;
 
-// The cases issue 5 asks for. A fixture missing from tests/data, or one that no test reads,
-// fails "golden: the fixture set is complete".
+// One fixture per case tools/make_golden.py writes. A fixture missing from tests/data, or one that
+// no test reads, fails "golden: the fixture set is complete".
 const char* const kCases[] = {
     "quick_start",  // the tutorial's quick start [1, 2, 256], H = 8
     "cross_attention", "causal",     "key_padding", "fully_masked_rows", "head_dim_15",

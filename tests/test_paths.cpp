@@ -1,6 +1,7 @@
-// The correctness table of issue 3, through the public API on both paths: against the double
-// oracle, threads 1 and 2, inputs normal and scaled by 1e3, relative Frobenius error <= 1e-5 and
-// largest element error <= 1e-4 x max |ref|. CTest runs this once per ISA (SIMDATTN_ISA).
+// The correctness table (README, "Tests and CI") through the public API on both paths: against
+// the double oracle, threads 1 and 2, inputs normal and scaled by 1e3, relative Frobenius error
+// <= 1e-5 and largest element error <= 1e-4 x max |ref|. CTest runs this once per ISA
+// (SIMDATTN_ISA).
 //
 // The table samples head_dim {1, 3, 15, 17, 32, 64, 80, 128} x L {1, 2, 7, 33, 100, 257, 1024}
 // so that every head_dim, every length (as Lq and as Lk), N = 1 and 3 and every mask kind

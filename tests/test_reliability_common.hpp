@@ -1,4 +1,4 @@
-// Helpers shared by the tests/test_reliability_*.cpp files (issue 6), on top of common.hpp.
+// Helpers shared by the tests/test_reliability_*.cpp files, on top of common.hpp.
 #pragma once
 
 #include <cmath>

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""PyTorch on the GRID.md cases, on this machine, for tools/report.py to compare against.
+"""PyTorch on bench_attention's grid cases on this machine, for tools/report.py to compare.
 
-Runs each case of ../shared/perf/GRID.md (copied below) through
+Runs each grid case of bench/README.md (copied below) through
   torch_mha       torch.nn.MultiheadAttention(E, H, batch_first=True) in eval and inference
                   mode with need_weights=False (op mha; PyTorch's own module, with its fast path
                   where it applies);
@@ -9,14 +9,14 @@ Runs each case of ../shared/perf/GRID.md (copied below) through
                   without bias, einsum scores, masked_fill(mask == 0, -1e20), softmax, einsum,
                   fc_out with bias (op mha), and its attention core alone on [N, L, H, D]
                   tensors (op sdpa; PyTorch 1.13 has no fused scaled_dot_product_attention);
-with torch.set_num_threads(t) for each thread count. Timing follows GRID.md: two warm-up calls,
-then the median over --repetitions measurements, each a loop of calls lasting at least
---min-time seconds. FLOPs use GRID.md's formulas, as bench_attention does.
+with torch.set_num_threads(t) for each thread count. Timing follows bench_attention (bench/README.md):
+two warm-up calls, then the median over --repetitions measurements, each a loop of calls lasting
+at least --min-time seconds. FLOPs use bench/README.md's formulas, as bench_attention does.
 
-Writes JSON (a list of rows plus the context) and CSV with GRID.md's columns
+Writes JSON (a list of rows plus the context) and CSV with the columns
     system,op,case,N,Lq,Lk,E,H,causal,threads,median_ms,gflops
-This is PyTorch out of the box: ../shared/perf/peers.md's best PyTorch figures needed glibc
-malloc tunables and an OpenBLAS allowed to use AVX-512.
+This is PyTorch out of the box: its best figures on this kind of machine need glibc malloc
+tunables and an OpenBLAS allowed to use AVX-512.
 
 Without torch it says how to install it and exits with status 3.
 """
@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 
-# GRID.md: name, N, Lq, Lk, E, H, causal.
+# bench/README.md's grid: name, N, Lq, Lk, E, H, causal.
 GRID = [
     ("seed", 1, 2, 2, 256, 8, False),
     ("s128", 1, 128, 128, 256, 8, False),
@@ -46,7 +46,7 @@ COLUMNS = ["system", "op", "case", "N", "Lq", "Lk", "E", "H", "causal", "threads
 
 
 def flops(op, n, lq, lk, e, causal):
-    """GRID.md: sdpa = 4 N Lq Lk E (halved when causal); mha adds the four projections."""
+    """bench/README.md: sdpa = 4 N Lq Lk E (halved when causal); mha adds the four projections."""
     f = 4.0 * n * lq * lk * e
     if causal:
         f /= 2
@@ -128,7 +128,7 @@ def main():
             t0 = time.perf_counter()
             call()
             return (time.perf_counter() - t0) * 1e3, 1
-        call()  # GRID.md's second warm-up
+        call()  # the second warm-up
         medians = []
         for _ in range(args.repetitions):
             calls, t0 = 0, time.perf_counter()

@@ -5,7 +5,7 @@
 #
 #   tools/run_bench.sh [--peers] [--update-readme] [bench_attention flags...]
 #
-#   --peers          also time PyTorch on the GRID cases (tools/peers_torch.py; needs Debian's
+#   --peers          also time PyTorch on the grid cases (tools/peers_torch.py; needs Debian's
 #                    python3-torch, and takes minutes) and add its columns to the report.
 #   --update-readme  rewrite the README's results section (and bench/results/gflops_vs_L.png)
 #                    from this run.
