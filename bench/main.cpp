@@ -9,8 +9,10 @@
 //
 // Files: cases.hpp (cases, names, FLOP counts), machine.hpp (peak measurement), workload.hpp
 // (inputs and the output check), registration.hpp (skip rule, timed body, counters), sets.hpp
-// (the table of sets; one file per set under sets/), and this file (flags and main).
+// (the table of sets; one file per set under sets/), summary.hpp (console output and the
+// end-of-run table), and this file (flags and main).
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -24,6 +26,7 @@
 #include "registration.hpp"
 #include "sets.hpp"
 #include "simdattn/simdattn.hpp"
+#include "summary.hpp"
 #include "workload.hpp"
 
 namespace {
@@ -57,6 +60,8 @@ std::string usage() {
          "  --threads=LIST        thread counts of the optimized path (default 1,2)\n"
          "  --naive_limit_s=S     skip naive benchmarks estimated above S seconds per call (2)\n"
          "  --optimized_limit_s=S the same for the optimized path (30)\n"
+         "  --console=medians|all each benchmark's median (default), or Google Benchmark's\n"
+         "                        mean, median, stddev and cv; a summary table follows either\n"
          "\n"
          "Names: <op>/<path>/<case>/N:n/Lq:lq/Lk:lk/E:e/H:h/threads:t, e.g.\n"
          "  --benchmark_filter='^sdpa/optimized/(s2048|bert)/'   "
@@ -106,6 +111,12 @@ std::vector<char*> parse_flags(int argc, char** argv, bench::Config& cfg, bool& 
           throw std::invalid_argument("--set: unknown set '" + set + "' (" + set_names(", ") + ")");
         }
       }
+    } else if (const char* v = value("--console")) {
+      const std::string mode = v;
+      if (mode != "medians" && mode != "all") {
+        throw std::invalid_argument("--console: '" + mode + "' is neither medians nor all");
+      }
+      cfg.all_aggregates = mode == "all";
     } else if (const char* v = value("--isa")) {
       cfg.isa = v;
     } else if (const char* v = value("--threads")) {
@@ -124,6 +135,7 @@ std::vector<char*> parse_flags(int argc, char** argv, bench::Config& cfg, bool& 
       cfg.optimized_limit_s = parse_seconds("--optimized_limit_s", v);
     } else {
       if (arg == "--help" || arg == "-h") help = true;
+      if (arg.rfind("--benchmark_format=", 0) == 0) cfg.console_format = arg.substr(19);
       rest.push_back(argv[i]);
     }
   }
@@ -218,7 +230,16 @@ int main(int argc, char** argv) {
   }
   benchmark::AddCustomContext("bench_set", sets);
 
-  benchmark::RunSpecifiedBenchmarks();
+  if (config().console_format == "console") {
+    const bool color = isatty(fileno(stdout)) != 0;
+    bench::SummaryReporter reporter(
+        color ? benchmark::ConsoleReporter::OO_Color : benchmark::ConsoleReporter::OO_None,
+        config().all_aggregates);
+    benchmark::RunSpecifiedBenchmarks(&reporter);
+    reporter.print_summary(stdout);
+  } else {
+    benchmark::RunSpecifiedBenchmarks();
+  }
   benchmark::Shutdown();
   bench::release_workload();
   if (bench::failed_checks() > 0) {
