@@ -1,10 +1,11 @@
-// Which keys a query row may see: the one rule that the reference and every optimized path
-// share, so that "masked" means the same everywhere.
+// The caller's Mask and causal option for a whole call, turned into the kernels' per-(batch,
+// head) KeyRule (kernels/key_rule.hpp holds the rule itself).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/key_rule.hpp"
 #include "simdattn/types.hpp"
 
 namespace simdattn::detail {
@@ -24,31 +25,23 @@ struct MaskRule {
     const std::size_t mi = mask.lq == 1 ? 0 : i;
     return mask.data + ((mb * mask.h + mh) * mask.lq + mi) * mask.lk;
   }
-  /// Keys [0, causal_end(i)) pass the causal rule for query i (all keys without one).
-  std::size_t causal_end(std::size_t i) const {
-    switch (causal) {
-      case Causal::top_left:
-        return i + 1 < lk ? i + 1 : lk;
-      case Causal::bottom_right:
-        // k <= i + lk - lq  <=>  k < i + 1 + lk - lq, computed without unsigned wrap-around.
-        if (i + 1 + lk <= lq) return 0;
-        return i + 1 + lk - lq < lk ? i + 1 + lk - lq : lk;
-      case Causal::none:
-        break;
-    }
-    return lk;
+  /// Mask rows of consecutive heads are this far apart (0 when the mask broadcasts over heads).
+  std::size_t mask_head_stride() const {
+    return mask.data != nullptr && mask.h != 1 ? mask.lq * mask.lk : 0;
   }
-  /// True if query row i of (batch b, head h) sees at least one key.
-  bool has_visible_key(std::size_t b, std::size_t h, std::size_t i) const {
-    const std::size_t end = causal_end(i);
-    const std::uint8_t* row = mask_row(b, h, i);
-    for (std::size_t k = 0; k < end; ++k) {
-      if (mask_keeps(row, mask.lk, k)) return true;
-    }
-    return false;
-  }
-  static bool mask_keeps(const std::uint8_t* row, std::size_t mask_lk, std::size_t k) {
-    return row == nullptr || row[mask_lk == 1 ? 0 : k] != 0;
+  /// The rule for the query rows of (batch b, head h), row i being query i of the call.
+  kernels::KeyRule for_head(std::size_t b, std::size_t h) const {
+    kernels::KeyRule r;
+    r.lk = lk;
+    r.causal = causal != Causal::none;
+    // Bottom-right: k <= i + Lk - Lq. Sizes are far below 2^63, so the difference is exact.
+    r.offset = causal == Causal::bottom_right
+                   ? static_cast<std::ptrdiff_t>(lk) - static_cast<std::ptrdiff_t>(lq)
+                   : 0;
+    r.mask = mask_row(b, h, 0);
+    r.mask_row_stride = mask.data != nullptr && mask.lq != 1 ? mask.lk : 0;
+    r.mask_lk = mask.lk;
+    return r;
   }
 };
 

@@ -1,23 +1,25 @@
 // MultiHeadAttention: parameters, their packed copies, validation and the forward driver.
 #include "simdattn/multi_head_attention.hpp"
 
+#include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
-#include <memory>
 #include <utility>
 
-#include "driver.hpp"
+#include "driver/attention.hpp"
+#include "driver/linear.hpp"
+#include "driver/scratch.hpp"
+#include "isa/registry.hpp"
 #include "kernels/gemm/pack.hpp"
+#include "module_impl.hpp"
 #include "random.hpp"
+#include "reference/reference.hpp"
 #include "validate.hpp"
 
 namespace simdattn {
-namespace {
+namespace detail {
 
-constexpr int kNumProjections = 4;
-
-int index_of(Projection p) {
+int projection_index(const char* where, Projection p) {
   switch (p) {
     case Projection::query:
       return 0;
@@ -28,24 +30,15 @@ int index_of(Projection p) {
     case Projection::output:
       return 3;
   }
-  detail::fail("MultiHeadAttention",
-               "unknown Projection value " + std::to_string(static_cast<int>(p)));
+  fail(where, "unknown Projection value " + std::to_string(static_cast<int>(p)));
 }
 
-const char* name_of(Projection p) {
+const char* projection_name(Projection p) {
   static const char* names[] = {"query", "key", "value", "output"};
-  return names[index_of(p)];
+  return names[projection_index("MultiHeadAttention", p)];
 }
 
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-
-// A packed weight with its own 64-byte aligned storage.
-struct OwnedPacked {
-  std::unique_ptr<float, FreeDeleter> storage;
-  detail::PackedWeight view;
-};
+namespace {
 
 // Packs the rows of several [E, E] weights stacked on top of each other ([parts * E, E]).
 OwnedPacked pack_stacked(std::initializer_list<const std::vector<float>*> parts, std::size_t e) {
@@ -57,94 +50,77 @@ OwnedPacked pack_stacked(std::initializer_list<const std::vector<float>*> parts,
     for (const auto* w : parts) stacked.insert(stacked.end(), w->begin(), w->end());
     src = stacked.data();
   }
-  const std::size_t floats = kernels::packed_weight_floats(out, e);
-  const std::size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
   OwnedPacked p;
-  p.storage.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-  if (!p.storage) throw std::bad_alloc();
-  kernels::pack_weight(src, out, e, e, p.storage.get());
-  p.view = {e, out, p.storage.get()};
+  p.storage = AlignedBuffer(kernels::packed_weight_floats(out, e));
+  kernels::pack_weight(src, out, e, e, p.storage.data());
+  p.view = {e, out, p.storage.data()};
   return p;
 }
 
+// The biases of projections `idx` end to end (zeros for an absent one), or empty if none of
+// them has a bias.
+std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections], std::size_t e,
+                                 std::initializer_list<int> idx) {
+  bool any = false;
+  for (int i : idx) any = any || !b[i].empty();
+  std::vector<float> out;
+  if (!any) return out;
+  for (int i : idx) {
+    if (b[i].empty()) {
+      out.insert(out.end(), e, 0.0f);
+    } else {
+      out.insert(out.end(), b[i].begin(), b[i].end());
+    }
+  }
+  return out;
+}
+
 }  // namespace
+}  // namespace detail
 
-struct MultiHeadAttention::Impl {
-  std::size_t e = 0;
-  std::size_t heads = 0;
-  std::vector<float> weight[kNumProjections];
-  std::vector<float> bias[kNumProjections];  // empty for an absent Q/K/V bias
+void MultiHeadAttention::Impl::repack() {
+  using detail::pack_stacked;
+  for (int i = 0; i < detail::kNumProjections; ++i) packed[i] = pack_stacked({&weight[i]}, e);
+  packed_qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
+  packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
+  bias_qkv = detail::concat_biases(bias, e, {0, 1, 2});
+  bias_kv = detail::concat_biases(bias, e, {1, 2});
+}
 
-  // Derived from the above, never set directly.
-  OwnedPacked packed[kNumProjections];
-  OwnedPacked packed_qkv;       // [3E, E]: self-attention's one GEMM
-  OwnedPacked packed_kv;        // [2E, E]: keys and values from the same buffer
-  std::vector<float> bias_qkv;  // [3E], empty when no Q/K/V projection has a bias
-  std::vector<float> bias_kv;   // [2E], likewise for K/V
+void MultiHeadAttention::Impl::replace_weight(int i, std::vector<float> w) {
+  using detail::pack_stacked;
+  auto pick = [&](int j) { return j == i ? &w : &weight[j]; };
+  detail::OwnedPacked single = pack_stacked({&w}, e);
+  detail::OwnedPacked qkv, kv;
+  if (i < 3) qkv = pack_stacked({pick(0), pick(1), pick(2)}, e);
+  if (i == 1 || i == 2) kv = pack_stacked({pick(1), pick(2)}, e);
+  weight[i] = std::move(w);
+  packed[i] = std::move(single);
+  if (i < 3) packed_qkv = std::move(qkv);
+  if (i == 1 || i == 2) packed_kv = std::move(kv);
+}
 
-  void repack() {
-    for (int i = 0; i < kNumProjections; ++i) packed[i] = pack_stacked({&weight[i]}, e);
-    packed_qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
-    packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
-    bias_qkv = concat_biases(bias, {0, 1, 2});
-    bias_kv = concat_biases(bias, {1, 2});
+void MultiHeadAttention::Impl::replace_bias(int i, std::vector<float> b) {
+  std::vector<float> next[detail::kNumProjections];
+  for (int j = 0; j < detail::kNumProjections; ++j) next[j] = j == i ? std::move(b) : bias[j];
+  std::vector<float> qkv = detail::concat_biases(next, e, {0, 1, 2});
+  std::vector<float> kv = detail::concat_biases(next, e, {1, 2});
+  for (int j = 0; j < detail::kNumProjections; ++j) bias[j].swap(next[j]);
+  bias_qkv.swap(qkv);
+  bias_kv.swap(kv);
+}
+
+MultiHeadAttention::Impl MultiHeadAttention::Impl::clone() const {
+  Impl c;
+  c.e = e;
+  c.heads = heads;
+  for (int i = 0; i < detail::kNumProjections; ++i) {
+    c.weight[i] = weight[i];
+    c.bias[i] = bias[i];
   }
-
-  // Replaces weight i and the packed copies that contain it. Everything that can throw
-  // (allocation) happens before the first change, so a failure leaves the module as it was.
-  void replace_weight(int i, std::vector<float> w) {
-    auto pick = [&](int j) { return j == i ? &w : &weight[j]; };
-    OwnedPacked single = pack_stacked({&w}, e);
-    OwnedPacked qkv, kv;
-    if (i < 3) qkv = pack_stacked({pick(0), pick(1), pick(2)}, e);
-    if (i == 1 || i == 2) kv = pack_stacked({pick(1), pick(2)}, e);
-    weight[i] = std::move(w);
-    packed[i] = std::move(single);
-    if (i < 3) packed_qkv = std::move(qkv);
-    if (i == 1 || i == 2) packed_kv = std::move(kv);
-  }
-
-  // Replaces bias i (empty: none) with the same guarantee.
-  void replace_bias(int i, std::vector<float> b) {
-    std::vector<float> next[kNumProjections];
-    for (int j = 0; j < kNumProjections; ++j) next[j] = j == i ? std::move(b) : bias[j];
-    std::vector<float> qkv = concat_biases(next, {0, 1, 2});
-    std::vector<float> kv = concat_biases(next, {1, 2});
-    for (int j = 0; j < kNumProjections; ++j) bias[j].swap(next[j]);
-    bias_qkv.swap(qkv);
-    bias_kv.swap(kv);
-  }
-
-  // The biases of projections `idx` end to end (zeros for an absent one), or empty if none of
-  // them has a bias.
-  std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections],
-                                   std::initializer_list<int> idx) const {
-    bool any = false;
-    for (int i : idx) any = any || !b[i].empty();
-    std::vector<float> out;
-    if (!any) return out;
-    for (int i : idx) {
-      if (b[i].empty()) {
-        out.insert(out.end(), e, 0.0f);
-      } else {
-        out.insert(out.end(), b[i].begin(), b[i].end());
-      }
-    }
-    return out;
-  }
-
-  Impl clone() const {
-    Impl c;
-    c.e = e;
-    c.heads = heads;
-    for (int i = 0; i < kNumProjections; ++i) {
-      c.weight[i] = weight[i];
-      c.bias[i] = bias[i];
-    }
-    c.repack();
-    return c;
-  }
-};
+  c.repack();
+  return c;
+}
 
 MultiHeadAttention::MultiHeadAttention(std::size_t embed_size, std::size_t heads,
                                        std::uint64_t seed)
@@ -190,7 +166,7 @@ void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
   const std::size_t e = impl_->e;
   const double bound = 1.0 / std::sqrt(static_cast<double>(e));
   detail::Random rng(seed);
-  for (int i = 0; i < kNumProjections; ++i) {
+  for (int i = 0; i < detail::kNumProjections; ++i) {
     impl_->weight[i].resize(e * e);
     for (float& w : impl_->weight[i]) w = static_cast<float>(rng.uniform(-bound, bound));
     impl_->bias[i].clear();
@@ -201,45 +177,48 @@ void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
 }
 
 void MultiHeadAttention::set_weight(Projection p, const float* data, std::size_t count) {
-  const int i = index_of(p);
+  const int i = detail::projection_index("MultiHeadAttention", p);
   const std::size_t e = impl_->e;
-  if (data == nullptr) detail::fail("set_weight", std::string(name_of(p)) + " weight is null");
+  if (data == nullptr)
+    detail::fail("set_weight", std::string(detail::projection_name(p)) + " weight is null");
   if (count != e * e) {
-    detail::fail("set_weight", std::string(name_of(p)) + " weight has " + std::to_string(count) +
-                                   " elements, [E, E] = [" + std::to_string(e) + ", " +
-                                   std::to_string(e) + "] needs " + std::to_string(e * e));
+    detail::fail("set_weight", std::string(detail::projection_name(p)) + " weight has " +
+                                   std::to_string(count) + " elements, [E, E] = [" +
+                                   std::to_string(e) + ", " + std::to_string(e) + "] needs " +
+                                   std::to_string(e * e));
   }
   impl_->replace_weight(i, std::vector<float>(data, data + count));
 }
 
 const std::vector<float>& MultiHeadAttention::weight(Projection p) const {
-  return impl_->weight[index_of(p)];
+  return impl_->weight[detail::projection_index("MultiHeadAttention", p)];
 }
 
 void MultiHeadAttention::set_bias(Projection p, const float* data, std::size_t count) {
-  const int i = index_of(p);
+  const int i = detail::projection_index("MultiHeadAttention", p);
   const std::size_t e = impl_->e;
-  if (data == nullptr) detail::fail("set_bias", std::string(name_of(p)) + " bias is null");
+  if (data == nullptr)
+    detail::fail("set_bias", std::string(detail::projection_name(p)) + " bias is null");
   if (count != e) {
-    detail::fail("set_bias", std::string(name_of(p)) + " bias has " + std::to_string(count) +
-                                 " elements, [E] = [" + std::to_string(e) + "] needs " +
-                                 std::to_string(e));
+    detail::fail("set_bias", std::string(detail::projection_name(p)) + " bias has " +
+                                 std::to_string(count) + " elements, [E] = [" + std::to_string(e) +
+                                 "] needs " + std::to_string(e));
   }
   impl_->replace_bias(i, std::vector<float>(data, data + count));
 }
 
 void MultiHeadAttention::clear_bias(Projection p) {
-  const int i = index_of(p);
+  const int i = detail::projection_index("MultiHeadAttention", p);
   impl_->replace_bias(
       i, p == Projection::output ? std::vector<float>(impl_->e, 0.0f) : std::vector<float>());
 }
 
 bool MultiHeadAttention::has_bias(Projection p) const {
-  return !impl_->bias[index_of(p)].empty();
+  return !impl_->bias[detail::projection_index("MultiHeadAttention", p)].empty();
 }
 
 const std::vector<float>& MultiHeadAttention::bias(Projection p) const {
-  return impl_->bias[index_of(p)];
+  return impl_->bias[detail::projection_index("MultiHeadAttention", p)];
 }
 
 namespace {
@@ -264,12 +243,20 @@ std::size_t bytes_of(const ConstTensorView& t) {
 
 }  // namespace
 
-void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,
-                                 const ConstTensorView& query, const Mask& mask,
-                                 const TensorView<float>& out, const Options& options) const {
-  const char* where = "MultiHeadAttention::forward";
-  const Impl& m = *impl_;
-  const std::size_t e = m.e;
+namespace {
+
+// A validated forward() call.
+struct ForwardCall {
+  std::size_t n, lq, lk, heads, d;
+  float scale;
+  int threads;
+  detail::MaskRule rule;
+};
+
+ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
+                          const ConstTensorView& values, const ConstTensorView& keys,
+                          const ConstTensorView& query, const Mask& mask,
+                          const TensorView<float>& out, const Options& options) {
   check_tensor(where, "values", values, e);
   check_tensor(where, "keys", keys, e);
   check_tensor(where, "query", query, e);
@@ -288,7 +275,7 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
     detail::fail(where, "out has shape " + detail::shape_string(out.n, out.l, out.e) +
                             ", the query needs " + detail::shape_string(query.n, query.l, e));
   }
-  const std::size_t n = query.n, lq = query.l, lk = keys.l, heads = m.heads, d = e / heads;
+  const std::size_t n = query.n, lq = query.l, lk = keys.l, d = e / heads;
   detail::check_mask(where, mask, n, heads, lq, lk);
   const float scale = detail::resolve_scale(where, options, d);
   const int threads = detail::resolve_threads(where, options);
@@ -304,79 +291,84 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
       detail::overlaps(out.data, out_bytes, mask.data, mask.n * mask.h * mask.lq * mask.lk)) {
     detail::fail(where, "out overlaps the mask");
   }
-  const detail::MaskRule rule{mask, options.causal, lq, lk};
-
-  // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call.
-  const std::size_t q_size = n * lq * e, kv_size = n * lk * e;
   // The scratch holds at most 4 activations. Shapes whose own byte counts fit can still make
   // that count overflow: an error before any allocation, never a wrapped-around small buffer
-  // (both paths crashed on such shapes). The factor 2 leaves room for thread_scratch's rounding.
-  if (std::max(q_size, kv_size) >
-      std::numeric_limits<std::size_t>::max() / (4 * 2 * sizeof(float))) {
-    detail::fail(where, "the scratch of 4 activations of " +
-                            std::to_string(std::max(q_size, kv_size)) + " floats overflows size_t");
+  // (both paths crashed on such shapes). The factor 2 leaves room for the scratch's rounding.
+  const std::size_t largest = std::max(n * lq * e, n * lk * e);
+  if (largest > std::numeric_limits<std::size_t>::max() / (4 * 2 * sizeof(float))) {
+    detail::fail(where, "the scratch of 4 activations of " + std::to_string(largest) +
+                            " floats overflows size_t");
   }
+  return {n, lq, lk, heads, d, scale, threads, detail::MaskRule{mask, options.causal, lq, lk}};
+}
+
+}  // namespace
+
+void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,
+                                 const ConstTensorView& query, const Mask& mask,
+                                 const TensorView<float>& out, const Options& options) const {
+  const char* where = "MultiHeadAttention::forward";
+  const Impl& m = *impl_;
+  const std::size_t e = m.e;
+  const ForwardCall c = check_forward(where, e, m.heads, values, keys, query, mask, out, options);
+  const kernels::KernelTable* table = detail::kernels_for(where, options);
+  const std::size_t n = c.n, lq = c.lq, lk = c.lk, heads = c.heads, d = c.d;
+  const std::size_t q_size = n * lq * e, kv_size = n * lk * e;
+
+  if (table == nullptr) {
+    using detail::bias_or_null;
+    const reference::Weights<float> w{m.weight[0].data(),      m.weight[1].data(),
+                                      m.weight[2].data(),      m.weight[3].data(),
+                                      bias_or_null(m.bias[0]), bias_or_null(m.bias[1]),
+                                      bias_or_null(m.bias[2]), m.bias[3].data()};
+    float* scratch = detail::thread_scratch(detail::ScratchSlot::activations,
+                                            reference::multi_head_attention_scratch(n, lq, lk, e));
+    reference::multi_head_attention<float>(values.data, keys.data, query.data, n, lk, lq, e, heads,
+                                           w, c.rule, c.scale, options.masked_rows, out.data,
+                                           scratch);
+    return;
+  }
+
+  // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call.
+  float* scratch = detail::thread_scratch(detail::ScratchSlot::activations,
+                                          3 * std::max(q_size, kv_size) + q_size);
   const bool self = values.data == keys.data && keys.data == query.data && lq == lk;
   const bool shared_kv = !self && values.data == keys.data;
-
-  if (options.path == Path::naive) {
-    float* scratch = detail::thread_scratch(2, 2 * q_size + 2 * kv_size);
-    reference::linear<float>(values.data, n * lk, e, m.weight[2].data(), e,
-                             m.bias[2].empty() ? nullptr : m.bias[2].data(), scratch);
-    reference::linear<float>(keys.data, n * lk, e, m.weight[1].data(), e,
-                             m.bias[1].empty() ? nullptr : m.bias[1].data(), scratch + kv_size);
-    reference::linear<float>(query.data, n * lq, e, m.weight[0].data(), e,
-                             m.bias[0].empty() ? nullptr : m.bias[0].data(), scratch + 2 * kv_size);
-    float* attn = scratch + 2 * kv_size + q_size;
-    const reference::Heads<const float> vh{scratch, n, lk, heads, d, e, lk * e};
-    const reference::Heads<const float> kh{scratch + kv_size, n, lk, heads, d, e, lk * e};
-    const reference::Heads<const float> qh{scratch + 2 * kv_size, n, lq, heads, d, e, lq * e};
-    const reference::Heads<float> oh{attn, n, lq, heads, d, e, lq * e};
-    reference::attention<float>(qh, kh, vh, oh, rule, scale, options.masked_rows);
-    reference::linear<float>(attn, n * lq, e, m.weight[3].data(), e, m.bias[3].data(), out.data);
-    return;
-  }
-
-  auto bias_or_null = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
-  float* scratch = detail::thread_scratch(2, 3 * std::max(q_size, kv_size) + q_size);
-  reference::Heads<const float> qh, kh, vh;
-  bool ok = true;
+  detail::AttentionProblem p;
   if (self) {
     // One GEMM against [Wq; Wk; Wv]: each row of x is read once for all three projections.
-    ok = detail::run_linear(query.data, n * lq, m.packed_qkv.view, bias_or_null(m.bias_qkv),
-                            scratch, 3 * e, threads);
-    qh = {scratch, n, lq, heads, d, 3 * e, lq * 3 * e};
-    kh = {scratch + e, n, lk, heads, d, 3 * e, lk * 3 * e};
-    vh = {scratch + 2 * e, n, lk, heads, d, 3 * e, lk * 3 * e};
+    detail::run_linear(*table, query.data, n * lq, m.packed_qkv.view,
+                       detail::bias_or_null(m.bias_qkv), scratch, 3 * e, c.threads);
+    p.q = {scratch, n, lq, heads, d, 3 * e, lq * 3 * e};
+    p.k = {scratch + e, n, lk, heads, d, 3 * e, lk * 3 * e};
+    p.v = {scratch + 2 * e, n, lk, heads, d, 3 * e, lk * 3 * e};
   } else {
     float* kv = scratch + q_size;
-    ok = detail::run_linear(query.data, n * lq, m.packed[0].view, bias_or_null(m.bias[0]), scratch,
-                            e, threads);
+    detail::run_linear(*table, query.data, n * lq, m.packed[0].view,
+                       detail::bias_or_null(m.bias[0]), scratch, e, c.threads);
     if (shared_kv) {
-      ok = ok && detail::run_linear(keys.data, n * lk, m.packed_kv.view, bias_or_null(m.bias_kv),
-                                    kv, 2 * e, threads);
-      kh = {kv, n, lk, heads, d, 2 * e, lk * 2 * e};
-      vh = {kv + e, n, lk, heads, d, 2 * e, lk * 2 * e};
+      detail::run_linear(*table, keys.data, n * lk, m.packed_kv.view,
+                         detail::bias_or_null(m.bias_kv), kv, 2 * e, c.threads);
+      p.k = {kv, n, lk, heads, d, 2 * e, lk * 2 * e};
+      p.v = {kv + e, n, lk, heads, d, 2 * e, lk * 2 * e};
     } else {
-      ok = ok && detail::run_linear(keys.data, n * lk, m.packed[1].view, bias_or_null(m.bias[1]),
-                                    kv, e, threads);
-      ok = ok && detail::run_linear(values.data, n * lk, m.packed[2].view, bias_or_null(m.bias[2]),
-                                    kv + kv_size, e, threads);
-      kh = {kv, n, lk, heads, d, e, lk * e};
-      vh = {kv + kv_size, n, lk, heads, d, e, lk * e};
+      detail::run_linear(*table, keys.data, n * lk, m.packed[1].view,
+                         detail::bias_or_null(m.bias[1]), kv, e, c.threads);
+      detail::run_linear(*table, values.data, n * lk, m.packed[2].view,
+                         detail::bias_or_null(m.bias[2]), kv + kv_size, e, c.threads);
+      p.k = {kv, n, lk, heads, d, e, lk * e};
+      p.v = {kv + kv_size, n, lk, heads, d, e, lk * e};
     }
-    qh = {scratch, n, lq, heads, d, e, lq * e};
-  }
-  if (!ok) {  // no optimized kernels in this build or SIMDATTN_ISA=naive
-    Options naive = options;
-    naive.path = Path::naive;
-    forward(values, keys, query, mask, out, naive);
-    return;
+    p.q = {scratch, n, lq, heads, d, e, lq * e};
   }
   float* attn = scratch + 3 * std::max(q_size, kv_size);
-  const reference::Heads<float> oh{attn, n, lq, heads, d, e, lq * e};
-  detail::run_attention(qh, kh, vh, oh, rule, scale, options.masked_rows, Path::optimized, threads);
-  detail::run_linear(attn, n * lq, m.packed[3].view, m.bias[3].data(), out.data, e, threads);
+  p.out = {attn, n, lq, heads, d, e, lq * e};
+  p.rule = c.rule;
+  p.scale = c.scale;
+  p.policy = options.masked_rows;
+  detail::run_attention(table, p, c.threads);
+  detail::run_linear(*table, attn, n * lq, m.packed[3].view, m.bias[3].data(), out.data, e,
+                     c.threads);
 }
 
 Tensor MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,

@@ -84,11 +84,12 @@ inline std::vector<double> oracle_sdpa(const ConstHeadsView& q, const ConstHeads
   const auto qd = gather<double>(q), kd = gather<double>(k), vd = gather<double>(v);
   std::vector<double> out(q.n * q.l * q.h * q.d);
   const std::size_t hd = q.h * q.d;
+  const std::size_t kvd = k.h * k.d;  // fewer heads than q with grouped-query attention
   using CH = reference::Heads<const double>;
   reference::attention<double>(
       CH{qd.data(), q.n, q.l, q.h, q.d, hd, q.l * hd},
-      CH{kd.data(), k.n, k.l, k.h, k.d, hd, k.l * hd},
-      CH{vd.data(), v.n, v.l, v.h, v.d, hd, v.l * hd},
+      CH{kd.data(), k.n, k.l, k.h, k.d, kvd, k.l * kvd},
+      CH{vd.data(), v.n, v.l, v.h, v.d, kvd, v.l * kvd},
       reference::Heads<double>{out.data(), q.n, q.l, q.h, q.d, hd, q.l * hd},
       detail::MaskRule{mask, options.causal, q.l, k.l}, resolved_scale(options, q.d),
       options.masked_rows);

@@ -13,14 +13,6 @@ namespace {
 
 constexpr int kSkipped = 77;
 
-bool is_known_isa(const std::string& name) {
-  for (auto isa :
-       {simdattn::Isa::avx512, simdattn::Isa::avx2, simdattn::Isa::sse2, simdattn::Isa::naive}) {
-    if (name == simdattn::isa_name(isa)) return true;
-  }
-  return false;
-}
-
 bool is_available(const std::string& name) {
   for (simdattn::Isa isa : simdattn::available_isas()) {
     if (name == simdattn::isa_name(isa)) return true;
@@ -35,7 +27,7 @@ int main(int argc, char* argv[]) {
   if (forced != nullptr && *forced != '\0') {
     const std::string name(forced);
     // An unknown name runs the suite anyway: test_dispatch.cpp checks that it is an error.
-    if (is_known_isa(name) && !is_available(name)) {
+    if (simdattn::isa_from_name(name).has_value() && !is_available(name)) {
       std::printf("simdattn_tests: SIMDATTN_ISA=%s cannot run on this build or CPU: skipped\n",
                   forced);
       return kSkipped;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "isa/registry.hpp"
 #include "kernels/gemm/pack.hpp"
 #include "kernels/kernel_table.hpp"
 
@@ -17,7 +18,7 @@ namespace {
 std::vector<const kernels::KernelTable*> tables() {
   std::vector<const kernels::KernelTable*> out;
   for (Isa isa : available_isas()) {
-    if (const kernels::KernelTable* t = kernels::kernel_table(isa)) out.push_back(t);
+    if (const kernels::KernelTable* t = kernels::table_for(isa)) out.push_back(t);
   }
   return out;
 }

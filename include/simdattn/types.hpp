@@ -8,15 +8,20 @@
 #include <string>
 #include <vector>
 
+#include "simdattn/isa_list.hpp"
+
 namespace simdattn {
 
 /// Which implementation computes a call. Both share every argument and every semantic;
 /// `naive` is the scalar reference that mirrors the tutorial step by step.
 enum class Path { optimized, naive };
 
-/// Instruction sets. `naive` is the scalar reference; the others are optimized kernels
-/// compiled per ISA into the same binary and picked at run time (see dispatch.hpp).
-enum class Isa { naive, sse2, avx2, avx512 };
+/// Instruction sets: `naive` (the scalar reference) and, from isa_list.hpp, the ISAs with
+/// optimized kernels, compiled per ISA into the same binary and picked at run time (see
+/// dispatch.hpp): avx512, avx2, sse2.
+#define SIMDATTN_ISA_ENUMERATOR_(name) name,
+enum class Isa { naive, SIMDATTN_ISA_LIST(SIMDATTN_ISA_ENUMERATOR_) };
+#undef SIMDATTN_ISA_ENUMERATOR_
 
 /// Causal masking without a mask buffer. With Lq == Lk both alignments are the tutorial's
 /// lower-triangular mask; they differ only for Lq != Lk, so the caller must say which.
@@ -54,6 +59,9 @@ struct Options {
   Causal causal = Causal::none;
   MaskedRows masked_rows = MaskedRows::uniform;
   Path path = Path::optimized;
+  /// The ISA of this call's optimized path; unset: active_isa(), the process's choice. One this
+  /// machine cannot run is an std::invalid_argument; Isa::naive runs the reference.
+  std::optional<Isa> isa;
   /// Threads for this call; 0 means omp_get_max_threads(). The library never changes the
   /// caller's OpenMP settings. Results are bitwise identical for every thread count.
   int threads = 0;

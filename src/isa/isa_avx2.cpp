@@ -1,7 +1,5 @@
-// The optimized kernels instantiated for xsimd::fma3<xsimd::avx2>. Compiled with this ISA's flags
-// only.
+// The optimized kernels instantiated for xsimd::fma3<xsimd::avx2>. Compiled with this ISA's
+// flags only.
 #include "kernels/instantiate.hpp"
 
-namespace simdattn::kernels {
-extern const KernelTable kAvx2Table = make_table<xsimd::fma3<xsimd::avx2>>(Isa::avx2);
-}  // namespace simdattn::kernels
+SIMDATTN_DEFINE_ISA_KERNELS(avx2, xsimd::fma3<xsimd::avx2>)

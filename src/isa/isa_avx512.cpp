@@ -1,6 +1,5 @@
-// The optimized kernels instantiated for xsimd::avx512bw. Compiled with this ISA's flags only.
+// The optimized kernels instantiated for xsimd::avx512bw (xsimd 8.1's avx512f batch needs
+// AVX512DQ). Compiled with this ISA's flags only.
 #include "kernels/instantiate.hpp"
 
-namespace simdattn::kernels {
-extern const KernelTable kAvx512Table = make_table<xsimd::avx512bw>(Isa::avx512);
-}  // namespace simdattn::kernels
+SIMDATTN_DEFINE_ISA_KERNELS(avx512, xsimd::avx512bw)

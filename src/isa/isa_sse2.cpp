@@ -1,6 +1,4 @@
 // The optimized kernels instantiated for xsimd::sse2. Compiled with this ISA's flags only.
 #include "kernels/instantiate.hpp"
 
-namespace simdattn::kernels {
-extern const KernelTable kSse2Table = make_table<xsimd::sse2>(Isa::sse2);
-}  // namespace simdattn::kernels
+SIMDATTN_DEFINE_ISA_KERNELS(sse2, xsimd::sse2)

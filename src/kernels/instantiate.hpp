@@ -5,6 +5,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "isa/registry.hpp"
 #include "kernels/attention/flash.hpp"
 #include "kernels/gemm/gemm.hpp"
 #include "kernels/kernel_table.hpp"
@@ -26,11 +27,22 @@ void exp_array(const float* x, float* y, std::size_t n) {
   }
 }
 
+/// Constant-initialised, so that a call from another unit's static initialiser finds it filled.
 template <class Arch>
-KernelTable make_table(Isa isa) {
+constexpr KernelTable make_table(Isa isa) {
   return KernelTable{isa, &gemm<Arch>, &attention_tiles<Arch>, &attention_decode<Arch>,
                      &exp_array<Arch>};
 }
 
 }  // namespace
 }  // namespace simdattn::kernels
+
+/// Defines kernels_of_<name>() (isa/registry.hpp) for the ISA `name` with xsimd architecture
+/// `Arch`: the whole of a src/isa/isa_<name>.cpp.
+#define SIMDATTN_DEFINE_ISA_KERNELS(name, Arch)                        \
+  namespace simdattn::kernels {                                        \
+  const KernelTable* kernels_of_##name() {                             \
+    static constexpr KernelTable kTable = make_table<Arch>(Isa::name); \
+    return &kTable;                                                    \
+  }                                                                    \
+  }

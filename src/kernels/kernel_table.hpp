@@ -1,11 +1,13 @@
 // The optimized kernels of one ISA, behind one table of function pointers. The kernels do
-// arithmetic only: the drivers (attention.cpp, multi_head_attention.cpp) own validation,
-// threads and scratch memory, and call a kernel on a piece of the problem per task.
+// arithmetic only: the drivers (src/driver/) own threads and scratch memory and call a kernel
+// on a piece of the problem per task; the API layer owns validation.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/blocking.hpp"
+#include "kernels/key_rule.hpp"
 #include "simdattn/types.hpp"
 
 namespace simdattn::kernels {
@@ -24,11 +26,11 @@ struct GemmArgs {
   std::size_t ldc = 0;
 };
 
-/// One task of the attention core: query rows [row_begin, row_end) of one (batch, head).
+/// One task of the tile path: query rows [row_begin, row_end) of one (batch, head).
 struct AttentionArgs {
   const float* q = nullptr;  // row 0 of this (batch, head); row i at q + i * q_stride
   std::size_t q_stride = 0;
-  const float* k = nullptr;  // key 0 of this (batch, head)
+  const float* k = nullptr;  // key 0 of the (batch, kv head) this head reads
   std::size_t k_stride = 0;
   const float* v = nullptr;
   std::size_t v_stride = 0;
@@ -39,45 +41,45 @@ struct AttentionArgs {
   std::size_t d = 0;
   std::size_t row_begin = 0;
   std::size_t row_end = 0;
-  // Keep-mask rows for this (batch, head): row i at mask + i * mask_row_stride (0 when the
-  // mask broadcasts over queries); mask_lk is lk or 1 (broadcast over keys). nullptr: none.
-  const std::uint8_t* mask = nullptr;
-  std::size_t mask_row_stride = 0;
-  std::size_t mask_lk = 0;
-  Causal causal = Causal::none;
+  KeyRule rule;  // rows numbered from 0 = row 0 of this (batch, head)
   float scale = 1.0f;
   MaskedRows masked_rows = MaskedRows::uniform;
+  float* lse = nullptr;      // nullptr, or lse[i] for row i: see kernels/attention/merge.hpp
   float* scratch = nullptr;  // attention_scratch_floats(d) floats, 64-byte aligned
-
-  // Decoding only (KernelTable::decode): all `heads` heads of one batch, head j's data at
-  // q/k/v + j * d and its mask rows at mask + j * mask_head_stride; keys [key_begin, key_end);
-  // unnormalised results go to `partial` (see partial_record()).
-  std::size_t heads = 1;
-  std::size_t mask_head_stride = 0;
-  std::size_t key_begin = 0;
-  std::size_t key_end = 0;
-  float* partial = nullptr;
 };
 
-/// Query lengths up to this are decoding: the driver calls KernelTable::decode.
-inline constexpr std::size_t kDecodeMaxLq = 4;
-/// Keys per decode slice: slices depend on Lk only, so the merged result does not depend on
-/// the thread count; 512 keys keep the per-slice work (512 x D x 2 reads) far above the merge.
-inline constexpr std::size_t kDecodeSlice = 512;
+/// One task of the decode path (Lq <= kDecodeMaxLq): keys [key_begin, key_end) of one batch,
+/// for every query row and every query head of it. Head j reads its queries at q + j * d, its
+/// keys and values at k/v + (j / kv_group) * d (grouped-query attention: kv_group query heads
+/// share one K/V head), and its mask rows at rule.mask + j * mask_head_stride.
+struct DecodeArgs {
+  const float* q = nullptr;
+  std::size_t q_stride = 0;
+  const float* k = nullptr;
+  std::size_t k_stride = 0;
+  const float* v = nullptr;
+  std::size_t v_stride = 0;
+  std::size_t lq = 0;
+  std::size_t d = 0;
+  std::size_t heads = 1;
+  std::size_t kv_group = 1;
+  KeyRule rule;  // head 0's rule; other heads differ only in their mask rows
+  std::size_t mask_head_stride = 0;
+  float scale = 1.0f;
+  std::size_t key_begin = 0;
+  std::size_t key_end = 0;
+  /// Output: one record per (query row i, head j) at partial + (i * heads + j) * record floats
+  /// (partial_record_floats(d)): the slice's log-sum-exp at [0] and its normalised output
+  /// (D floats) from [16] on; see merge.hpp.
+  float* partial = nullptr;
+  float* scratch = nullptr;  // decode_scratch_floats(heads) floats, 64-byte aligned
+};
 
-/// Floats per (query row, head) record of a decode slice's partial result: the running max at
-/// [0], the sum of exponentials at [1], the unnormalised output (D floats) from [16] on, so that
-/// records stay 64-byte aligned.
+/// Floats per record of a decode slice's partial result: the log-sum-exp at [0] and the output
+/// (D floats) from [16] on, so that records stay 64-byte aligned.
 inline std::size_t partial_record_floats(std::size_t d) {
   return (d + 15) / 16 * 16 + 16;
 }
-
-/// Query rows per attention task at most (the driver splits longer sequences).
-inline constexpr std::size_t kMaxTaskRows = 256;
-/// Keys per block of the attention kernels, every ISA.
-inline constexpr std::size_t kKeyBlock = 64;
-/// Queries per group of the attention tile path, the largest over ISAs (2 zmm on AVX-512).
-inline constexpr std::size_t kMaxQueryGroup = 32;
 
 /// Floats of scratch one attention task needs: the task's queries transposed, a padded block
 /// of V, a score tile, and the running output, max, sum and rescale factor of every row of the
@@ -98,12 +100,9 @@ struct KernelTable {
   Isa isa;
   void (*gemm)(const GemmArgs& args);
   void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
-  void (*decode)(const AttentionArgs& args);     // Lq <= kDecodeMaxLq, one (batch, slice)
-  /// y[i] = exp(x[i]) with the kernels' vector exp, for tests of its accuracy.
+  void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
+  /// y[i] = exp(x[i]) with the kernels' vector exp: a hook for the tests of its accuracy.
   void (*exp)(const float* x, float* y, std::size_t n);
 };
-
-/// The table of an optimized ISA compiled into this build and runnable here, else nullptr.
-const KernelTable* kernel_table(Isa isa);
 
 }  // namespace simdattn::kernels

@@ -1,5 +1,5 @@
-// Small xsimd 8.1 helpers the kernels share: tile sizes per vector width and the reductions
-// 8.1 lacks (it has hadd, no reduce_max).
+// Small xsimd 8.1 helpers the kernels share: the vector type and width of an Arch, the
+// reduction 8.1 lacks (it has hadd, no reduce_max), and compile-time row counts for tails.
 #pragma once
 
 #include <cstddef>

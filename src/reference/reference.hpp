@@ -11,19 +11,11 @@
 
 #include "mask_rule.hpp"
 #include "simdattn/types.hpp"
+#include "views.hpp"
 
 namespace simdattn::reference {
 
-/// [n, l, h, d] heads with explicit strides (in elements), as HeadsView after resolution.
-template <class T>
-struct Heads {
-  T* data = nullptr;
-  std::size_t n = 0, l = 0, h = 0, d = 0;
-  std::size_t row_stride = 0, batch_stride = 0;
-  T* at(std::size_t b, std::size_t i, std::size_t j) const {
-    return data + b * batch_stride + i * row_stride + j * d;
-  }
-};
+using detail::Heads;
 
 /// y[r, :] = x[r, :] W^T + bias for r < rows; W is [out, in] (PyTorch), bias may be null.
 template <class T>
@@ -41,25 +33,34 @@ void linear(const T* x, std::size_t rows, std::size_t in, const T* w, std::size_
 /// softmax(scale * masked_fill(q k^T, mask == 0, -1e20)) v, head by head, row by row.
 /// A row with every key masked gets the uniform average of v (the tutorial's behaviour,
 /// equal scores) or zeros, as `policy` says; it is detected by the rule, not by comparing
-/// numbers, so it holds for any scale.
+/// numbers, so it holds for any scale. k.h == v.h divides q.h: query head hh reads K/V head
+/// hh / (q.h / k.h) (grouped-query attention). `lse`, if given, receives each row's
+/// log-sum-exp over its visible keys at lse[(b * q.h + hh) * q.l + i] (-inf: no visible key).
 template <class T>
 void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<const T>& v,
-               const Heads<T>& out, const detail::MaskRule& rule, T scale, MaskedRows policy) {
+               const Heads<T>& out, const detail::MaskRule& rule, T scale, MaskedRows policy,
+               T* lse = nullptr) {
   const T kMaskFill = static_cast<T>(-1e20);
+  const std::size_t group = q.h / k.h;
   std::vector<T> energy(k.l);
   for (std::size_t b = 0; b < q.n; ++b) {
     for (std::size_t hh = 0; hh < q.h; ++hh) {
+      const kernels::KeyRule keys = rule.for_head(b, hh);
+      const std::size_t kh = hh / group;
       for (std::size_t i = 0; i < q.l; ++i) {
         const T* qi = q.at(b, i, hh);
-        const std::uint8_t* mrow = rule.mask_row(b, hh, i);
-        const std::size_t visible_end = rule.causal_end(i);
+        const std::uint8_t* mrow = kernels::mask_row(keys, i);
+        const std::size_t visible_end = kernels::key_end(keys, i);
+        auto visible = [&](std::size_t key) {
+          return key < visible_end && kernels::mask_keeps(keys, mrow, key);
+        };
+        T* row_lse = lse != nullptr ? lse + (b * q.h + hh) * q.l + i : nullptr;
         bool any_visible = false;
         // energy = einsum("qd,kd->k"), masked_fill, then scale (the tutorial's order).
         for (std::size_t key = 0; key < k.l; ++key) {
-          const bool visible = key < visible_end && rule.mask_keeps(mrow, rule.mask.lk, key);
           T e = 0;
-          if (visible) {
-            const T* kk = k.at(b, key, hh);
+          if (visible(key)) {
+            const T* kk = k.at(b, key, kh);
             for (std::size_t dd = 0; dd < q.d; ++dd) e += qi[dd] * kk[dd];
             any_visible = true;
           } else {
@@ -70,11 +71,12 @@ void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<con
         T* oi = out.at(b, i, hh);
         if (!any_visible) {
           // Every score equals -1e20 * scale: softmax is uniform (or the caller wants zeros).
+          if (row_lse != nullptr) *row_lse = -INFINITY;
           for (std::size_t dd = 0; dd < q.d; ++dd) oi[dd] = 0;
           if (policy == MaskedRows::zeros) continue;
           const T p = T(1) / static_cast<T>(k.l);
           for (std::size_t key = 0; key < k.l; ++key) {
-            const T* vk = v.at(b, key, hh);
+            const T* vk = v.at(b, key, kh);
             for (std::size_t dd = 0; dd < q.d; ++dd) oi[dd] += p * vk[dd];
           }
           continue;
@@ -83,22 +85,20 @@ void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<con
         // exactly zero weight, also where -1e20 * scale would not underflow exp.
         T row_max = -INFINITY;
         for (std::size_t key = 0; key < k.l; ++key) {
-          const bool visible = key < visible_end && rule.mask_keeps(mrow, rule.mask.lk, key);
-          if (visible && energy[key] > row_max) row_max = energy[key];
-          if (visible && std::isnan(energy[key])) row_max = energy[key];
+          if (visible(key) && energy[key] > row_max) row_max = energy[key];
+          if (visible(key) && std::isnan(energy[key])) row_max = energy[key];
         }
         T sum = 0;
         for (std::size_t key = 0; key < k.l; ++key) {
-          const bool visible = key < visible_end && rule.mask_keeps(mrow, rule.mask.lk, key);
-          energy[key] = visible ? std::exp(energy[key] - row_max) : T(0);
+          energy[key] = visible(key) ? std::exp(energy[key] - row_max) : T(0);
           sum += energy[key];
         }
+        if (row_lse != nullptr) *row_lse = row_max + std::log(sum);
         for (std::size_t dd = 0; dd < q.d; ++dd) oi[dd] = 0;
         for (std::size_t key = 0; key < k.l; ++key) {
-          const bool visible = key < visible_end && rule.mask_keeps(mrow, rule.mask.lk, key);
-          if (!visible) continue;  // a masked key adds nothing, whatever its value holds
+          if (!visible(key)) continue;  // a masked key adds nothing, whatever its value holds
           const T p = energy[key] / sum;
-          const T* vk = v.at(b, key, hh);
+          const T* vk = v.at(b, key, kh);
           for (std::size_t dd = 0; dd < q.d; ++dd) oi[dd] += p * vk[dd];
         }
       }
@@ -119,18 +119,24 @@ struct Weights {
   const T* bo = nullptr;
 };
 
+/// Elements of scratch multi_head_attention() needs: projected Q, K, V and the heads' output.
+inline std::size_t multi_head_attention_scratch(std::size_t n, std::size_t lq, std::size_t lk,
+                                                std::size_t e) {
+  return 2 * n * lq * e + 2 * n * lk * e;
+}
+
 /// The whole module: project, split heads (a view), attend, concatenate (a view), project.
-/// values, keys: [n, lk, e]; query, out: [n, lq, e]. `scratch` grows to 4 activations.
+/// values, keys: [n, lk, e]; query, out: [n, lq, e]. `scratch` holds
+/// multi_head_attention_scratch(n, lq, lk, e) elements.
 template <class T>
 void multi_head_attention(const T* values, const T* keys, const T* query, std::size_t n,
                           std::size_t lk, std::size_t lq, std::size_t e, std::size_t heads,
                           const Weights<T>& w, const detail::MaskRule& rule, T scale,
-                          MaskedRows policy, T* out, std::vector<T>& scratch) {
+                          MaskedRows policy, T* out, T* scratch) {
   const std::size_t d = e / heads;
   const std::size_t q_size = n * lq * e;
   const std::size_t kv_size = n * lk * e;
-  scratch.resize(2 * q_size + 2 * kv_size);
-  T* qp = scratch.data();
+  T* qp = scratch;
   T* kp = qp + q_size;
   T* vp = kp + kv_size;
   T* attn = vp + kv_size;
@@ -142,6 +148,17 @@ void multi_head_attention(const T* values, const T* keys, const T* query, std::s
   attention<T>(cheads(qp, lq), cheads(kp, lk), cheads(vp, lk), heads_of(attn, lq), rule, scale,
                policy);
   linear(attn, n * lq, e, w.wo, e, w.bo, out);
+}
+
+/// The same with a scratch vector that grows as needed.
+template <class T>
+void multi_head_attention(const T* values, const T* keys, const T* query, std::size_t n,
+                          std::size_t lk, std::size_t lq, std::size_t e, std::size_t heads,
+                          const Weights<T>& w, const detail::MaskRule& rule, T scale,
+                          MaskedRows policy, T* out, std::vector<T>& scratch) {
+  scratch.resize(multi_head_attention_scratch(n, lq, lk, e));
+  multi_head_attention<T>(values, keys, query, n, lk, lq, e, heads, w, rule, scale, policy, out,
+                          scratch.data());
 }
 
 }  // namespace simdattn::reference

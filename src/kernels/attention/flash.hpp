@@ -12,22 +12,25 @@
 // packed K^T per block and per task instead: that transpose measured 12% of the time at
 // s2048 (55 ms -> 62 ms when done twice) and the per-row horizontal max a few % more.
 // V is read in place when D is a multiple of the width, else packed per block with zero padding.
-// Tiles: scores 8 keys x 2 zmm of queries, output 6 queries x 4 zmm of D on AVX-512;
-// 6 x 2 ymm and 6 x 2 ymm on AVX2; 4 x 2 and 4 x 2 xmm on SSE2. Scratch: O(task rows x D).
+// Register tiles per vector width and the block sizes are in kernels/blocking.hpp.
+// Scratch: O(task rows x D).
 //
 // Decode path (Lq <= kDecodeMaxLq): one task per (batch, slice of kDecodeSlice keys) covers
 // every head. K and V are read in place, once, row by row with the heads inner, so each key's
 // row (all heads, contiguous) streams in order; head-major order read 256-byte pieces 4 KiB
 // apart and ran at 14 GB/s per core. Scores are dot products over D (a vector accumulator,
 // then a horizontal add); then o += p * V[k] per head, o in L1 (heads x D floats).
-// Slices write unnormalised (max, sum, output) records that the driver merges in slice order.
+// Each slice writes its partial result per (row, head), a log-sum-exp and a normalised output,
+// which the driver merges in slice order (merge.hpp).
 
-// Masks: a key block wholly past a query group's causal end is skipped; in a block that
-// crosses it, or with an explicit mask, hidden scores become -inf before the max. A query
-// whose max is still -inf after a block gets p = 0 without computing exp(-inf - -inf) (NaN).
-// At the end a query that saw no visible key gets the policy's answer: zeros, or the uniform
-// average of V. Values of hidden keys inside a crossed block are multiplied by 0, so a NaN or
-// Inf stored there can reach the row (the reference skips them): do not rely on masked NaNs.
+// Masks (the rule of key_rule.hpp): a key block wholly past a query group's causal end is
+// skipped; in a block that crosses it, or with an explicit mask, hidden scores become -inf
+// before the max. A query whose max is still -inf after a block gets p = 0 without computing
+// exp(-inf - -inf) (NaN). At the end a query that saw no visible key gets the policy's answer
+// (merge.hpp's masked_row_answer: zeros, or the uniform average of V). On request each row's
+// log-sum-exp is written too (merge.hpp defines it; -inf for a row without visible keys).
+// Values of hidden keys inside a crossed block are multiplied by 0, so a NaN or Inf stored
+// there can reach the row (the reference skips them): do not rely on masked NaNs.
 //
 // Accuracy: xsimd::exp, max relative error 1.24e-7 (about 1 ulp) on [-87.3, 0] for every ISA
 // (tests/test_kernels.cpp measures it). Each query's arithmetic depends only on the
@@ -41,54 +44,32 @@
 #include <cstdint>
 #include <limits>
 
+#include "kernels/attention/merge.hpp"
+#include "kernels/blocking.hpp"
 #include "kernels/kernel_table.hpp"
+#include "kernels/key_rule.hpp"
 #include "kernels/simd.hpp"
 
 namespace simdattn::kernels {
 namespace {
 
 template <class Arch>
-struct AttentionTile;
-template <>
-struct AttentionTile<xsimd::avx512bw> {
-  static constexpr std::size_t kScoreKeys = 8, kQueryVecs = 2, kRows = 6, kOutVecs = 4;
-};
-template <>
-struct AttentionTile<xsimd::fma3<xsimd::avx2>> {
-  static constexpr std::size_t kScoreKeys = 6, kQueryVecs = 2, kRows = 6, kOutVecs = 2;
-};
-template <>
-struct AttentionTile<xsimd::sse2> {
-  static constexpr std::size_t kScoreKeys = 4, kQueryVecs = 2, kRows = 4, kOutVecs = 2;
-};
+using AttentionTile = AttentionTileFor<kWidth<Arch>>;
 
 inline std::size_t round_up(std::size_t x, std::size_t m) {
   return (x + m - 1) / m * m;
 }
 
-/// Keys [0, end) pass the causal rule for query row i (mask_rule.hpp's rule, for kernels).
-inline std::size_t causal_end(const AttentionArgs& a, std::size_t i) {
-  switch (a.causal) {
-    case Causal::top_left:
-      return std::min(i + 1, a.lk);
-    case Causal::bottom_right:
-      return i + 1 + a.lk <= a.lq ? 0 : std::min(i + 1 + a.lk - a.lq, a.lk);
-    case Causal::none:
-      break;
-  }
-  return a.lk;
-}
-
-/// Sets the hidden scores among keys [k0, k0 + n) to -inf: keys at or past `end` (the causal
-/// rule) and keys whose mask byte is 0 (mrow: the row's mask, nullptr for none; mask_lk 1 when
-/// it broadcasts over keys). s[j * stride] is the score of key k0 + j.
-inline void hide_masked(const std::uint8_t* mrow, std::size_t mask_lk, std::size_t end,
-                        std::size_t k0, std::size_t n, float* s, std::size_t stride) {
+/// Sets the hidden scores of row i among keys [k0, k0 + n) to -inf: keys at or past the causal
+/// end and keys the mask hides. s[j * stride] is the score of key k0 + j.
+inline void hide_masked(const KeyRule& rule, std::size_t i, std::size_t k0, std::size_t n, float* s,
+                        std::size_t stride) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
+  const std::size_t end = key_end(rule, i);
+  const std::uint8_t* mrow = mask_row(rule, i);
   for (std::size_t j = 0; j < n; ++j) {
     const std::size_t key = k0 + j;
-    const bool visible = key < end && (mrow == nullptr || mrow[mask_lk == 1 ? 0 : key] != 0);
-    if (!visible) s[j * stride] = kHidden;
+    if (!(key < end && mask_keeps(rule, mrow, key))) s[j * stride] = kHidden;
   }
 }
 
@@ -218,47 +199,26 @@ void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, floa
   m_new.store_aligned(m);
 }
 
-/// True if query row i sees at least one key under the causal rule and the mask.
-inline bool has_visible_key(const AttentionArgs& a, std::size_t i) {
-  const std::size_t end = causal_end(a, i);
-  if (end == 0) return false;
-  if (a.mask == nullptr) return true;
-  const std::uint8_t* mrow = a.mask + i * a.mask_row_stride;
-  if (a.mask_lk == 1) return mrow[0] != 0;
-  for (std::size_t k = 0; k < end; ++k) {
-    if (mrow[k] != 0) return true;
-  }
-  return false;
-}
-
-/// Writes row i's result from its running state, or the fully-masked policy's answer.
-/// `mean` is the uniform average of V (computed on first need, `have_mean` tracks it).
-template <class Arch>
-void finish_row(const AttentionArgs& a, std::size_t i, float l, const float* o, float* mean,
-                bool& have_mean) {
+/// Writes row i's result from its running max m and sum l, or the masked-row answer, and its
+/// log-sum-exp if asked. `answer` caches the masked-row answer (computed on first need,
+/// `have_answer` tracks it).
+inline void finish_row(const AttentionArgs& a, std::size_t i, float m, float l, const float* o,
+                       float* answer, bool& have_answer) {
   float* out = a.out + i * a.out_stride;
-  // Decided by the mask rule, not by m: a visible score of -inf (from infinite inputs) must
-  // give NaN as in the reference, not the fully-masked answer.
-  if (!has_visible_key(a, i)) {
-    if (a.masked_rows == MaskedRows::zeros) {
-      std::fill(out, out + a.d, 0.0f);
-      return;
+  // Decided by the key rule, not by m: a visible score of -inf (from infinite inputs) must
+  // give NaN as in the reference, not the masked-row answer.
+  if (!has_visible_key(a.rule, i)) {
+    if (!have_answer) {
+      masked_row_answer(a.masked_rows, a.v, a.v_stride, a.lk, a.d, answer);
+      have_answer = true;
     }
-    if (!have_mean) {
-      // Softmax of equal scores, as the reference computes it: sum of (1/Lk) * v in key order.
-      const float p = 1.0f / static_cast<float>(a.lk);
-      std::fill(mean, mean + a.d, 0.0f);
-      for (std::size_t k = 0; k < a.lk; ++k) {
-        const float* vk = a.v + k * a.v_stride;
-        for (std::size_t dd = 0; dd < a.d; ++dd) mean[dd] += p * vk[dd];
-      }
-      have_mean = true;
-    }
-    std::copy(mean, mean + a.d, out);
+    std::copy(answer, answer + a.d, out);
+    if (a.lse != nullptr) a.lse[i] = -std::numeric_limits<float>::infinity();
     return;
   }
   const float inv = 1.0f / l;
   for (std::size_t dd = 0; dd < a.d; ++dd) out[dd] = o[dd] * inv;
+  if (a.lse != nullptr) a.lse[i] = m + std::log(l);
 }
 
 template <class Arch>
@@ -273,7 +233,7 @@ void attention_tiles(const AttentionArgs& a) {
   const std::size_t dp = round_up(d, 16);
   const std::size_t rows = a.row_end - a.row_begin;
   const std::size_t rows_pad = round_up(rows, kGroup);
-  // Scratch layout (every piece 64-byte aligned): qt, vp, st, alpha, m, l, o, mean.
+  // Scratch layout (every piece 64-byte aligned): qt, vp, st, alpha, m, l, o, answer.
   float* qt = a.scratch;
   float* vp = qt + dp * kMaxTaskRows;
   float* st = vp + kKeyBlock * dp;
@@ -281,7 +241,7 @@ void attention_tiles(const AttentionArgs& a) {
   float* m = alpha + kMaxTaskRows;
   float* l = m + kMaxTaskRows;
   float* o = l + kMaxTaskRows;
-  float* mean = o + kMaxTaskRows * dp;
+  float* answer = o + kMaxTaskRows * dp;
   for (std::size_t dd = 0; dd < d; ++dd) {
     float* row = qt + dd * rows_pad;
     for (std::size_t t = 0; t < rows; ++t) row[t] = a.q[(a.row_begin + t) * a.q_stride + dd];
@@ -293,7 +253,7 @@ void attention_tiles(const AttentionArgs& a) {
   // V in place when every vector load stays inside a row; else a zero-padded copy per block.
   const bool v_in_place = d % kW == 0;
 
-  const std::size_t task_key_end = causal_end(a, a.row_end - 1);  // later rows see more keys
+  const std::size_t task_key_end = key_end(a.rule, a.row_end - 1);  // later rows see more keys
   for (std::size_t k0 = 0; k0 < task_key_end; k0 += kKeyBlock) {
     const std::size_t nk = std::min(kKeyBlock, a.lk - k0);
     const float* kb = a.k + k0 * a.k_stride;
@@ -310,7 +270,7 @@ void attention_tiles(const AttentionArgs& a) {
     for (std::size_t g0 = 0; g0 < rows; g0 += kGroup) {
       const std::size_t gn = std::min(kGroup, rows - g0);
       const std::size_t i0 = a.row_begin + g0;
-      const std::size_t group_end = causal_end(a, i0 + gn - 1);
+      const std::size_t group_end = key_end(a.rule, i0 + gn - 1);
       if (group_end <= k0) continue;  // the whole block is past every query's causal end
       std::size_t kc = 0;
       for (; kc + kKeys <= nk; kc += kKeys) {
@@ -323,12 +283,8 @@ void attention_tiles(const AttentionArgs& a) {
                                                   rows_pad, d, a.scale, st + kc * kGroup);
         });
       }
-      if (a.mask != nullptr || causal_end(a, i0) < k0 + nk) {
-        for (std::size_t t = 0; t < gn; ++t) {
-          const std::size_t i = i0 + t;
-          const std::uint8_t* mrow = a.mask != nullptr ? a.mask + i * a.mask_row_stride : nullptr;
-          hide_masked(mrow, a.mask_lk, causal_end(a, i), k0, nk, st + t, kGroup);
-        }
+      if (a.rule.mask != nullptr || key_end(a.rule, i0) < k0 + nk) {
+        for (std::size_t t = 0; t < gn; ++t) hide_masked(a.rule, i0 + t, k0, nk, st + t, kGroup);
       }
       for (std::size_t v = 0; v < kGroup; v += kW) {
         softmax_lanes<Arch>(st + v, kGroup, nk, m + g0 + v, l + g0 + v, alpha + g0 + v);
@@ -356,18 +312,19 @@ void attention_tiles(const AttentionArgs& a) {
       }
     }
   }
-  bool have_mean = false;
+  bool have_answer = false;
   for (std::size_t t = 0; t < rows; ++t) {
-    finish_row<Arch>(a, a.row_begin + t, l[t], o + t * dp, mean, have_mean);
+    finish_row(a, a.row_begin + t, m[t], l[t], o + t * dp, answer, have_answer);
   }
 }
 
 /// Decoding, one slice of keys for every head and query row of one batch. K and V are read in
 /// place, once, row by row: for each key the heads are inner, so a key's row (all heads,
-/// contiguous) streams through in order. Writes unnormalised partial results (max, sum,
-/// output) that the driver merges across slices in a fixed order.
+/// contiguous) streams through in order. Writes each (row, head)'s partial result over the
+/// slice, its log-sum-exp and normalised output, which the driver merges across slices in a
+/// fixed order (merge.hpp).
 template <class Arch>
-void attention_decode(const AttentionArgs& a) {
+void attention_decode(const DecodeArgs& a) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
@@ -376,8 +333,14 @@ void attention_decode(const AttentionArgs& a) {
   const std::size_t rec = partial_record_floats(d);
   float* s = a.scratch;                    // [heads][kKeyBlock] scores, then probabilities
   float* alpha = s + a.heads * kKeyBlock;  // [heads]
+  auto head_rule = [&](std::size_t h) {
+    KeyRule r = a.rule;
+    if (r.mask != nullptr) r.mask += h * a.mask_head_stride;
+    return r;
+  };
   for (std::size_t i = 0; i < a.lq; ++i) {
     float* part = a.partial + i * a.heads * rec;
+    // While the slice runs, a record holds the running max at [0] and sum at [1].
     for (std::size_t h = 0; h < a.heads; ++h) {
       float* r = part + h * rec;
       r[0] = kHidden;
@@ -385,14 +348,14 @@ void attention_decode(const AttentionArgs& a) {
       std::fill(r + 16, r + rec, 0.0f);
     }
     const float* q = a.q + i * a.q_stride;
-    const std::size_t key_end = std::min(a.key_end, causal_end(a, i));
-    for (std::size_t k0 = a.key_begin; k0 < key_end; k0 += kKeyBlock) {
-      const std::size_t nk = std::min(kKeyBlock, key_end - k0);
+    const std::size_t end = std::min(a.key_end, key_end(a.rule, i));
+    for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
+      const std::size_t nk = std::min(kKeyBlock, end - k0);
       for (std::size_t j = 0; j < nk; ++j) {
         const float* kj = a.k + (k0 + j) * a.k_stride;
         for (std::size_t h = 0; h < a.heads; ++h) {
           const float* qh = q + h * d;
-          const float* kh = kj + h * d;
+          const float* kh = kj + h / a.kv_group * d;
           V acc(0.0f);
           for (std::size_t dd = 0; dd < dv; dd += kW) {
             acc = madd<Arch>(V::load_unaligned(qh + dd), V::load_unaligned(kh + dd), acc);
@@ -405,10 +368,7 @@ void attention_decode(const AttentionArgs& a) {
       for (std::size_t h = 0; h < a.heads; ++h) {
         float* sh = s + h * kKeyBlock;
         std::fill(sh + nk, sh + kKeyBlock, kHidden);
-        if (a.mask != nullptr) {
-          const std::uint8_t* mrow = a.mask + h * a.mask_head_stride + i * a.mask_row_stride;
-          hide_masked(mrow, a.mask_lk, key_end, k0, nk, sh, 1);
-        }
+        if (a.rule.mask != nullptr) hide_masked(head_rule(h), i, k0, nk, sh, 1);
         float* r = part + h * rec;
         softmax_update<Arch>(sh, kKeyBlock, r[0], r[1], alpha[h]);
         // Rows with nothing visible yet keep o = 0 and p = 0: scaling by 1 changes nothing.
@@ -424,7 +384,7 @@ void attention_decode(const AttentionArgs& a) {
         for (std::size_t h = 0; h < a.heads; ++h) {
           const float p = s[h * kKeyBlock + j];
           float* o = part + h * rec + 16;
-          const float* vh = vj + h * d;
+          const float* vh = vj + h / a.kv_group * d;
           const V vp(p);
           for (std::size_t dd = 0; dd < dv; dd += kW) {
             madd<Arch>(vp, V::load_unaligned(vh + dd), V::load_aligned(o + dd))
@@ -433,6 +393,16 @@ void attention_decode(const AttentionArgs& a) {
           for (std::size_t dd = dv; dd < d; ++dd) o[dd] += p * vh[dd];
         }
       }
+    }
+    // Running (max, sum, unnormalised output) -> (log-sum-exp, normalised output). A slice
+    // that saw nothing has lse = -inf, and the merge ignores its output.
+    for (std::size_t h = 0; h < a.heads; ++h) {
+      float* r = part + h * rec;
+      const float m = r[0], l = r[1];
+      r[0] = m + std::log(l);
+      if (m == kHidden) continue;
+      const float inv = 1.0f / l;
+      for (std::size_t dd = 0; dd < d; ++dd) r[16 + dd] *= inv;
     }
   }
 }

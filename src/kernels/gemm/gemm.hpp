@@ -5,13 +5,10 @@
 // measured 12-25% of the kernel at n = 256. B in panels of kPanel = 16 columns (pack.hpp), one
 // 64-byte row per k, 64-byte aligned. C row-major (ldc), any alignment.
 //
-// Blocking (BLIS names): kKc = 256 rows of B per pass, so the micro-kernel's two B panels
-// (2 x 256 x 64 B = 32 KiB) stay in the 48 KiB L1 while the MR-row strips of A (at most
-// 96 x 256 x 4 B = 96 KiB, the driver's task) come from L2. The micro-tile is kMr rows x kNp
-// panels: 12 x 32 on AVX-512 (24 zmm accumulators, 2 B vectors, 1 broadcast of 32 registers),
-// 6 x 16 on AVX2 (12 of 16 ymm), 4 x 16 on SSE2. Every element of C sums its k products in
-// the same order whatever the block it lands in, so results do not depend on the tiling of the
-// driver (threads); the bias is added with the first pass.
+// Blocking (BLIS names, sizes and their reasons in kernels/blocking.hpp): kKc rows of B per
+// pass, the micro-tile kMr rows x kNp panels per vector width. Every element of C sums its k
+// products in the same order whatever the block it lands in, so results do not depend on the
+// tiling of the driver (threads); the bias is added with the first pass.
 //
 // Tails: rows below kMr use a micro-kernel instantiated for that row count; columns past n
 // inside the last panel are computed on B's zero padding and not stored.
@@ -21,6 +18,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "kernels/blocking.hpp"
 #include "kernels/gemm/pack.hpp"
 #include "kernels/kernel_table.hpp"
 #include "kernels/simd.hpp"
@@ -28,22 +26,8 @@
 namespace simdattn::kernels {
 namespace {
 
-inline constexpr std::size_t kKc = 256;
-
 template <class Arch>
-struct GemmTile;
-template <>
-struct GemmTile<xsimd::avx512bw> {
-  static constexpr std::size_t kMr = 12, kNp = 2;
-};
-template <>
-struct GemmTile<xsimd::fma3<xsimd::avx2>> {
-  static constexpr std::size_t kMr = 6, kNp = 1;
-};
-template <>
-struct GemmTile<xsimd::sse2> {
-  static constexpr std::size_t kMr = 4, kNp = 1;
-};
+using GemmTile = GemmTileFor<kWidth<Arch>>;
 
 /// Rows x (np panels) tile of C over kc values of k. `b` points at the first panel's row k0;
 /// the next panel is `panel_stride` floats further. `cols` (<= np * kPanel) columns are stored.

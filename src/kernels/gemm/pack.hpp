@@ -9,9 +9,9 @@
 
 #include <cstddef>
 
-namespace simdattn::kernels {
+#include "kernels/blocking.hpp"
 
-inline constexpr std::size_t kPanel = 16;
+namespace simdattn::kernels {
 
 /// Floats needed to pack an [out, in] weight.
 inline std::size_t packed_weight_floats(std::size_t out, std::size_t in) {

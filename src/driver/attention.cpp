@@ -1,0 +1,130 @@
+#include "driver/attention.hpp"
+
+#include <algorithm>
+
+#include "driver/parallel.hpp"
+#include "driver/scratch.hpp"
+#include "fp_env.hpp"
+#include "kernels/attention/merge.hpp"
+#include "reference/reference.hpp"
+
+namespace simdattn::detail {
+namespace {
+
+// Task rows come in whole query groups, so no group of any ISA runs half empty.
+constexpr std::size_t kTaskRowQuantum = kernels::kMaxQueryGroup;
+
+// Decoding (Lq <= kDecodeMaxLq): tasks are (batch, slice of keys) over every head, so threads
+// share the key range even when N x H is small; slices depend on Lk only and are merged in
+// slice order, so results do not depend on the thread count.
+void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, int threads) {
+  const auto& q = p.q;
+  const std::size_t n = q.n, heads = q.h, d = q.d, lq = q.l, lk = p.k.l;
+  const std::size_t group = q.h / p.k.h;
+  const std::size_t slices = (lk + kernels::kDecodeSlice - 1) / kernels::kDecodeSlice;
+  const std::size_t rec = kernels::partial_record_floats(d);
+  const std::size_t per_slice = lq * heads * rec;
+  const std::size_t tasks = n * slices;
+  float* partial = thread_scratch(ScratchSlot::partials, tasks * per_slice);
+  if (static_cast<double>(n) * heads * lq * lk * d < kernels::kAttentionSerialWork) threads = 1;
+  const std::size_t scratch_floats = kernels::decode_scratch_floats(heads);
+  parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
+    const std::size_t b = t / slices, slice = t % slices;
+    kernels::DecodeArgs a;
+    a.q = q.at(b, 0, 0);
+    a.q_stride = q.row_stride;
+    a.k = p.k.at(b, 0, 0);
+    a.k_stride = p.k.row_stride;
+    a.v = p.v.at(b, 0, 0);
+    a.v_stride = p.v.row_stride;
+    a.lq = lq;
+    a.d = d;
+    a.heads = heads;
+    a.kv_group = group;
+    a.rule = p.rule.for_head(b, 0);
+    a.mask_head_stride = p.rule.mask_head_stride();
+    a.scale = p.scale;
+    a.key_begin = slice * kernels::kDecodeSlice;
+    a.key_end = std::min(lk, a.key_begin + kernels::kDecodeSlice);
+    a.partial = partial + t * per_slice;
+    a.scratch = thread_scratch(ScratchSlot::kernel, scratch_floats);
+    table.decode(a);
+  });
+  FlushDenormals ftz;  // the merge runs like the kernels do
+  for (std::size_t b = 0; b < n; ++b) {
+    for (std::size_t h = 0; h < heads; ++h) {
+      const kernels::KeyRule rule = p.rule.for_head(b, h);
+      for (std::size_t i = 0; i < lq; ++i) {
+        float* o = p.out.at(b, i, h);
+        float lse = -INFINITY;
+        if (!kernels::has_visible_key(rule, i)) {
+          kernels::masked_row_answer(p.policy, p.v.at(b, 0, h / group), p.v.row_stride, lk, d, o);
+        } else {
+          const float* first = partial + b * slices * per_slice + (i * heads + h) * rec;
+          lse = kernels::merge_partials(first, per_slice, first + 16, per_slice, slices, d, o);
+        }
+        if (p.lse != nullptr) p.lse[(b * heads + h) * lq + i] = lse;
+      }
+    }
+  }
+}
+
+void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int threads) {
+  const auto& q = p.q;
+  const std::size_t group = q.h / p.k.h;
+  const std::size_t heads = q.n * q.h;
+  if (static_cast<double>(heads) * q.l * p.k.l * q.d < kernels::kAttentionSerialWork) threads = 1;
+  // Enough tasks for every thread to take several; rows per task a multiple of the quantum.
+  std::size_t chunks = 1;
+  while (heads * chunks < 4 * static_cast<std::size_t>(threads) && q.l > chunks * kTaskRowQuantum) {
+    ++chunks;
+  }
+  std::size_t rows = (q.l + chunks - 1) / chunks;
+  rows = std::min(kernels::kMaxTaskRows,
+                  (rows + kTaskRowQuantum - 1) / kTaskRowQuantum * kTaskRowQuantum);
+  const std::size_t row_tasks = (q.l + rows - 1) / rows;
+  const std::size_t tasks = heads * row_tasks;
+  const std::size_t scratch_floats = kernels::attention_scratch_floats(q.d);
+
+  // Each row's arithmetic is independent of the task it lands in, so results do not depend on
+  // the thread count or the schedule; dynamic scheduling evens out causal masks.
+  parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
+    const std::size_t bh = t / row_tasks;
+    const std::size_t b = bh / q.h;
+    const std::size_t h = bh % q.h;
+    kernels::AttentionArgs a;
+    a.q = q.at(b, 0, h);
+    a.q_stride = q.row_stride;
+    a.k = p.k.at(b, 0, h / group);
+    a.k_stride = p.k.row_stride;
+    a.v = p.v.at(b, 0, h / group);
+    a.v_stride = p.v.row_stride;
+    a.out = p.out.at(b, 0, h);
+    a.out_stride = p.out.row_stride;
+    a.lq = q.l;
+    a.lk = p.k.l;
+    a.d = q.d;
+    a.row_begin = (t % row_tasks) * rows;
+    a.row_end = std::min(q.l, a.row_begin + rows);
+    a.rule = p.rule.for_head(b, h);
+    a.scale = p.scale;
+    a.masked_rows = p.policy;
+    a.lse = p.lse != nullptr ? p.lse + bh * q.l : nullptr;
+    a.scratch = thread_scratch(ScratchSlot::kernel, scratch_floats);
+    table.attention(a);
+  });
+}
+
+}  // namespace
+
+void run_attention(const kernels::KernelTable* table, const AttentionProblem& p, int threads) {
+  if (table == nullptr) {
+    reference::attention<float>(p.q, p.k, p.v, p.out, p.rule, p.scale, p.policy, p.lse);
+  } else if (p.q.l <= kernels::kDecodeMaxLq) {
+    run_decode(*table, p, threads);
+  } else {
+    run_tiles(*table, p, threads);
+  }
+}
+
+}  // namespace simdattn::detail

@@ -1,0 +1,49 @@
+// Splits y = x W^T + b into blocks of rows and panel columns, one GEMM kernel call per block,
+// on OpenMP threads.
+#include "driver/linear.hpp"
+
+#include <algorithm>
+
+#include "driver/parallel.hpp"
+#include "kernels/blocking.hpp"
+
+namespace simdattn::detail {
+
+void run_linear(const kernels::KernelTable& table, const float* x, std::size_t rows,
+                const PackedWeight& w, const float* bias, float* y, std::size_t ldy, int threads) {
+  using kernels::kGemmMinTaskCols;
+  using kernels::kGemmTaskCols;
+  using kernels::kGemmTaskRows;
+  if (static_cast<double>(rows) * w.out * w.in < kernels::kGemmSerialWork) threads = 1;
+  const std::size_t row_blocks = (rows + kGemmTaskRows - 1) / kGemmTaskRows;
+  // Few rows (the tutorial's L = 2, decoding): split the columns evenly instead, so each thread
+  // reads only its share of the weight, and keeps reading the same share call after call (static
+  // schedule) from its own L2: at E = 256 the 1 MiB of weights does not fit one core's L2.
+  std::size_t task_cols = kGemmTaskCols;
+  if (row_blocks < static_cast<std::size_t>(threads)) {
+    const std::size_t share = (w.out + threads - 1) / threads;
+    task_cols = std::max(kGemmMinTaskCols,
+                         (share + kGemmMinTaskCols - 1) / kGemmMinTaskCols * kGemmMinTaskCols);
+  }
+  const std::size_t col_blocks = (w.out + task_cols - 1) / task_cols;
+  const std::size_t tasks = row_blocks * col_blocks;
+
+  auto run_task = [&](std::size_t t) {
+    const std::size_t rb = t / col_blocks;
+    const std::size_t cb = t % col_blocks;
+    kernels::GemmArgs g;
+    g.a = x + rb * kGemmTaskRows * w.in;
+    g.lda = w.in;
+    g.m = std::min(kGemmTaskRows, rows - rb * kGemmTaskRows);
+    g.n = std::min(task_cols, w.out - cb * task_cols);
+    g.k = w.in;
+    g.b_packed = w.data + cb * task_cols * w.in;
+    g.bias = bias != nullptr ? bias + cb * task_cols : nullptr;
+    g.c = y + rb * kGemmTaskRows * ldy + cb * task_cols;
+    g.ldc = ldy;
+    table.gemm(g);
+  };
+  parallel_tasks(tasks, threads, /*dynamic=*/false, run_task);
+}
+
+}  // namespace simdattn::detail

@@ -1,0 +1,47 @@
+#include "kernels/attention/merge.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace simdattn::kernels {
+
+float merge_partials(const float* lse, std::size_t lse_stride, const float* o, std::size_t o_stride,
+                     std::size_t parts, std::size_t d, float* out) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float m = kNegInf;
+  for (std::size_t s = 0; s < parts; ++s) {
+    const float x = lse[s * lse_stride];
+    if (!(x <= m)) m = x;  // a NaN wins and stays: it must reach the row
+  }
+  std::fill(out, out + d, 0.0f);
+  if (m == kNegInf) {
+    std::fill(out, out + d, std::numeric_limits<float>::quiet_NaN());
+    return kNegInf;
+  }
+  float sum = 0.0f;
+  for (std::size_t s = 0; s < parts; ++s) {
+    const float x = lse[s * lse_stride];
+    if (x == kNegInf) continue;       // nothing in this part (its o may be anything)
+    const float w = std::exp(x - m);  // NaN when m or x is NaN: reaches every element
+    sum += w;
+    const float* os = o + s * o_stride;
+    for (std::size_t dd = 0; dd < d; ++dd) out[dd] += w * os[dd];
+  }
+  const float inv = 1.0f / sum;
+  for (std::size_t dd = 0; dd < d; ++dd) out[dd] *= inv;
+  return m + std::log(sum);
+}
+
+void masked_row_answer(MaskedRows policy, const float* v, std::size_t v_stride, std::size_t lk,
+                       std::size_t d, float* out) {
+  std::fill(out, out + d, 0.0f);
+  if (policy == MaskedRows::zeros) return;
+  const float p = 1.0f / static_cast<float>(lk);
+  for (std::size_t k = 0; k < lk; ++k) {
+    const float* vk = v + k * v_stride;
+    for (std::size_t dd = 0; dd < d; ++dd) out[dd] += p * vk[dd];
+  }
+}
+
+}  // namespace simdattn::kernels

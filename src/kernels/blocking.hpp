@@ -1,0 +1,120 @@
+// Every block size of the kernels and of the drivers' task split, in one place, each with the
+// measurement or the constraint that chose it (BLIS keeps one such file per configuration).
+// Tiles are keyed by vector width in floats, not by ISA name, so an ISA with the width of an
+// existing one (NEON, 4 floats like SSE2) runs with that one's blocking until it is tuned.
+//
+// Measurements are on the 2-core AMD EPYC (Zen 5, AVX-512) VM this project is developed on,
+// unless a line says otherwise.
+#pragma once
+
+#include <cstddef>
+
+namespace simdattn::kernels {
+
+// ---- attention core ----------------------------------------------------------------------
+
+/// Keys per block of the attention kernels, every ISA. s2048 at 1 thread with key blocks of
+/// 32 / 64 / 128: 167.6 / 174.6 / 177.3 GFLOP/s; 64 kept, since 128 makes a K block plus a V
+/// block at D = 128 (64 KiB) overflow the L1.
+inline constexpr std::size_t kKeyBlock = 64;
+/// Query rows per attention task at most (the driver splits longer sequences).
+inline constexpr std::size_t kMaxTaskRows = 256;
+/// Queries per group of the tile path, the largest over ISAs (2 zmm on AVX-512): sizes the
+/// score tile of the scratch. Task rows come in whole groups.
+inline constexpr std::size_t kMaxQueryGroup = 32;
+/// Query lengths up to this are decoding: the driver calls KernelTable::decode.
+inline constexpr std::size_t kDecodeMaxLq = 4;
+/// Keys per decode slice: slices depend on Lk only, so the merged result does not depend on
+/// the thread count; 512 keys keep the per-slice work (512 x D x 2 reads) far above the merge.
+inline constexpr std::size_t kDecodeSlice = 512;
+
+/// Register tiles of the attention kernels for vectors of kW floats.
+///   kScoreKeys x kQueryVecs: the score micro-kernel's accumulators (keys x query vectors);
+///   kRows x kOutVecs: the output micro-kernel's (queries x vectors of D).
+template <std::size_t kW>
+struct AttentionTileFor;
+/// AVX-512 (32 zmm): scores 8 x 2 = 16 accumulators + 2 Q vectors; output 6 x 4 = 24 + 4 V.
+template <>
+struct AttentionTileFor<16> {
+  static constexpr std::size_t kScoreKeys = 8, kQueryVecs = 2, kRows = 6, kOutVecs = 4;
+};
+/// AVX2 (16 ymm): scores 6 x 2 = 12 + 2 Q vectors + 1 broadcast; output 6 x 2 = 12 + 2 V.
+template <>
+struct AttentionTileFor<8> {
+  static constexpr std::size_t kScoreKeys = 6, kQueryVecs = 2, kRows = 6, kOutVecs = 2;
+};
+/// SSE2 (16 xmm, no FMA): scores 4 x 2, output 4 x 2, leaving registers for the separate
+/// multiply and add.
+template <>
+struct AttentionTileFor<4> {
+  static constexpr std::size_t kScoreKeys = 4, kQueryVecs = 2, kRows = 4, kOutVecs = 2;
+};
+
+// ---- projection GEMM -----------------------------------------------------------------------
+
+/// Output columns per packed weight panel: one 64-byte row per k, read as one zmm, two ymm or
+/// four xmm, so a single packed copy serves every ISA.
+inline constexpr std::size_t kPanel = 16;
+/// Rows of B (the packed weight) per pass: the micro-kernel's two B panels (2 x 256 x 64 B =
+/// 32 KiB) stay in L1 while the kMr-row strips of A come from L2.
+inline constexpr std::size_t kKc = 256;
+
+/// Micro-tile of the GEMM for vectors of kW floats: kMr rows of C x kNp panels.
+template <std::size_t kW>
+struct GemmTileFor;
+/// AVX-512: 12 x 32 = 24 zmm accumulators, 2 B vectors, 1 broadcast (27 of 32 registers).
+template <>
+struct GemmTileFor<16> {
+  static constexpr std::size_t kMr = 12, kNp = 2;
+};
+/// AVX2: 6 x 16 = 12 ymm accumulators, 2 B vectors, 1 broadcast (15 of 16). Forced AVX2 on the
+/// Zen 5: 114 GFLOP/s at 1 thread, its measured ymm peak.
+template <>
+struct GemmTileFor<8> {
+  static constexpr std::size_t kMr = 6, kNp = 1;
+};
+/// SSE2 (16 xmm): 4 x 16 = 16 accumulators; with B and the broadcast some spill. SSE2 is the
+/// baseline fallback, not tuned.
+template <>
+struct GemmTileFor<4> {
+  static constexpr std::size_t kMr = 4, kNp = 1;
+};
+
+/// The projection driver's task: kGemmTaskRows rows of A (96 x E floats stay in L2 across the
+/// panels of the task) x kGemmTaskCols columns (a multiple of every micro-tile's width).
+inline constexpr std::size_t kGemmTaskRows = 96;
+inline constexpr std::size_t kGemmTaskCols = 256;
+/// With fewer row blocks than threads (the tutorial's L = 2, decoding) the columns are split
+/// evenly instead, in multiples of this (the widest micro-tile).
+inline constexpr std::size_t kGemmMinTaskCols = 32;
+
+// ---- when to use threads at all ------------------------------------------------------------
+
+/// Below these many multiply-adds a call runs on the calling thread alone: waking the OpenMP
+/// team and its barrier cost about a microsecond each, more than the work (the tutorial's
+/// [1, 2, 256] case). The attention core's tiles start slower, hence its larger limit.
+inline constexpr double kGemmSerialWork = 1 << 16;
+inline constexpr double kAttentionSerialWork = 1 << 18;
+
+// ---- what the kernels rely on --------------------------------------------------------------
+
+// The decode kernel keeps one kKeyBlock row of scores per head and loads it with aligned
+// vector loads: each row must start on a 64-byte boundary.
+static_assert(kKeyBlock % 16 == 0, "decode score rows must stay 64-byte aligned");
+// Task rows are cut in whole query groups of every ISA.
+static_assert(kMaxTaskRows % kMaxQueryGroup == 0);
+static_assert(AttentionTileFor<16>::kQueryVecs * 16 <= kMaxQueryGroup);
+static_assert(AttentionTileFor<8>::kQueryVecs * 8 <= kMaxQueryGroup);
+static_assert(AttentionTileFor<4>::kQueryVecs * 4 <= kMaxQueryGroup);
+static_assert(kMaxQueryGroup % (AttentionTileFor<16>::kQueryVecs * 16) == 0);
+static_assert(kMaxQueryGroup % (AttentionTileFor<8>::kQueryVecs * 8) == 0);
+static_assert(kMaxQueryGroup % (AttentionTileFor<4>::kQueryVecs * 4) == 0);
+// Decode slices are whole key blocks.
+static_assert(kDecodeSlice % kKeyBlock == 0);
+// GEMM tasks cover whole micro-tiles of every ISA.
+static_assert(kGemmTaskCols % (GemmTileFor<16>::kNp * kPanel) == 0);
+static_assert(kGemmMinTaskCols % (GemmTileFor<16>::kNp * kPanel) == 0);
+static_assert(kGemmTaskRows % GemmTileFor<16>::kMr == 0 &&
+              kGemmTaskRows % GemmTileFor<8>::kMr == 0);
+
+}  // namespace simdattn::kernels
