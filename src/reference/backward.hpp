@@ -28,7 +28,7 @@ namespace simdattn::reference {
 /// True if key `key` is visible to query row i of (batch b, head hh).
 inline bool visible_key(const detail::MaskRule& rule, std::size_t b, std::size_t hh, std::size_t i,
                         std::size_t key) {
-  return key < rule.causal_end(i) && rule.mask_keeps(rule.mask_row(b, hh, i), rule.mask.lk, key);
+  return kernels::key_visible(rule.for_head(b, hh), i, key);
 }
 
 /// lse[(b * q.h + hh) * q.l + i] = log(sum over the keys visible to row i of
