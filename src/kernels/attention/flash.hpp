@@ -73,8 +73,8 @@ inline void hide_masked(const KeyRule& rule, std::size_t i, std::size_t k0, std:
   }
 }
 
-/// s[0, n) <- exp(s - m_new) with n a multiple of the width; returns the sum. Updates the
-/// row's running max and sum and returns alpha = exp(m_old - m_new) through `alpha`.
+/// s[0, n) <- exp(s - m_new) with n a multiple of the width. Updates the row's running max m
+/// and sum l, and gives alpha = exp(m_old - m_new) through `alpha`.
 template <class Arch>
 void softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) {
   using V = Vec<Arch>;
