@@ -15,6 +15,9 @@
 # Build directory: build/release under the repository (shared with tools/run_tests.sh), or
 # $SIMDATTN_BUILD_DIR. Parallel jobs: all cores, or $SIMDATTN_JOBS. Results: out/ (gitignored),
 # or $SIMDATTN_OUT_DIR. Exits with bench_attention's status: 1 if an output check failed.
+# To keep timing runs on a shared machine from overlapping, name a lock file in
+# $SIMDATTN_BENCH_LOCK: the benchmark and PyTorch runs then hold it (flock), and say so when they
+# wait for it. No lock is taken otherwise.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,9 +46,21 @@ mkdir -p "$out"
 json="$out/bench-$(date +%Y%m%d-%H%M%S).json"
 commit="$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
 command="tools/run_bench.sh${*:+ $*}"
-# One timing run at a time on this machine: the lock that the GRID.md harnesses share.
+# Runs "$@", holding $SIMDATTN_BENCH_LOCK if it names a lock file.
+locked() {
+  local lock="${SIMDATTN_BENCH_LOCK:-}"
+  if [[ -z "$lock" ]]; then
+    "$@"
+    return
+  fi
+  if ! flock -n "$lock" true; then
+    echo "run_bench: waiting for the lock $lock (SIMDATTN_BENCH_LOCK), held by another run" >&2
+  fi
+  flock "$lock" "$@"
+}
+
 rc=0
-flock /tmp/anchor-bench.lock "$build/bench/bench_attention" --benchmark_out="$json" \
+locked "$build/bench/bench_attention" --benchmark_out="$json" \
   --benchmark_out_format=json --benchmark_context=commit="$commit" "${args[@]}" || rc=$?
 if [[ ! -s "$json" ]]; then
   echo "run_bench: bench_attention wrote no results (exit status $rc)" >&2
@@ -56,7 +71,7 @@ ln -sf "$(basename "$json")" "$out/bench.json"
 report=("$python" "$root/tools/report.py" "$json" --out-dir "$out/report" --command "$command")
 if ((peers)); then
   if "$python" -c 'import torch' 2>/dev/null; then
-    flock /tmp/anchor-bench.lock "$python" "$root/tools/peers_torch.py" --out "$out/peers.json"
+    locked "$python" "$root/tools/peers_torch.py" --out "$out/peers.json"
     report+=(--peers "$out/peers.json")
   else
     "$python" "$root/tools/peers_torch.py" || true  # says how to install PyTorch
