@@ -7,9 +7,13 @@
 Writes, under --out-dir:
   report.md          per op and case: naive ms, optimized ms per thread count, speedup, GFLOP/s
                      and fraction of the FP32 peak; with --peers, PyTorch's times beside ours
-  gflops_vs_L.png    GFLOP/s against L for each (E, H) at N = 1, self-attention: optimized
-                     (at the most threads) and naive, with the measured peak
-  speedup_vs_L.png   optimized (most threads) over naive, against L, for each (E, H)
+  gflops_vs_L.png    how much faster the optimized path is than the naive one, and how close
+                     it comes to the peak: GFLOP/s against L for the (E, H) with the most
+                     lengths measured (N = 1 self-attention), optimized at each thread count,
+                     naive (1 thread; the lengths where it was skipped are marked), the
+                     measured peaks, and the speedup over naive written at each point
+  sweep.png          every N = 1 self-attention point of the optimized path at the most
+                     threads: GFLOP/s against L per (E, H), against E and against H at L = 512
 With --readme, rewrites the README's section between <!-- results:begin --> and
 <!-- results:end --> from the same data (and copies the GFLOP/s plot to --readme-plot).
 
@@ -226,68 +230,190 @@ def l_axis(ax, ls):
     ax.set_xlabel("sequence length L (Lq = Lk, N = 1)")
 
 
+def skipped_lengths(rows, op, e, h):
+    """L of the N = 1 self-attention shapes of (op, E, H) whose naive run was skipped, and the
+    limit it gave (seconds per call), from its message."""
+    ls, limit = [], None
+    for (o, case, n, lq, lk, ee, hh), by_path in rows:
+        r = by_path.get(("naive", 1))
+        if (o, ee, hh) == (op, e, h) and n == 1 and lq == lk and case != "causal" and r and \
+                r.error and r.error.startswith("skipped"):
+            ls.append(lq)
+            m = re.search(r"over the ([\d.]+) s limit", r.error)
+            limit = m.group(1) if m else limit
+    return sorted(set(ls)), limit
+
+
+def main_pair(opt):
+    """The (E, H) with the most lengths measured (both ops together); (512, 8), the grid's
+    s512/s2048/causal shape, wins ties."""
+    counts = collections.Counter()
+    for (op, e, h), pts in opt.items():
+        counts[(e, h)] += len(pts)
+    return max(counts, key=lambda p: (counts[p], p == (512, 8), p[0])) if counts else None
+
+
+def plot_main(rows, threads, context, out_dir, plt):
+    """GFLOP/s against L for one (E, H): optimized at each thread count, naive, the peaks, and
+    the speedup over naive written at each point. The question it answers: how much faster is
+    the optimized path, and how close does it come to the machine's peak."""
+    top = max(threads)
+    by_threads = {t: series(rows, "optimized", t) for t in threads}
+    naive = series(rows, "naive", 1)
+    pair = main_pair(by_threads[top])
+    if pair is None:
+        return None
+    e, h = pair
+    isa = context.get("simdattn_isa", "?")
+    peaks = {t: float(context["peak_gflops_%dt" % t]) for t in threads
+             if "peak_gflops_%dt" % t in context}
+    all_ls = {l for s in list(by_threads.values()) + [naive] for (o, ee, hh), pts in s.items()
+              if (ee, hh) == pair for l, _ in pts}
+    opt_style = {top: dict(color="tab:blue", ls="-", marker="o", lw=2.2, ms=6)}
+    lighter = iter([dict(color="tab:cyan", ls="--", marker="s", lw=1.4, ms=4),
+                    dict(color="tab:green", ls="--", marker="^", lw=1.4, ms=4)])
+    for t in sorted(threads, reverse=True)[1:]:
+        opt_style[t] = next(lighter, dict(color="gray", ls="--", marker=".", lw=1, ms=4))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
+    notes = []
+    for ax, op in zip(axes, ("sdpa", "mha")):
+        for t in sorted(threads, reverse=True):
+            pts = by_threads[t].get((op, e, h), [])
+            if pts:
+                ls, rs = zip(*pts)
+                ax.plot(ls, [r.counters["GFLOPS"] for r in rs],
+                        label="optimized (%s), %d thread%s" % (isa, t, "s" if t > 1 else ""),
+                        **opt_style[t])
+        npts = naive.get((op, e, h), [])
+        if npts:
+            ls, rs = zip(*npts)
+            ax.plot(ls, [r.counters["GFLOPS"] for r in rs], color="tab:red", ls=":",
+                    marker="x", lw=1.6, ms=7, label="naive (reference), 1 thread")
+        # The speedup at the largest thread count, above each optimized point that has a naive.
+        naive_ms = {l: r.ms for l, r in npts}
+        for l, r in by_threads[top].get((op, e, h), []):
+            if l in naive_ms:
+                ax.annotate("%.0fx" % (naive_ms[l] / r.ms) if naive_ms[l] / r.ms >= 10 else
+                            "%.1fx" % (naive_ms[l] / r.ms), (l, r.counters["GFLOPS"]),
+                            textcoords="offset points", xytext=(0, 8), ha="center",
+                            fontsize=8, color="tab:blue", fontweight="bold")
+        skipped, limit = skipped_lengths(rows, op, e, h)
+        skipped = [l for l in skipped if l not in naive_ms]
+        if skipped:
+            notes.append("%s: naive not run at L = %s (over %s s per call, --naive_limit_s)"
+                         % (op, ", ".join(map(str, skipped)), limit or "the"))
+            for l in skipped:
+                ax.annotate("naive skipped", (l, 0), xycoords=("data", "axes fraction"),
+                            textcoords="offset points", xytext=(0, 4), ha="center",
+                            va="bottom", rotation=90, fontsize=7, color="tab:red")
+        for t, style in (("top", dict(color="black", ls="-.", lw=1.2)),
+                         ("one", dict(color="gray", ls="-.", lw=1))):
+            tt = top if t == "top" else min(threads)
+            if tt in peaks and (t == "top" or tt != top):
+                ax.axhline(peaks[tt], label="FP32 peak, %d thread%s (%s FMA loop)" % (
+                    tt, "s" if tt > 1 else "", context.get("peak_isa", "?")), **style)
+        l_axis(ax, all_ls)
+        ax.set_yscale("log")
+        ax.set_title({"sdpa": "sdpa: attention core", "mha": "mha: module forward"}[op]
+                     + ", E=%d H=%d" % (e, h), fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        if top in peaks and op == "mha":
+            peak = peaks[top]
+            sec = ax.secondary_yaxis("right", functions=(lambda g, p=peak: 100 * g / p,
+                                                         lambda f, p=peak: f * p / 100))
+            sec.set_ylabel("%% of the %d-thread peak" % top)
+    axes[0].set_ylabel("GFLOP/s (log scale)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for hnd, lab in zip(*axes[1].get_legend_handles_labels()):
+        if lab not in labels:
+            handles.append(hnd)
+            labels.append(lab)
+    commit = context.get("commit", "")
+    fig.suptitle("simdattn%s on %s: optimized vs naive (N = 1 self-attention)"
+                 % ("" if commit.startswith("not recorded") else " " + commit,
+                    context.get("cpu_model", "?")), fontsize=11)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=3,
+               fontsize=8, frameon=False)
+    caption = ["Bold numbers: speedup of optimized at %d thread%s over naive. The naive path is "
+               "single-threaded (it ignores Options::threads)." % (top, "s" if top > 1 else "")]
+    caption += notes
+    fig.text(0.01, 0.01, "\n".join(caption), fontsize=8, va="bottom")
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * len(notes), 1, 0.88))
+    path = os.path.join(out_dir, "gflops_vs_L.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(rows, threads, context, out_dir, plt):
+    """Every N = 1 self-attention point of the optimized path at the most threads: GFLOP/s
+    against L per (E, H), against E at L = 512 per H, against H at L = 512 per E."""
+    top = max(threads)
+    opt = series(rows, "optimized", top)
+    if not opt:
+        return None
+    pairs = sorted({(e, h) for _, e, h in opt})
+    cmap = plt.cm.tab10 if len(pairs) <= 10 else plt.cm.tab20
+    colors = {p: cmap(i % cmap.N) for i, p in enumerate(pairs)}
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), sharey=True)
+    for row, op in zip(axes, ("sdpa", "mha")):
+        ax = row[0]
+        all_ls = set()
+        for e, h in pairs:
+            pts = opt.get((op, e, h), [])
+            if pts:
+                ls, rs = zip(*pts)
+                all_ls.update(ls)
+                ax.plot(ls, [r.counters["GFLOPS"] for r in rs], "o-", color=colors[(e, h)],
+                        ms=4, label="E=%d H=%d" % (e, h))
+        l_axis(ax, all_ls or {1})
+        ax.set_title("%s: against L, per (E, H)" % op, fontsize=10)
+        ax.legend(fontsize=6, ncol=2)
+        at = {(e, h): r for (o, e, h), pts in opt.items() if o == op for l, r in pts if l == 512}
+        for ax, x_of, line_of, xlabel, what in (
+                (row[1], lambda p: p[0], lambda p: p[1], "embed size E (L = 512)", "H"),
+                (row[2], lambda p: p[1], lambda p: p[0], "heads H (L = 512)", "E")):
+            lines = collections.defaultdict(list)
+            for p, r in at.items():
+                lines[line_of(p)].append((x_of(p), r.counters["GFLOPS"]))
+            for key in sorted(lines):
+                pts = sorted(lines[key])
+                ax.plot(*zip(*pts), "o-", ms=5, label="%s=%d" % (what, key))
+            xs = sorted({x for pts in lines.values() for x, _ in pts})
+            if xs:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(xs)
+                ax.set_xticklabels([str(x) for x in xs], fontsize=8)
+                ax.minorticks_off()
+                ax.legend(fontsize=7)
+            ax.set_xlabel(xlabel)
+            ax.set_title("%s: against %s, per %s" % (op, xlabel.split(" (")[0], what), fontsize=10)
+        for ax in row:
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.25)
+            peak = context.get("peak_gflops_%dt" % top)
+            if peak:
+                ax.axhline(float(peak), color="black", ls="-.", lw=1)
+        row[0].set_ylabel("GFLOP/s, %s at %d thread%s" % (context.get("simdattn_isa", "?"), top,
+                                                          "s" if top > 1 else ""))
+    fig.suptitle("Optimized path, every N = 1 self-attention point of the run (dash-dot: FP32 "
+                 "peak at %d thread%s)" % (top, "s" if top > 1 else ""), fontsize=11)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "sweep.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def plot(rows, threads, context, out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max(threads)
-    opt = series(rows, "optimized", top)
-    naive = series(rows, "naive", 1)
-    pairs = sorted({(e, h) for _, e, h in opt})
-    all_ls = {l for v in list(opt.values()) + list(naive.values()) for l, _ in v}
-    colors = {p: plt.cm.tab10(i % 10) for i, p in enumerate(pairs)}
-    isa = context.get("simdattn_isa", "?")
-    paths = []
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, op in zip(axes, ("sdpa", "mha")):
-        for e, h in pairs:
-            if (op, e, h) in opt:
-                ls, rs = zip(*opt[(op, e, h)])
-                ax.plot(ls, [r.counters["GFLOPS"] for r in rs], "o-", color=colors[(e, h)],
-                        label="optimized, E=%d H=%d" % (e, h))
-            if (op, e, h) in naive:
-                ls, rs = zip(*naive[(op, e, h)])
-                ax.plot(ls, [r.counters["GFLOPS"] for r in rs], "x--", color=colors[(e, h)],
-                        alpha=0.6, label="naive, E=%d H=%d" % (e, h))
-        peak = context.get("peak_gflops_%dt" % top)
-        if peak:
-            ax.axhline(float(peak), color="gray", ls=":",
-                       label="FP32 peak, %d threads (%s)" % (top, context.get("peak_isa", "")))
-        l_axis(ax, all_ls)
-        ax.set_yscale("log")
-        ax.set_title("%s: optimized (%s, %d threads) vs naive" % (op, isa, top))
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("GFLOP/s (FLOP counts: bench/README.md)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.78, 1))
-    paths.append(os.path.join(out_dir, "gflops_vs_L.png"))
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, op in zip(axes, ("sdpa", "mha")):
-        for e, h in pairs:
-            if (op, e, h) not in opt or (op, e, h) not in naive:
-                continue
-            naive_ms = {l: r.ms for l, r in naive[(op, e, h)]}
-            pts = [(l, naive_ms[l] / r.ms) for l, r in opt[(op, e, h)] if l in naive_ms]
-            if pts:
-                ax.plot(*zip(*pts), "o-", color=colors[(e, h)], label="E=%d H=%d" % (e, h))
-        ax.axhline(1.0, color="gray", ls=":", label="as fast as naive")
-        l_axis(ax, all_ls)
-        ax.set_yscale("log")
-        ax.set_title("%s: naive time / optimized time (%d threads)" % (op, top))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, title="naive skipped where > 2 s per call", title_fontsize=7)
-    axes[0].set_ylabel("speedup over naive (x)")
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "speedup_vs_L.png"))
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
-    return paths
+    paths = [plot_main(rows, threads, context, out_dir, plt),
+             plot_sweep(rows, threads, context, out_dir, plt)]
+    return [p for p in paths if p]
 
 
 def header(context, command):
@@ -338,8 +464,8 @@ def readme_section(rows, threads, context, command, plot_rel, note):
         "belong to the commit named below and change with it; rerun that command to refresh "
         "them. The grid cases of `bench/README.md` (which also gives the FLOP formulas) at 1 "
         "and 2 threads; times are medians in ms; \"of peak\" is the fraction of the FP32 FMA peak "
-        "measured at start-up with the same thread count. The sweep points and the speedup plot "
-        "are in `out/report/` after a run.",
+        "measured at start-up with the same thread count. The figure of every sweep point "
+        "(`sweep.png`) is in `out/report/` after a run.",
         "",
         header(context, command),
         "",
