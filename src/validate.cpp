@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -38,12 +39,58 @@ float resolve_scale(const char* where, const Options& options, std::size_t head_
   return s;
 }
 
-int resolve_threads(const char* where, const Options& options) {
-  if (options.threads < 0) {
-    fail(where, "options.threads must be >= 0 (0 = OpenMP's default), got " +
-                    std::to_string(options.threads));
+namespace {
+
+// Each switch lists every enumerator and has no default, so that -Wswitch (an error in CI)
+// points here when an enumerator is added. A value outside the enumeration (Causal(7)) falls
+// through to false.
+bool known(Causal c) {
+  switch (c) {
+    case Causal::none:
+    case Causal::top_left:
+    case Causal::bottom_right:
+      return true;
   }
-  return options.threads == 0 ? omp_get_max_threads() : options.threads;
+  return false;
+}
+
+bool known(MaskedRows m) {
+  switch (m) {
+    case MaskedRows::uniform:
+    case MaskedRows::zeros:
+      return true;
+  }
+  return false;
+}
+
+bool known(Path p) {
+  switch (p) {
+    case Path::optimized:
+    case Path::naive:
+      return true;
+  }
+  return false;
+}
+
+template <class Enum>
+void check_known(const char* where, const char* field, Enum value, const char* values) {
+  if (!known(value)) {
+    fail(where, std::string("options.") + field + " has the unknown value " +
+                    std::to_string(static_cast<long long>(value)) + " (" + values + ")");
+  }
+}
+
+}  // namespace
+
+int resolve_threads(const char* where, const Options& options) {
+  check_known(where, "causal", options.causal, "none, top_left, bottom_right");
+  check_known(where, "masked_rows", options.masked_rows, "uniform, zeros");
+  check_known(where, "path", options.path, "optimized, naive");
+  if (options.threads < 0 || options.threads > kMaxThreads) {
+    fail(where, "options.threads must be in [0, " + std::to_string(kMaxThreads) +
+                    "] (0 = OpenMP's default), got " + std::to_string(options.threads));
+  }
+  return options.threads == 0 ? std::min(omp_get_max_threads(), kMaxThreads) : options.threads;
 }
 
 void check_mask(const char* where, const Mask& mask, std::size_t n, std::size_t h, std::size_t lq,

@@ -18,7 +18,10 @@ std::size_t checked_mul(const char* where, const char* what, std::size_t a, std:
 
 /// The scale to use: options.scale if set (finite and > 0, else an error), else 1/sqrt(d).
 float resolve_scale(const char* where, const Options& options, std::size_t head_dim);
-/// The thread count to use: options.threads if > 0, OpenMP's default if 0, an error if < 0.
+/// The thread count to use: options.threads if > 0, OpenMP's default (at most kMaxThreads) if 0,
+/// an error if < 0 or > kMaxThreads. Every entry point calls it once, so it also refuses the
+/// enumerations of Options holding a value outside their enumerators (Causal(7)); options.scale
+/// is resolve_scale's, options.isa the registry's.
 int resolve_threads(const char* where, const Options& options);
 
 /// Checks that a mask (if any) broadcasts over [n, h, lq, lk].

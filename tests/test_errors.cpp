@@ -34,6 +34,16 @@ TEST_CASE("module construction errors", "[errors]") {
   CHECK_INVALID(tutorial_scale(0), "simdattn::tutorial_scale: embed_size must be > 0, got 0");
 }
 
+TEST_CASE("an out-of-range Projection is refused", "[errors]") {
+  MultiHeadAttention m(4, 2, 1);
+  const std::vector<float> sixteen(16, 1.0f);
+  const auto bogus = static_cast<Projection>(7);
+  CHECK_INVALID(m.set_weight(bogus, sixteen),
+                "simdattn::MultiHeadAttention: unknown Projection value 7");
+  CHECK_INVALID(m.weight(bogus), "simdattn::MultiHeadAttention: unknown Projection value 7");
+  CHECK_INVALID(m.has_bias(bogus), "simdattn::MultiHeadAttention: unknown Projection value 7");
+}
+
 TEST_CASE("parameter setter errors leave the module unchanged", "[errors]") {
   MultiHeadAttention m(4, 2, 1);
   const auto before = m.weight(Projection::key);
@@ -126,7 +136,7 @@ TEST_CASE("forward errors", "[errors]") {
     Options t;
     t.threads = -1;
     CHECK_INVALID(m.forward(x, x, x, {}, t),
-                  where + "options.threads must be >= 0 (0 = OpenMP's default), got -1");
+                  where + "options.threads must be in [0, 1024] (0 = OpenMP's default), got -1");
   }
   SECTION("overlapping output") {
     Tensor y = Tensor::randn(1, 3, 4, 5);
@@ -224,7 +234,7 @@ TEST_CASE("scaled_dot_product_attention errors", "[errors]") {
     Options t;
     t.threads = -3;
     CHECK_INVALID(scaled_dot_product_attention(q, k, k, out, {}, t),
-                  where + "options.threads must be >= 0 (0 = OpenMP's default), got -3");
+                  where + "options.threads must be in [0, 1024] (0 = OpenMP's default), got -3");
   }
   SECTION("overlapping output") {
     std::vector<float> buf(out_buf.size());
@@ -250,4 +260,57 @@ TEST_CASE("scaled_dot_product_attention errors", "[errors]") {
     CHECK_INVALID(scaled_dot_product_attention({data.data(), kHuge, kHuge, 2, 3}, k, k, out),
                   where + "query overflows: 4611686018427387904 * 6 does not fit in size_t");
   }
+}
+
+// Values no caller means but any caller can pass: a thread count an OpenMP runtime cannot start
+// (libgomp crashed at 100000 and aborted the process at INT_MAX), and enumerations cast from
+// integers outside them, which once ran silently as something else.
+TEST_CASE("options out of range are refused by both entry points", "[errors]") {
+  const MultiHeadAttention m(4, 2, 1);
+  const Tensor x = Tensor::randn(1, 3, 4, 1);
+  const ConstHeadsView q{x.data(), 1, 3, 2, 2};
+  std::vector<float> out_buf(12);
+  const HeadsView<float> out{out_buf.data(), 1, 3, 2, 2};
+  const std::string forward = "simdattn::MultiHeadAttention::forward: ";
+  const std::string sdpa = "simdattn::scaled_dot_product_attention: ";
+  auto check_both = [&](const Options& o, const std::string& message) {
+    CHECK_INVALID(m.forward(x, x, x, {}, o), forward + message);
+    CHECK_INVALID(scaled_dot_product_attention(q, q, q, out, {}, o), sdpa + message);
+  };
+  for (const int threads : {kMaxThreads + 1, 100000, std::numeric_limits<int>::max(),
+                            std::numeric_limits<int>::min()}) {
+    Options o;
+    o.threads = threads;
+    check_both(o, "options.threads must be in [0, 1024] (0 = OpenMP's default), got " +
+                      std::to_string(threads));
+  }
+  for (const Path path : {Path::optimized, Path::naive}) {
+    Options o;
+    o.path = path;
+    o.causal = static_cast<Causal>(7);
+    check_both(o, "options.causal has the unknown value 7 (none, top_left, bottom_right)");
+    o.causal = Causal::none;
+    o.masked_rows = static_cast<MaskedRows>(9);
+    check_both(o, "options.masked_rows has the unknown value 9 (uniform, zeros)");
+  }
+  Options o;
+  o.path = static_cast<Path>(5);
+  check_both(o, "options.path has the unknown value 5 (optimized, naive)");
+  o.path = static_cast<Path>(-1);
+  check_both(o, "options.path has the unknown value -1 (optimized, naive)");
+}
+
+// The largest count accepted really runs: a problem above the drivers' serial limit, so that
+// the team is started, gives the bits of one thread.
+TEST_CASE("threads = kMaxThreads runs and matches one thread", "[errors]") {
+  const std::size_t n = 1, l = 128, h = 2, d = 16;
+  const auto data = test::random_normal(n * l * h * d, 11);
+  const ConstHeadsView v{data.data(), n, l, h, d};
+  std::vector<float> one(data.size()), many(data.size());
+  Options o;
+  o.threads = 1;
+  scaled_dot_product_attention(v, v, v, {one.data(), n, l, h, d}, {}, o);
+  o.threads = kMaxThreads;
+  scaled_dot_product_attention(v, v, v, {many.data(), n, l, h, d}, {}, o);
+  CHECK(one == many);
 }

@@ -62,10 +62,16 @@ struct Options {
   /// The ISA of this call's optimized path; unset: active_isa(), the process's choice. One this
   /// machine cannot run is an std::invalid_argument; Isa::naive runs the reference.
   std::optional<Isa> isa;
-  /// Threads for this call; 0 means omp_get_max_threads(). The library never changes the
-  /// caller's OpenMP settings. Results are bitwise identical for every thread count.
+  /// Threads for this call, at most kMaxThreads; 0 means omp_get_max_threads() (capped at
+  /// kMaxThreads). A negative count or one above kMaxThreads is an std::invalid_argument. The
+  /// library never changes the caller's OpenMP settings. Results are bitwise identical for every
+  /// thread count.
   int threads = 0;
 };
+
+/// The largest Options::threads accepted. OpenMP runtimes crash or abort the process when asked
+/// for a team of ~10^5 threads; 1024 is above the hardware threads of today's largest CPUs.
+inline constexpr int kMaxThreads = 1024;
 
 /// The tutorial's scale, 1/sqrt(embed_size).
 float tutorial_scale(std::size_t embed_size);

@@ -405,7 +405,7 @@ void fuzz_sdpa(FuzzedDataProvider& fdp) {
   const Strided out_layout = make_strided(fdp, c.n, c.lq, c.h, c.d, kGapSentinel);
 
   const int corruption = fdp.ConsumeIntegralInRange(0, 40);
-  if (corruption >= 1 && corruption <= 11) {
+  if (corruption >= 1 && corruption <= 12) {
     ConstHeadsView q = qs->view(), k = ks->view(), v = vs->view();
     Strided out = out_layout;
     HeadsView<float> o = out.mutable_view();
@@ -431,8 +431,9 @@ void fuzz_sdpa(FuzzedDataProvider& fdp) {
       case 6:
         options.scale = fdp.PickValueInArray({0.0f, -1.0f, kNaN, INFINITY});
         break;
-      case 7:
-        options.threads = -fdp.ConsumeIntegralInRange(1, 3);
+      case 7:  // negative, or more than an OpenMP runtime can start
+        options.threads = fdp.PickValueInArray(
+            {-1, -3, simdattn::kMaxThreads + 1, 100000, std::numeric_limits<int>::max()});
         break;
       case 8:  // out on top of an input (same shape: only the overlap is wrong)
         o.data = const_cast<float*>(fdp.PickValueInArray({q.data, k.data, v.data}));
@@ -446,6 +447,20 @@ void fuzz_sdpa(FuzzedDataProvider& fdp) {
         break;
       case 11:
         k.d = 0;
+        break;
+      case 12:  // enumerations cast from integers outside them
+        switch (fdp.ConsumeIntegralInRange(0, 2)) {
+          case 0:
+            options.causal = static_cast<simdattn::Causal>(fdp.ConsumeIntegralInRange(3, 255));
+            break;
+          case 1:
+            options.masked_rows =
+                static_cast<simdattn::MaskedRows>(fdp.ConsumeIntegralInRange(2, 255));
+            break;
+          default:
+            options.path = static_cast<simdattn::Path>(fdp.ConsumeIntegralInRange(2, 255));
+            break;
+        }
         break;
     }
     expect_invalid_argument("sdpa corruption", [&] {
