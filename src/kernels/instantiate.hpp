@@ -13,25 +13,41 @@
 namespace simdattn::kernels {
 namespace {
 
-template <class Arch>
-void exp_array(const float* x, float* y, std::size_t n) {
+/// y[i] = f(x[i]) for a vector function f; the tail through a padded copy (xsimd 8.1 has no
+/// masked loads).
+template <class Arch, class F>
+void map_array(const float* x, float* y, std::size_t n, F f) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   std::size_t i = 0;
-  for (; i + kW <= n; i += kW) xsimd::exp(V::load_unaligned(x + i)).store_unaligned(y + i);
-  if (i < n) {  // tail through a padded copy: xsimd 8.1 has no masked loads
+  for (; i + kW <= n; i += kW) f(V::load_unaligned(x + i)).store_unaligned(y + i);
+  if (i < n) {
     alignas(64) float buf[kW] = {};
     std::copy(x + i, x + n, buf);
-    xsimd::exp(V::load_aligned(buf)).store_aligned(buf);
+    f(V::load_aligned(buf)).store_aligned(buf);
     std::copy(buf, buf + (n - i), y + i);
   }
+}
+
+template <class Arch>
+void exp_array(const float* x, float* y, std::size_t n) {
+  map_array<Arch>(x, y, n, [](const Vec<Arch>& v) { return xsimd::exp(v); });
+}
+
+template <class Arch>
+void exp2_array(const float* x, float* y, std::size_t n) {
+  map_array<Arch>(x, y, n, [](const Vec<Arch>& v) { return exp2_nonpositive<Arch>(v); });
 }
 
 /// Constant-initialised, so that a call from another unit's static initialiser finds it filled.
 template <class Arch>
 constexpr KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &gemm<Arch>, &attention_tiles<Arch>, &attention_decode<Arch>,
-                     &exp_array<Arch>};
+  return KernelTable{isa,
+                     &gemm<Arch>,
+                     &attention_tiles<Arch>,
+                     &attention_decode<Arch>,
+                     &exp_array<Arch>,
+                     &exp2_array<Arch>};
 }
 
 }  // namespace

@@ -81,13 +81,13 @@ inline std::size_t partial_record_floats(std::size_t d) {
   return (d + 15) / 16 * 16 + 16;
 }
 
-/// Floats of scratch one attention task needs: the task's queries transposed, a padded block
-/// of V, a score tile, and the running output, max, sum and rescale factor of every row of the
-/// task, plus the uniform average of V. O(task rows x D), independent of Lq and Lk.
+/// Floats of scratch one attention task needs: the task's queries transposed, a packed block
+/// of K and one of V, a score tile, and the running output, max, sum and rescale factor of every
+/// row of the task, plus the uniform average of V. O(task rows x D), independent of Lq and Lk.
 inline std::size_t attention_scratch_floats(std::size_t d) {
   const std::size_t dp = (d + 15) / 16 * 16;
-  return kMaxTaskRows * dp * 2 + kKeyBlock * dp + kKeyBlock * kMaxQueryGroup + 3 * kMaxTaskRows +
-         dp + 64;
+  return kMaxTaskRows * dp * 2 + 2 * kKeyBlock * dp + kKeyBlock * kMaxQueryGroup +
+         3 * kMaxTaskRows + dp + 64;
 }
 
 /// Floats of scratch one decode task needs: scores and rescale factors of every head for one
@@ -103,6 +103,8 @@ struct KernelTable {
   void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
   /// y[i] = exp(x[i]) with the kernels' vector exp: a hook for the tests of its accuracy.
   void (*exp)(const float* x, float* y, std::size_t n);
+  /// y[i] = 2^x[i] for x[i] <= 0 with the tile path's exp2 (exp2.hpp), likewise.
+  void (*exp2)(const float* x, float* y, std::size_t n);
 };
 
 }  // namespace simdattn::kernels

@@ -2,17 +2,28 @@
 // softmax(scale * Q K^T) V without an Lq x Lk matrix (FlashAttention's online softmax).
 //
 // Tile path (Lq > kDecodeMaxLq), queries in vector lanes: the task's queries are packed once,
-// transposed to Q^T [D][rows]. Keys come in blocks of kKeyBlock = 64, read in place (K and V
-// rows are contiguous in D, so a block of 64 keys stays in L1: 16 KiB each at D = 64). For
-// each group of kQueryVecs x W queries the score micro-kernel computes S^T [64 keys][queries]
-// (K elements broadcast, Q^T vectors loaded); the online softmax then runs down the key axis
-// with queries in lanes, so the row max, the exponentials and the row sums are plain vector
-// operations with no horizontal reduction; the output micro-kernel accumulates
-// O[query][D] += P^T[key][query] V[key][D] into the task's running output. A first version
-// packed K^T per block and per task instead: that transpose measured 12% of the time at
+// per group of kQueryVecs x W queries, transposed to Q^T [D][group] (each group contiguous) and
+// multiplied by scale * log2(e), so that scores come out in base 2 and the softmax uses 2^x
+// (exp2.hpp). Keys come in blocks (tile_key_block()); each block of K and of V is first copied
+// to contiguous rows of the scratch (pack_rows), whatever the source layout, while the next
+// block's rows are prefetched a few per query group. For each group the score micro-kernel
+// computes S^T [keys][queries] (K elements broadcast, Q^T vectors loaded); the online softmax
+// then runs down the key axis with queries in lanes, so the row max, the exponentials and the
+// row sums are plain vector operations with no horizontal reduction; the output micro-kernel
+// accumulates O[query][D] += P^T[key][query] V[key][D] into the task's running output. A first
+// version packed K^T per block and per task instead: that transpose measured 12% of the time at
 // s2048 (55 ms -> 62 ms when done twice) and the per-row horizontal max a few % more.
-// V is read in place when D is a multiple of the width, else packed per block with zero padding.
-// Register tiles per vector width and the block sizes are in kernels/blocking.hpp.
+//
+// Why K and V are packed (bench/kernel_parts.cpp: one task of 256 rows, D = 64, thread CPU
+// time, AVX2 forced on the Zen 5): read in place from [N, L, H, D], a head's consecutive keys
+// are E floats apart, 4 KiB at E = 1024, so a block's rows fall into a few L1 sets (64 sets of
+// 64 B per way) and each key sits on its own page: 0.61 of the ymm FMA peak at L = 2048 and
+// 0.58 at 4096, against 0.79 when the same keys were contiguous; the output micro-kernel, which
+// reads the V block once per row tile, fell to 64 GFLOP/s from 103. With packed rows: 0.80-0.84
+// at E = 512, 1024, 1536 and L up to 4096. Packing K transposed into the score tile's order
+// cost more than it saved (a scalar scatter: 0.71-0.76). Prefetching the next block's rows all
+// at once during the copy left the copy at 5% of the time at L = 4096; spread over the query
+// groups, 1.2%. Register tiles, key block budgets and task sizes: kernels/blocking.hpp.
 // Scratch: O(task rows x D).
 //
 // Decode path (Lq <= kDecodeMaxLq): one task per (batch, slice of kDecodeSlice keys) covers
@@ -32,8 +43,9 @@
 // Values of hidden keys inside a crossed block are multiplied by 0, so a NaN or Inf stored
 // there can reach the row (the reference skips them): do not rely on masked NaNs.
 //
-// Accuracy: xsimd::exp, max relative error 1.24e-7 (about 1 ulp) on [-87.3, 0] for every ISA
-// (tests/test_kernels.cpp measures it). Each query's arithmetic depends only on the
+// Accuracy: the tile path's 2^x (exp2.hpp) has a max relative error of 1.67e-7 (1.4 ulp) on
+// [-126, 0], the decode path's xsimd::exp 1.24e-7 (about 1 ulp) on [-87.3, 0], for every ISA
+// (tests/test_kernels.cpp measures both). Each query's arithmetic depends only on the
 // query, Lq, Lk and D, never on the task split or its lane, so results are bitwise the same for
 // every thread count. Single-threaded, no allocation.
 #pragma once
@@ -46,6 +58,7 @@
 
 #include "kernels/attention/merge.hpp"
 #include "kernels/blocking.hpp"
+#include "kernels/exp2.hpp"
 #include "kernels/kernel_table.hpp"
 #include "kernels/key_rule.hpp"
 #include "kernels/simd.hpp"
@@ -58,6 +71,42 @@ using AttentionTile = AttentionTileFor<kWidth<Arch>>;
 
 inline std::size_t round_up(std::size_t x, std::size_t m) {
   return (x + m - 1) / m * m;
+}
+
+/// Keys per block of the tile path for rows of dp floats: K and V blocks within the tile's
+/// budget (blocking.hpp), a whole number of score tiles, at most kKeyBlock (the scratch's size).
+/// 36 at D = 64 on AVX2, 64 on AVX-512.
+template <class Arch>
+std::size_t tile_key_block(std::size_t dp) {
+  constexpr std::size_t kKeys = AttentionTile<Arch>::kScoreKeys;
+  const std::size_t fit = AttentionTile<Arch>::kKeyBlockBytes / (2 * dp * sizeof(float));
+  return std::max(kKeys, std::min(fit, kKeyBlock) / kKeys * kKeys);
+}
+
+/// Copies n rows of d floats (rows `stride` floats apart) to dst, rows dp floats apart, zeros
+/// past d.
+template <class Arch>
+void pack_rows(const float* src, std::size_t stride, std::size_t n, std::size_t d, std::size_t dp,
+               float* dst) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  const std::size_t dv = d / kW * kW;
+  for (std::size_t j = 0; j < n; ++j) {
+    const float* s = src + j * stride;
+    float* t = dst + j * dp;
+    for (std::size_t c = 0; c < dv; c += kW) V::load_unaligned(s + c).store_aligned(t + c);
+    for (std::size_t c = dv; c < d; ++c) t[c] = s[c];
+    for (std::size_t c = d; c < dp; ++c) t[c] = 0.0f;
+  }
+}
+
+/// Asks for rows [begin, end) (rows `stride` floats apart, d floats each) to come into cache.
+inline void prefetch_rows(const float* src, std::size_t stride, std::size_t begin, std::size_t end,
+                          std::size_t d) {
+  for (std::size_t j = begin; j < end; ++j) {
+    const char* row = reinterpret_cast<const char*>(src + j * stride);
+    for (std::size_t b = 0; b < d * sizeof(float); b += 64) __builtin_prefetch(row + b);
+  }
 }
 
 /// Sets the hidden scores of row i among keys [k0, k0 + n) to -inf: keys at or past the causal
@@ -106,10 +155,11 @@ void softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) {
   m = m_new;
 }
 
-/// st[key][0, kQueryVecs * W) = scale * K[key] . Q^T[:, q] for kKeys keys read in place.
+/// st[key][0, kQueryVecs * W) = K[key] . Q^T[:, q] for kKeys keys (rows k_stride floats apart);
+/// qt is one group's Q^T, [d][kQueryVecs * W], already scaled.
 template <class Arch, std::size_t kKeys>
-void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::size_t qt_stride,
-                   std::size_t d, float scale, float* st) {
+void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::size_t d,
+                   float* st) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   constexpr std::size_t kQv = AttentionTile<Arch>::kQueryVecs;
@@ -123,7 +173,7 @@ void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::s
   for (std::size_t dd = 0; dd < d; ++dd) {
     V qv[kQv];
 #pragma GCC unroll 4
-    for (std::size_t v = 0; v < kQv; ++v) qv[v] = V::load_aligned(qt + dd * qt_stride + v * kW);
+    for (std::size_t v = 0; v < kQv; ++v) qv[v] = V::load_aligned(qt + dd * kGroup + v * kW);
 #pragma GCC unroll 16
     for (std::size_t r = 0; r < kKeys; ++r) {
       const V kv(k[r * k_stride + dd]);
@@ -131,11 +181,10 @@ void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::s
       for (std::size_t v = 0; v < kQv; ++v) acc[r][v] = madd<Arch>(kv, qv[v], acc[r][v]);
     }
   }
-  const V vs(scale);
 #pragma GCC unroll 16
   for (std::size_t r = 0; r < kKeys; ++r) {
 #pragma GCC unroll 4
-    for (std::size_t v = 0; v < kQv; ++v) (acc[r][v] * vs).store_aligned(st + r * kGroup + v * kW);
+    for (std::size_t v = 0; v < kQv; ++v) acc[r][v].store_aligned(st + r * kGroup + v * kW);
   }
 }
 
@@ -173,9 +222,9 @@ void output_ukernel(const float* p, std::size_t p_stride, const float* v, std::s
 }
 
 /// Online-softmax step for one vector of queries over the keys [0, nk) of the transposed
-/// score tile st (stride floats per key): p = exp(s - m_new) in place, l = l * alpha + sum p,
-/// m = m_new, alpha = exp(m_old - m_new). Lanes with nothing visible yet keep m = -inf, get
-/// p = 0 and alpha = 0, and compute no exp(-inf - -inf).
+/// score tile st (stride floats per key), in base 2: p = 2^(s - m_new) in place,
+/// l = l * alpha + sum p, m = m_new, alpha = 2^(m_old - m_new). Lanes with nothing visible yet
+/// keep m = -inf, get p = 0 and alpha = 0, and compute no 2^(-inf - -inf).
 template <class Arch>
 void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, float* l,
                    float* alpha) {
@@ -185,23 +234,23 @@ void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, floa
   for (std::size_t j = 1; j < nk; ++j) vmax = xsimd::max(vmax, V::load_aligned(st + j * stride));
   const V m_old = V::load_aligned(m);
   const V m_new = xsimd::max(m_old, vmax);
-  // Where nothing is visible, subtract 0 instead of -inf: exp(-inf - 0) = 0, never NaN.
+  // Where nothing is visible, subtract 0 instead of -inf: 2^(-inf - 0) = 0, never NaN.
   const V m_use = xsimd::select(m_new == neg_inf, V(0.0f), m_new);
   V sum(0.0f);
   for (std::size_t j = 0; j < nk; ++j) {
-    const V p = xsimd::exp(V::load_aligned(st + j * stride) - m_use);
+    const V p = exp2_nonpositive<Arch>(V::load_aligned(st + j * stride) - m_use);
     p.store_aligned(st + j * stride);
     sum += p;
   }
-  const V a = xsimd::exp(m_old - m_use);  // m_old = -inf gives 0: nothing to keep
+  const V a = exp2_nonpositive<Arch>(m_old - m_use);  // m_old = -inf gives 0: nothing to keep
   a.store_aligned(alpha);
   (V::load_aligned(l) * a + sum).store_aligned(l);
   m_new.store_aligned(m);
 }
 
-/// Writes row i's result from its running max m and sum l, or the masked-row answer, and its
-/// log-sum-exp if asked. `answer` caches the masked-row answer (computed on first need,
-/// `have_answer` tracks it).
+/// Writes row i's result from its running max m and sum l (base 2), or the masked-row answer,
+/// and its log-sum-exp (natural) if asked. `answer` caches the masked-row answer (computed on first
+/// need, `have_answer` tracks it).
 inline void finish_row(const AttentionArgs& a, std::size_t i, float m, float l, const float* o,
                        float* answer, bool& have_answer) {
   float* out = a.out + i * a.out_stride;
@@ -218,7 +267,7 @@ inline void finish_row(const AttentionArgs& a, std::size_t i, float m, float l, 
   }
   const float inv = 1.0f / l;
   for (std::size_t dd = 0; dd < a.d; ++dd) out[dd] = o[dd] * inv;
-  if (a.lse != nullptr) a.lse[i] = m + std::log(l);
+  if (a.lse != nullptr) a.lse[i] = m * 0.693147180559945309f + std::log(l);
 }
 
 template <class Arch>
@@ -233,54 +282,60 @@ void attention_tiles(const AttentionArgs& a) {
   const std::size_t dp = round_up(d, 16);
   const std::size_t rows = a.row_end - a.row_begin;
   const std::size_t rows_pad = round_up(rows, kGroup);
-  // Scratch layout (every piece 64-byte aligned): qt, vp, st, alpha, m, l, o, answer.
+  const std::size_t key_block = tile_key_block<Arch>(dp);
+  // Scratch layout (every piece 64-byte aligned): qt, kp, vp, st, alpha, m, l, o, answer.
   float* qt = a.scratch;
-  float* vp = qt + dp * kMaxTaskRows;
+  float* kp = qt + dp * kMaxTaskRows;
+  float* vp = kp + kKeyBlock * dp;
   float* st = vp + kKeyBlock * dp;
   float* alpha = st + kKeyBlock * kMaxQueryGroup;
   float* m = alpha + kMaxTaskRows;
   float* l = m + kMaxTaskRows;
   float* o = l + kMaxTaskRows;
   float* answer = o + kMaxTaskRows * dp;
-  for (std::size_t dd = 0; dd < d; ++dd) {
-    float* row = qt + dd * rows_pad;
-    for (std::size_t t = 0; t < rows; ++t) row[t] = a.q[(a.row_begin + t) * a.q_stride + dd];
-    std::fill(row + rows, row + rows_pad, 0.0f);
+  // Q^T per group, [d][kGroup] from qt + g0 * d, scaled so that scores come out in base 2.
+  const float qscale = a.scale * 1.44269504088896341f;
+  for (std::size_t g0 = 0; g0 < rows_pad; g0 += kGroup) {
+    float* qg = qt + g0 * d;
+    for (std::size_t dd = 0; dd < d; ++dd) {
+      for (std::size_t t = 0; t < kGroup; ++t) {
+        const std::size_t r = g0 + t;
+        qg[dd * kGroup + t] = r < rows ? qscale * a.q[(a.row_begin + r) * a.q_stride + dd] : 0.0f;
+      }
+    }
   }
   std::fill(o, o + rows_pad * dp, 0.0f);
   std::fill(m, m + rows_pad, -std::numeric_limits<float>::infinity());
   std::fill(l, l + rows_pad, 0.0f);
-  // V in place when every vector load stays inside a row; else a zero-padded copy per block.
-  const bool v_in_place = d % kW == 0;
+  const std::size_t d_vec = round_up(d, kW);  // columns of O the output kernel computes
+  const std::size_t groups = rows_pad / kGroup;
 
   const std::size_t task_key_end = key_end(a.rule, a.row_end - 1);  // later rows see more keys
-  for (std::size_t k0 = 0; k0 < task_key_end; k0 += kKeyBlock) {
-    const std::size_t nk = std::min(kKeyBlock, a.lk - k0);
-    const float* kb = a.k + k0 * a.k_stride;
-    const float* vb = a.v + k0 * a.v_stride;
-    std::size_t vb_stride = a.v_stride;
-    if (!v_in_place) {
-      for (std::size_t j = 0; j < nk; ++j) {
-        std::copy(vb + j * a.v_stride, vb + j * a.v_stride + d, vp + j * dp);
-        std::fill(vp + j * dp + d, vp + (j + 1) * dp, 0.0f);
-      }
-      vb = vp;
-      vb_stride = dp;
-    }
+  for (std::size_t k0 = 0; k0 < task_key_end; k0 += key_block) {
+    const std::size_t nk = std::min(key_block, a.lk - k0);
+    pack_rows<Arch>(a.k + k0 * a.k_stride, a.k_stride, nk, d, dp, kp);
+    pack_rows<Arch>(a.v + k0 * a.v_stride, a.v_stride, nk, d, dp, vp);
+    // The next block's rows, a share per group, so that its copy finds them in cache.
+    const std::size_t next = k0 + key_block;
+    const std::size_t next_n = next < task_key_end ? std::min(key_block, task_key_end - next) : 0;
+    const std::size_t per_group = (next_n + groups - 1) / groups;
     for (std::size_t g0 = 0; g0 < rows; g0 += kGroup) {
+      const std::size_t p0 = next + g0 / kGroup * per_group;
+      const std::size_t p1 = std::min(p0 + per_group, next + next_n);
+      prefetch_rows(a.k, a.k_stride, p0, p1, d);
+      prefetch_rows(a.v, a.v_stride, p0, p1, d);
       const std::size_t gn = std::min(kGroup, rows - g0);
       const std::size_t i0 = a.row_begin + g0;
       const std::size_t group_end = key_end(a.rule, i0 + gn - 1);
       if (group_end <= k0) continue;  // the whole block is past every query's causal end
+      const float* qg = qt + g0 * d;
       std::size_t kc = 0;
       for (; kc + kKeys <= nk; kc += kKeys) {
-        score_ukernel<Arch, kKeys>(kb + kc * a.k_stride, a.k_stride, qt + g0, rows_pad, d, a.scale,
-                                   st + kc * kGroup);
+        score_ukernel<Arch, kKeys>(kp + kc * dp, dp, qg, d, st + kc * kGroup);
       }
       if (kc < nk) {
         with_rows<kKeys>(nk - kc, [&](auto r) {
-          score_ukernel<Arch, decltype(r)::value>(kb + kc * a.k_stride, a.k_stride, qt + g0,
-                                                  rows_pad, d, a.scale, st + kc * kGroup);
+          score_ukernel<Arch, decltype(r)::value>(kp + kc * dp, dp, qg, d, st + kc * kGroup);
         });
       }
       if (a.rule.mask != nullptr || key_end(a.rule, i0) < k0 + nk) {
@@ -291,7 +346,6 @@ void attention_tiles(const AttentionArgs& a) {
       }
       // Keys past the group's causal end have p = 0 for every query of the group: skip them.
       const std::size_t nkeys = std::min(nk, group_end - k0);
-      const std::size_t d_vec = round_up(d, kW);  // in place: d itself; packed: inside dp
       for (std::size_t r0 = 0; r0 < gn; r0 += kRows) {
         const std::size_t nr = std::min(kRows, gn - r0);
         float* ot = o + (g0 + r0) * dp;
@@ -299,13 +353,13 @@ void attention_tiles(const AttentionArgs& a) {
         std::size_t c0 = 0;
         for (; c0 + kOutVecs * kW <= d_vec; c0 += kOutVecs * kW) {
           with_rows<kRows>(nr, [&](auto r) {
-            output_ukernel<Arch, decltype(r)::value, kOutVecs>(pt, kGroup, vb + c0, vb_stride,
-                                                               nkeys, alpha + g0 + r0, ot + c0, dp);
+            output_ukernel<Arch, decltype(r)::value, kOutVecs>(pt, kGroup, vp + c0, dp, nkeys,
+                                                               alpha + g0 + r0, ot + c0, dp);
           });
         }
         for (; c0 < d_vec; c0 += kW) {
           with_rows<kRows>(nr, [&](auto r) {
-            output_ukernel<Arch, decltype(r)::value, 1>(pt, kGroup, vb + c0, vb_stride, nkeys,
+            output_ukernel<Arch, decltype(r)::value, 1>(pt, kGroup, vp + c0, dp, nkeys,
                                                         alpha + g0 + r0, ot + c0, dp);
           });
         }
