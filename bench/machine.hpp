@@ -1,5 +1,6 @@
 // What the machine can do, measured at start-up: the FP32 peak of an ISA's vectors (the
-// denominator of every "fraction of peak"), and the CPU's name for the report.
+// denominator of every "fraction of peak"), the memory read bandwidth (the denominator of the
+// decode case's fraction), and the CPU's name for the report.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,12 @@ PeakLoop peak_loop(simdattn::Isa active);
 // GFLOP/s of `threads` threads each running the loop (at most one per processor): the best of
 // several trials, each thread timed in its own CPU time.
 double measure_peak_gflops(const PeakLoop& loop, int threads);
+
+// GB/s of `threads` threads together (at most one per processor) summing the floats of one
+// 256 MiB buffer, each thread its own contiguous share: memory read bandwidth, since 256 MiB is
+// 8x the largest L3 of the machines this runs on. Wall time of the parallel region, best of 5
+// passes. The buffer is an ordinary allocation, 4 KiB pages like the benchmark's tensors.
+double measure_read_gbps(int threads);
 
 // /proc/cpuinfo's "model name", or "unknown".
 std::string cpu_model();

@@ -205,6 +205,14 @@ int main(int argc, char** argv) {
              format_gflops(bench::peak_gflops(t)) + " GFLOP/s";
   }
   std::printf("FP32 peak (%s loop): %s\n", simdattn::isa_name(m.loop.isa), peaks.c_str());
+  std::string bandwidths;
+  for (int t : config().threads) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s%d thread%s %.1f GB/s", bandwidths.empty() ? "" : ", ", t,
+                  t > 1 ? "s" : "", bench::read_gbps(t));
+    bandwidths += buf;
+  }
+  std::printf("Memory read bandwidth (sum over 256 MiB): %s\n", bandwidths.c_str());
   m.rates[Path::naive] = bench::calibrate(Path::naive);
   m.rates[Path::optimized] = bench::calibrate(Path::optimized);
   std::printf(
@@ -222,6 +230,9 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("peak_isa", simdattn::isa_name(m.loop.isa));
   for (const auto& [t, gflops] : m.peak_gflops) {
     benchmark::AddCustomContext("peak_gflops_" + std::to_string(t) + "t", format_gflops(gflops));
+  }
+  for (const auto& [t, gbps] : m.read_gbps) {
+    benchmark::AddCustomContext("read_gbps_" + std::to_string(t) + "t", format_gflops(gbps));
   }
   std::string sets;
   for (const std::string& set : config().sets) {

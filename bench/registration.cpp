@@ -83,7 +83,11 @@ void bench(benchmark::State& state, Op op, Path path, const Shape& s, int thread
 
   set_rate_counters(state, flops(op, s), seconds, threads);
   state.counters["rel_err"] = check.rel_err;
-  if (op == Op::sdpa && s.lq == 1) state.counters["bytes_per_second"] = kv_bytes(s) / seconds;
+  if (op == Op::sdpa && s.lq == 1) {
+    const double bytes_per_second = kv_bytes(s) / seconds;
+    state.counters["bytes_per_second"] = bytes_per_second;
+    state.counters["frac_read_bw"] = bytes_per_second * 1e-9 / read_gbps(threads);
+  }
   if (s.name == kMemoryShape.name) {
     const double mib = 1.0 / 1024;
     const double io_mib = static_cast<double>(w.bytes()) / (1 << 20);
@@ -113,6 +117,13 @@ double peak_gflops(int threads) {
   if (it == peaks.end()) {
     it = peaks.emplace(threads, measure_peak_gflops(machine().loop, threads)).first;
   }
+  return it->second;
+}
+
+double read_gbps(int threads) {
+  auto& bw = machine().read_gbps;
+  auto it = bw.find(threads);
+  if (it == bw.end()) it = bw.emplace(threads, measure_read_gbps(threads)).first;
   return it->second;
 }
 

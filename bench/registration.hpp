@@ -37,6 +37,7 @@ struct Machine {
   simdattn::Isa isa = simdattn::Isa::naive;
   PeakLoop loop{};
   std::map<int, double> peak_gflops;  // by thread count
+  std::map<int, double> read_gbps;    // by thread count
   std::map<simdattn::Path, Rates> rates;
 };
 
@@ -45,6 +46,8 @@ Machine& machine();
 
 // The FP32 peak at `threads` threads, measured on first use.
 double peak_gflops(int threads);
+// The memory read bandwidth at `threads` threads, GB/s, measured on first use.
+double read_gbps(int threads);
 // One thread's rates of `path`, measured now (tens of milliseconds).
 Rates calibrate(simdattn::Path path);
 

@@ -35,8 +35,8 @@ NAME = re.compile(r"^(?P<op>mha|sdpa)/(?P<path>naive|optimized)/(?P<case>[^/]+)/
                   r"/Lq:(?P<Lq>\d+)/Lk:(?P<Lk>\d+)/E:(?P<E>\d+)/H:(?P<H>\d+)"
                   r"/threads:(?P<threads>\d+)")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-COUNTERS = ("GFLOPS", "frac_peak", "bytes_per_second", "rel_err", "peak_rss_MiB", "io_MiB",
-            "rss_ratio")
+COUNTERS = ("GFLOPS", "frac_peak", "bytes_per_second", "frac_read_bw", "rel_err", "peak_rss_MiB",
+            "io_MiB", "rss_ratio")
 
 
 class Result:
@@ -429,6 +429,11 @@ def header(context, command):
         "- FP32 peak measured at start-up (%s FMA loop): %s" % (context.get("peak_isa", "?"),
                                                               peaks),
     ]
+    bandwidths = ", ".join("%s thread%s %s GB/s" % (k[10:-1], "s" if k[10:-1] != "1" else "", v)
+                           for k, v in sorted(context.items()) if k.startswith("read_gbps_"))
+    if bandwidths:
+        lines.append("- memory read bandwidth measured at start-up (sum over 256 MiB): %s"
+                     % bandwidths)
     if command:
         lines.append("- command: `%s`" % command)
     load = context.get("load_avg")
@@ -443,9 +448,12 @@ def extra_lines(results):
     lines = []
     for key, r in sorted(results.items()):
         if r.ms and "bytes_per_second" in r.counters:
-            lines.append("- %s %s %s, %d thread%s: K and V read at %.1f GB/s (%s ms)"
+            frac = r.counters.get("frac_read_bw")
+            lines.append("- %s %s %s, %d thread%s: K and V read at %.1f GB/s%s (%s ms)"
                          % (key[0], key[1], key[2], key[8], "s" if key[8] > 1 else "",
-                            r.counters["bytes_per_second"] * 1e-9, fmt_ms(r.ms)))
+                            r.counters["bytes_per_second"] * 1e-9,
+                            " = %.0f%% of the measured read bandwidth" % (100 * frac)
+                            if frac else "", fmt_ms(r.ms)))
     for key, r in sorted(results.items()):
         if key[2] == "memory" and r.ms:
             lines.append("- memory (sdpa N=%d L=%d E=%d H=%d, %d threads): peak resident %.0f MiB "
