@@ -9,46 +9,9 @@
 using namespace simdattn;
 using test::kPaths;
 using test::path_name;
+using test::SdpaProblem;
 
 namespace {
-
-// Random normal q [n, lq, h, d], k and v [n, lk, h, d], and a call of the public API on them.
-struct Problem {
-  std::size_t n, lq, lk, h, d;
-  std::vector<float> q, k, v;
-
-  Problem(std::size_t n_, std::size_t lq_, std::size_t lk_, std::size_t h_, std::size_t d_,
-          std::uint64_t seed, float input_scale = 1.0f)
-      : n(n_), lq(lq_), lk(lk_), h(h_), d(d_) {
-    q = test::random_normal(n * lq * h * d, seed, input_scale);
-    k = test::random_normal(n * lk * h * d, seed + 1, input_scale);
-    v = test::random_normal(n * lk * h * d, seed + 2, input_scale);
-  }
-  ConstHeadsView qv() const { return {q.data(), n, lq, h, d}; }
-  ConstHeadsView kv() const { return {k.data(), n, lk, h, d}; }
-  ConstHeadsView vv() const { return {v.data(), n, lk, h, d}; }
-  std::vector<float> run(const Mask& mask, const Options& o) const {
-    std::vector<float> out(n * lq * h * d);
-    scaled_dot_product_attention(qv(), kv(), vv(), HeadsView<float>{out.data(), n, lq, h, d}, mask,
-                                 o);
-    return out;
-  }
-  std::vector<double> oracle(const Mask& mask, const Options& o) const {
-    return test::oracle_sdpa(qv(), kv(), vv(), mask, o);
-  }
-  // The plain average of v over all keys for (b, head): what a fully masked row returns.
-  std::vector<double> mean_v(std::size_t b, std::size_t head) const {
-    std::vector<double> m(d, 0.0);
-    for (std::size_t key = 0; key < lk; ++key) {
-      for (std::size_t j = 0; j < d; ++j) m[j] += v[((b * lk + key) * h + head) * d + j];
-    }
-    for (double& x : m) x /= static_cast<double>(lk);
-    return m;
-  }
-  std::size_t row_offset(std::size_t b, std::size_t i, std::size_t head) const {
-    return ((b * lq + i) * h + head) * d;
-  }
-};
 
 // CHECKs a and b (float results of the same shape) agree to the table's tolerances.
 void check_same(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
@@ -58,7 +21,7 @@ void check_same(const std::vector<float>& a, const std::vector<float>& b, const 
 }  // namespace
 
 TEST_CASE("every broadcast shape of the mask equals its expansion to [N, H, Lq, Lk]", "[masks]") {
-  const Problem p(2, 5, 7, 3, 4, 10);
+  const SdpaProblem p(2, 5, 7, 3, 4, 10);
   for (int shape = 0; shape < 16; ++shape) {
     const std::size_t mn = shape & 1 ? p.n : 1, mh = shape & 2 ? p.h : 1,
                       mlq = shape & 4 ? p.lq : 1, mlk = shape & 8 ? p.lk : 1;
@@ -96,7 +59,7 @@ TEST_CASE("every broadcast shape of the mask equals its expansion to [N, H, Lq, 
 TEST_CASE("the tutorial's [1, 1, Lq, Lk] lower-triangular mask equals causal top-left", "[masks]") {
   const std::size_t shapes[][2] = {{9, 9}, {5, 12}, {12, 5}, {1, 6}};
   for (const auto& s : shapes) {
-    const Problem p(2, s[0], s[1], 3, 5, 20);
+    const SdpaProblem p(2, s[0], s[1], 3, 5, 20);
     const auto tril = test::make_mask(test::MaskKind::lower_triangular, p.n, p.h, p.lq, p.lk);
     for (Path path : kPaths) {
       INFO("Lq " << p.lq << " Lk " << p.lk << " path " << path_name(path));
@@ -112,7 +75,7 @@ TEST_CASE("the tutorial's [1, 1, Lq, Lk] lower-triangular mask equals causal top
 }
 
 TEST_CASE("top-left causal with Lq > Lk: rows from Lk on see every key", "[masks]") {
-  const Problem p(1, 10, 4, 2, 3, 25);
+  const SdpaProblem p(1, 10, 4, 2, 3, 25);
   for (Path path : kPaths) {
     INFO("path " << path_name(path));
     Options o;
@@ -120,7 +83,7 @@ TEST_CASE("top-left causal with Lq > Lk: rows from Lk on see every key", "[masks
     const auto plain = p.run({}, o);
     o.causal = Causal::top_left;
     const auto causal = p.run({}, o);
-    const std::size_t from = p.row_offset(0, p.lk, 0);
+    const std::size_t from = p.q_at(0, p.lk, 0, 0);
     CHECK(std::memcmp(plain.data() + from, causal.data() + from,
                       (plain.size() - from) * sizeof(float)) == 0);
     CHECK(std::memcmp(plain.data(), causal.data(), from * sizeof(float)) != 0);
@@ -129,7 +92,7 @@ TEST_CASE("top-left causal with Lq > Lk: rows from Lk on see every key", "[masks
 
 TEST_CASE("[N, 1, 1, Lk] key padding equals attending over each batch's valid keys only",
           "[masks]") {
-  const Problem p(3, 6, 13, 2, 7, 30);
+  const SdpaProblem p(3, 6, 13, 2, 7, 30);
   const auto pad = test::make_mask(test::MaskKind::key_padding, p.n, p.h, p.lq, p.lk);
   for (Path path : kPaths) {
     INFO("path " << path_name(path));
@@ -156,14 +119,14 @@ TEST_CASE("[N, 1, 1, Lk] key padding equals attending over each batch's valid ke
 }
 
 TEST_CASE("masked keys contribute nothing, whatever their keys and values hold", "[masks]") {
-  Problem p(2, 5, 9, 2, 6, 35);
+  SdpaProblem p(2, 5, 9, 2, 6, 35);
   const auto pad = test::make_mask(test::MaskKind::key_padding, p.n, p.h, p.lq, p.lk);
   for (Path path : kPaths) {
     INFO("path " << path_name(path));
     Options o;
     o.path = path;
     const auto before = p.run(pad.mask, o);
-    Problem garbled = p;
+    SdpaProblem garbled = p;
     for (std::size_t b = 0; b < p.n; ++b) {
       for (std::size_t key = 0; key < p.lk; ++key) {
         if (pad.bytes[b * p.lk + key] != 0) continue;
@@ -178,7 +141,7 @@ TEST_CASE("masked keys contribute nothing, whatever their keys and values hold",
 }
 
 TEST_CASE("full [N, H, Lq, Lk] masks, alone and combined with causal", "[masks]") {
-  const Problem p(2, 11, 11, 3, 9, 40);
+  const SdpaProblem p(2, 11, 11, 3, 9, 40);
   const auto full = test::make_mask(test::MaskKind::full, p.n, p.h, p.lq, p.lk);
   for (Path path : kPaths) {
     for (Causal causal : {Causal::none, Causal::top_left, Causal::bottom_right}) {
@@ -206,7 +169,7 @@ TEST_CASE("full [N, H, Lq, Lk] masks, alone and combined with causal", "[masks]"
 TEST_CASE("bottom-right causal: Lq < Lk equals the mask k <= q + Lk - Lq", "[masks]") {
   const std::size_t shapes[][2] = {{4, 11}, {1, 9}, {7, 8}};
   for (const auto& s : shapes) {
-    const Problem p(2, s[0], s[1], 2, 5, 45);
+    const SdpaProblem p(2, s[0], s[1], 2, 5, 45);
     std::vector<std::uint8_t> bytes(p.lq * p.lk);
     for (std::size_t i = 0; i < p.lq; ++i) {
       for (std::size_t key = 0; key < p.lk; ++key) {
@@ -235,7 +198,7 @@ TEST_CASE("bottom-right causal: Lq < Lk equals the mask k <= q + Lk - Lq", "[mas
 }
 
 TEST_CASE("bottom-right causal with Lq > Lk: the first Lq - Lk rows follow the policy", "[masks]") {
-  const Problem p(2, 9, 4, 3, 5, 50);
+  const SdpaProblem p(2, 9, 4, 3, 5, 50);
   const std::size_t empty_rows = p.lq - p.lk;
   for (Path path : kPaths) {
     INFO("path " << path_name(path));
@@ -251,7 +214,7 @@ TEST_CASE("bottom-right causal with Lq > Lk: the first Lq - Lk rows follow the p
       for (std::size_t hh = 0; hh < p.h; ++hh) {
         const auto mean = p.mean_v(b, hh);
         for (std::size_t i = 0; i < p.lq; ++i) {
-          const std::size_t at = p.row_offset(b, i, hh);
+          const std::size_t at = p.q_at(b, i, hh, 0);
           for (std::size_t j = 0; j < p.d; ++j) {
             INFO("b " << b << " h " << hh << " i " << i << " j " << j);
             if (i < empty_rows) {
@@ -268,7 +231,7 @@ TEST_CASE("bottom-right causal with Lq > Lk: the first Lq - Lk rows follow the p
 }
 
 TEST_CASE("fully masked rows of an explicit mask, under both policies", "[masks]") {
-  const Problem p(2, 7, 10, 3, 6, 55);
+  const SdpaProblem p(2, 7, 10, 3, 6, 55);
   const auto m = test::make_mask(test::MaskKind::fully_masked_rows, p.n, p.h, p.lq, p.lk);
   for (Path path : kPaths) {
     for (MaskedRows policy : {MaskedRows::uniform, MaskedRows::zeros}) {
@@ -290,7 +253,7 @@ TEST_CASE("fully masked rows of an explicit mask, under both policies", "[masks]
             ++empty_seen;
             const auto mean = p.mean_v(b, hh);
             for (std::size_t j = 0; j < p.d; ++j) {
-              const float got = out[p.row_offset(b, i, hh) + j];
+              const float got = out[p.q_at(b, i, hh, 0) + j];
               if (policy == MaskedRows::zeros) {
                 CHECK(got == 0.0f);
               } else {
@@ -311,7 +274,7 @@ TEST_CASE("no NaN or Inf from masking alone, at extreme scales and large inputs"
   const float scales[] = {1e30f, 1e-30f, 1.0f};
   const float input_scales[] = {1.0f, 1e3f};
   for (float input_scale : input_scales) {
-    const Problem p(2, 6, 9, 2, 4, 60, input_scale);
+    const SdpaProblem p(2, 6, 9, 2, 4, 60, input_scale);
     for (test::MaskKind kind : test::kAllMaskKinds) {
       const auto m = test::make_mask(kind, p.n, p.h, p.lq, p.lk);
       for (float scale : scales) {

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "test_reliability_common.hpp"
+#include "common.hpp"
 
 namespace simdattn {
 namespace {

@@ -4,7 +4,7 @@
 // forward() is const and documented as callable from several threads at once; the library's
 // scratch is per thread. Each thread's calls must give the same bits as the same calls made
 // serially beforehand with the same options (thread-count independence is
-// test_reliability_determinism.cpp's subject, not this file's). Inputs are shared by every
+// test_determinism.cpp's subject, not this file's). Inputs are shared by every
 // thread, outputs are per thread, shapes differ between jobs so that the per-thread scratch
 // grows and is reused while other threads run.
 //

@@ -7,7 +7,7 @@
 // while rows of `out` are being written. Inputs may alias each other freely (self-attention).
 #include <vector>
 
-#include "test_reliability_common.hpp"
+#include "common.hpp"
 
 namespace simdattn {
 namespace {

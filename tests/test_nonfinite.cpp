@@ -14,7 +14,7 @@
 #include <limits>
 #include <vector>
 
-#include "test_reliability_common.hpp"
+#include "common.hpp"
 
 namespace simdattn {
 namespace {

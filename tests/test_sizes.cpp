@@ -9,7 +9,7 @@
 #include <new>
 #include <vector>
 
-#include "test_reliability_common.hpp"
+#include "common.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SIMDATTN_TEST_ASAN 1

@@ -8,11 +8,11 @@
 // runs of one call, a call of another shape reuses the thread's scratch, so a kernel that
 // reads scratch it did not write in this call shows up as a run-to-run difference.
 // Inputs are finite: with NaN/Inf hidden by a mask, which rows it reaches may depend on the
-// task split (see the README's reliability section and test_reliability_nonfinite.cpp).
+// task split (see the README's reliability section and test_nonfinite.cpp).
 #include <limits>
 #include <vector>
 
-#include "test_reliability_common.hpp"
+#include "common.hpp"
 
 namespace simdattn {
 namespace {
