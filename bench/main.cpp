@@ -55,8 +55,13 @@ std::string usage() {
          "\n"
          "  --set=LIST            " +
          set_names(" | ") + " (comma-separated)\n" + sets +
-         "  --isa=NAME            force the optimized path's ISA: avx512 | avx2 | sse2 | naive\n"
+         "  --isa=NAME            force the optimized path's ISA: " +
+         bench::isa_list(simdattn::available_isas(), " | ") +
+         "\n"
          "                        (sets SIMDATTN_ISA before the library's first call)\n"
+         "  --isa=all, --isa=A,B  every ISA this machine runs (or those named), side by side:\n"
+         "                        each optimized benchmark once per ISA, its name ending in\n"
+         "                        /isa:<name>\n"
          "  --threads=LIST        thread counts of the optimized path (default 1,2)\n"
          "  --naive_limit_s=S     skip naive benchmarks estimated above S seconds per call (2)\n"
          "  --optimized_limit_s=S the same for the optimized path (30)\n"
@@ -161,6 +166,8 @@ std::string min_time_flag(const std::vector<std::string>& sets) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  double load_at_start = -1;  // before this process adds its own
+  getloadavg(&load_at_start, 1);
   bool help = false;
   std::vector<char*> args;
   try {
@@ -180,11 +187,20 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&gb_argc, args.data());  // exits after printing its help for --help
   if (benchmark::ReportUnrecognizedArguments(gb_argc, args.data())) return 2;
 
-  // Before the library's first call: dispatch reads SIMDATTN_ISA once.
-  if (!config().isa.empty()) setenv("SIMDATTN_ISA", config().isa.c_str(), 1);
+  // One name: the process's ISA, through SIMDATTN_ISA before the library's first call (dispatch
+  // reads it once). Several, or "all": each optimized benchmark names its own (Options::isa).
+  const std::vector<std::string> isa_names =
+      config().isa == "all" ? std::vector<std::string>{} : split(config().isa, ',');
+  if (isa_names.size() == 1) setenv("SIMDATTN_ISA", isa_names[0].c_str(), 1);
   bench::Machine& m = machine();
   try {
     m.isa = simdattn::active_isa();
+    m.isas = {m.isa};
+    if (config().isa == "all" || isa_names.size() > 1) {
+      m.isas = bench::run_isas(config().isa == "all", isa_names);
+      m.isa = m.isas.front();
+      m.isa_in_names = true;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_attention: %s\n", e.what());
     return 2;
@@ -193,18 +209,30 @@ int main(int argc, char** argv) {
   for (Isa isa : simdattn::available_isas()) {
     available += (available.empty() ? "" : ", ") + std::string(simdattn::isa_name(isa));
   }
-  std::printf("simdattn %s, active ISA: %s (available: %s)\n", simdattn::kVersion,
-              simdattn::isa_name(m.isa), available.c_str());
+  if (m.isa_in_names) {
+    std::printf("simdattn %s, ISAs side by side: %s (available: %s)\n", simdattn::kVersion,
+                bench::isa_list(m.isas, ", ").c_str(), available.c_str());
+  } else {
+    std::printf("simdattn %s, active ISA: %s (available: %s)\n", simdattn::kVersion,
+                simdattn::isa_name(m.isa), available.c_str());
+  }
   std::printf("CPU: %s\n", bench::cpu_model().c_str());
   std::fflush(stdout);
 
   m.loop = bench::peak_loop(m.isa);
-  std::string peaks;
-  for (int t : config().threads) {
-    peaks += (peaks.empty() ? "" : ", ") + std::to_string(t) + " thread" + (t > 1 ? "s " : " ") +
-             format_gflops(bench::peak_gflops(t)) + " GFLOP/s";
+  std::vector<Isa> loops;  // each loop once: naive's is the best ISA's
+  for (Isa isa : m.isas) {
+    const Isa loop = bench::peak_loop(isa).isa;
+    if (std::find(loops.begin(), loops.end(), loop) == loops.end()) loops.push_back(loop);
   }
-  std::printf("FP32 peak (%s loop): %s\n", simdattn::isa_name(m.loop.isa), peaks.c_str());
+  for (Isa loop : loops) {
+    std::string peaks;
+    for (int t : config().threads) {
+      peaks += (peaks.empty() ? "" : ", ") + std::to_string(t) + " thread" + (t > 1 ? "s " : " ") +
+               format_gflops(bench::peak_gflops(t, loop)) + " GFLOP/s";
+    }
+    std::printf("FP32 peak (%s loop): %s\n", simdattn::isa_name(loop), peaks.c_str());
+  }
   std::string bandwidths;
   for (int t : config().threads) {
     char buf[64];
@@ -213,23 +241,35 @@ int main(int argc, char** argv) {
     bandwidths += buf;
   }
   std::printf("Memory read bandwidth (sum over 256 MiB): %s\n", bandwidths.c_str());
-  m.rates[Path::naive] = bench::calibrate(Path::naive);
-  m.rates[Path::optimized] = bench::calibrate(Path::optimized);
-  std::printf(
-      "Start-up rates, 1 thread: naive %s GFLOP/s attention, %s projections; optimized "
-      "%s, %s\n",
-      format_gflops(m.rates[Path::naive].attention * 1e-9).c_str(),
-      format_gflops(m.rates[Path::naive].projection * 1e-9).c_str(),
-      format_gflops(m.rates[Path::optimized].attention * 1e-9).c_str(),
-      format_gflops(m.rates[Path::optimized].projection * 1e-9).c_str());
+  m.rates[Isa::naive] = bench::calibrate(Path::naive);
+  std::string rates = "naive " + format_gflops(m.rates[Isa::naive].attention * 1e-9) +
+                      " GFLOP/s attention, " +
+                      format_gflops(m.rates[Isa::naive].projection * 1e-9) + " projections";
+  for (Isa isa : m.isas) {
+    // With SIMDATTN_ISA=naive the optimized path is the reference: its rates are naive's.
+    if (isa != Isa::naive) m.rates[isa] = bench::calibrate(Path::optimized, isa);
+    rates += std::string("; optimized") + (m.isa_in_names ? std::string(" ") + isa_name(isa) : "") +
+             " " + format_gflops(m.rates[isa].attention * 1e-9) + ", " +
+             format_gflops(m.rates[isa].projection * 1e-9);
+  }
+  std::printf("Start-up rates, 1 thread: %s\n", rates.c_str());
   std::fflush(stdout);
 
   benchmark::AddCustomContext("simdattn_version", simdattn::kVersion);
   benchmark::AddCustomContext("simdattn_isa", simdattn::isa_name(m.isa));
+  if (m.isa_in_names) benchmark::AddCustomContext("simdattn_isas", bench::isa_list(m.isas, ","));
   benchmark::AddCustomContext("cpu_model", bench::cpu_model());
   benchmark::AddCustomContext("peak_isa", simdattn::isa_name(m.loop.isa));
-  for (const auto& [t, gflops] : m.peak_gflops) {
-    benchmark::AddCustomContext("peak_gflops_" + std::to_string(t) + "t", format_gflops(gflops));
+  for (const auto& [key, gflops] : m.peak_gflops) {
+    const std::string t = std::to_string(key.second) + "t";
+    if (key.first == m.loop.isa) {
+      benchmark::AddCustomContext("peak_gflops_" + t, format_gflops(gflops));
+    }
+    if (m.isa_in_names) {
+      benchmark::AddCustomContext(
+          "peak_gflops_" + std::string(simdattn::isa_name(key.first)) + "_" + t,
+          format_gflops(gflops));
+    }
   }
   for (const auto& [t, gbps] : m.read_gbps) {
     benchmark::AddCustomContext("read_gbps_" + std::to_string(t) + "t", format_gflops(gbps));
@@ -248,6 +288,14 @@ int main(int argc, char** argv) {
         config().all_aggregates);
     benchmark::RunSpecifiedBenchmarks(&reporter);
     reporter.print_summary(stdout);
+    const long processors = sysconf(_SC_NPROCESSORS_ONLN);
+    if (load_at_start >= 0.5 * static_cast<double>(processors)) {
+      std::printf(
+          "\nNote: the load average was %.1f on %ld processors when this run started: other work\n"
+          "was running, so these times (the multi-thread ones most) are slower than this machine "
+          "can do.\n",
+          load_at_start, processors);
+    }
   } else {
     benchmark::RunSpecifiedBenchmarks();
   }

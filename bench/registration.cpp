@@ -5,14 +5,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <stdexcept>
 
 #include "workload.hpp"
 
 namespace bench {
 namespace {
 
+using simdattn::Isa;
 using simdattn::Options;
 using simdattn::Path;
+using OptIsa = std::optional<Isa>;
 using Clock = std::chrono::steady_clock;
 
 int g_failed_checks = 0;
@@ -32,8 +35,13 @@ double seconds_per_call(Workload& w, const Options& o) {
   return seconds_since(t0) / calls;
 }
 
-double estimated_seconds(Op op, Path path, const Shape& s, int threads) {
-  const Rates& r = machine().rates.at(path);
+// The ISA whose rates and peak a benchmark uses: the naive path's are Isa::naive's.
+Isa rates_key(Path path, OptIsa isa) {
+  return path == Path::naive ? Isa::naive : isa.value_or(machine().isa);
+}
+
+double estimated_seconds(Op op, Path path, const Shape& s, int threads, OptIsa isa) {
+  const Rates& r = machine().rates.at(rates_key(path, isa));
   double t = sdpa_flops(s) / r.attention;
   if (op == Op::mha) t += projection_flops(s) / r.projection;
   return path == Path::optimized ? t / threads : t;
@@ -45,9 +53,9 @@ long peak_rss_kib() {
   return u.ru_maxrss;  // KiB on Linux
 }
 
-std::string skip_reason(Op op, Path path, const Shape& s, int threads) {
+std::string skip_reason(Op op, Path path, const Shape& s, int threads, OptIsa isa) {
   const double limit = path == Path::naive ? config().naive_limit_s : config().optimized_limit_s;
-  const double estimate = estimated_seconds(op, path, s, threads);
+  const double estimate = estimated_seconds(op, path, s, threads, isa);
   if (estimate <= limit) return "";
   char buf[160];
   std::snprintf(buf, sizeof buf,
@@ -56,19 +64,28 @@ std::string skip_reason(Op op, Path path, const Shape& s, int threads) {
   return buf;
 }
 
-void bench(benchmark::State& state, Op op, Path path, const Shape& s, int threads) {
+// benchmark_name(), with /isa:<name> for the optimized path when the run has several ISAs.
+std::string full_name(Op op, Path path, const Shape& s, int threads, OptIsa isa) {
+  std::string name = benchmark_name(op, path, s, threads);
+  if (machine().isa_in_names && path == Path::optimized && isa) {
+    name += std::string("/isa:") + simdattn::isa_name(*isa);
+  }
+  return name;
+}
+
+void bench(benchmark::State& state, Op op, Path path, const Shape& s, int threads, OptIsa isa) {
   const long rss_before_kib = peak_rss_kib();
   Workload& w = workload(op, s);
-  CheckResult& check = w.check(path, threads);
+  CheckResult& check = w.check(path, threads, isa);
   if (!check.ok) {
     if (!check.reported) {  // once, however many repetitions ask again
-      report_failed_check(benchmark_name(op, path, s, threads), check.message);
+      report_failed_check(full_name(op, path, s, threads, isa), check.message);
       check.reported = true;
     }
     state.SkipWithError(check.message.c_str());
     return;
   }
-  const Options o = w.options(path, threads);
+  const Options o = w.options(path, threads, isa);
   // The second warm-up (the check was the first): the optimized path's first calls grow its
   // scratch. The naive path keeps nothing between calls.
   if (!check.warmed && path == Path::optimized) w.run(o);
@@ -81,7 +98,7 @@ void bench(benchmark::State& state, Op op, Path path, const Shape& s, int thread
   }
   const double seconds = seconds_since(t0) / static_cast<double>(state.iterations());
 
-  set_rate_counters(state, flops(op, s), seconds, threads);
+  set_rate_counters(state, flops(op, s), seconds, threads, path == Path::naive ? OptIsa() : isa);
   state.counters["rel_err"] = check.rel_err;
   if (op == Op::sdpa && s.lq == 1) {
     const double bytes_per_second = kv_bytes(s) / seconds;
@@ -96,7 +113,25 @@ void bench(benchmark::State& state, Op op, Path path, const Shape& s, int thread
     state.counters["io_MiB"] = io_mib;
     state.counters["rss_ratio"] = peak_rss_kib() * mib / io_mib;
   }
-  state.SetLabel(path == Path::naive ? "reference" : simdattn::isa_name(machine().isa));
+  state.SetLabel(path == Path::naive ? "reference" : simdattn::isa_name(rates_key(path, isa)));
+}
+
+void add_one(Op op, Path path, const Shape& s, int threads, OptIsa isa) {
+  const std::string name = full_name(op, path, s, threads, isa);
+  const std::string skip = skip_reason(op, path, s, threads, isa);
+  if (!skip.empty()) {  // reported once, as an error row in the output and the JSON
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [skip](benchmark::State& st) { st.SkipWithError(skip.c_str()); })
+        ->Iterations(1)
+        ->Repetitions(1);
+    return;
+  }
+  auto* b = benchmark::RegisterBenchmark(
+      name.c_str(),
+      [op, path, s, threads, isa](benchmark::State& st) { bench(st, op, path, s, threads, isa); });
+  b->UseRealTime();
+  b->Unit(flops(op, s) < 1e8 ? benchmark::kMicrosecond : benchmark::kMillisecond);
+  if (s.name == kMemoryShape.name) b->Iterations(1)->Repetitions(1);
 }
 
 }  // namespace
@@ -111,11 +146,46 @@ Machine& machine() {
   return m;
 }
 
+std::vector<Isa> run_isas(bool all, const std::vector<std::string>& names) {
+  const std::vector<Isa> available = simdattn::available_isas();
+  std::vector<Isa> isas;
+  if (all) {
+    for (Isa isa : available) {
+      if (isa != Isa::naive) isas.push_back(isa);
+    }
+    return isas;
+  }
+  for (const std::string& name : names) {
+    const std::optional<Isa> isa = simdattn::isa_from_name(name);
+    if (!isa) {
+      throw std::invalid_argument("--isa: unknown ISA '" + name + "' (" +
+                                  isa_list(available, ", ") + ")");
+    }
+    if (std::find(available.begin(), available.end(), *isa) == available.end()) {
+      throw std::invalid_argument("--isa: " + name + " cannot run on this machine (available: " +
+                                  isa_list(available, ", ") + ")");
+    }
+    if (std::find(isas.begin(), isas.end(), *isa) == isas.end()) isas.push_back(*isa);
+  }
+  return isas;
+}
+
+std::string isa_list(const std::vector<Isa>& isas, const char* sep) {
+  std::string text;
+  for (Isa isa : isas) text += (text.empty() ? "" : sep) + std::string(simdattn::isa_name(isa));
+  return text;
+}
+
 double peak_gflops(int threads) {
+  return peak_gflops(threads, machine().isa);
+}
+
+double peak_gflops(int threads, Isa isa) {
+  const PeakLoop loop = peak_loop(isa);
   auto& peaks = machine().peak_gflops;
-  auto it = peaks.find(threads);
+  auto it = peaks.find({loop.isa, threads});
   if (it == peaks.end()) {
-    it = peaks.emplace(threads, measure_peak_gflops(machine().loop, threads)).first;
+    it = peaks.emplace(std::make_pair(loop.isa, threads), measure_peak_gflops(loop, threads)).first;
   }
   return it->second;
 }
@@ -127,35 +197,26 @@ double read_gbps(int threads) {
   return it->second;
 }
 
-Rates calibrate(Path path) {
+Rates calibrate(Path path, OptIsa isa) {
   const Shape s{"calibration", 1, 128, 128, 256, 4, false};
   Rates r;
   {
     Workload w(Op::sdpa, s);
-    r.attention = sdpa_flops(s) / seconds_per_call(w, w.options(path, 1));
+    r.attention = sdpa_flops(s) / seconds_per_call(w, w.options(path, 1, isa));
   }
   Workload w(Op::mha, s);
-  const double projection_s = seconds_per_call(w, w.options(path, 1)) - sdpa_flops(s) / r.attention;
+  const double projection_s =
+      seconds_per_call(w, w.options(path, 1, isa)) - sdpa_flops(s) / r.attention;
   r.projection = projection_flops(s) / std::max(projection_s, 1e-9);
   return r;
 }
 
 void add(Op op, Path path, const Shape& s, int threads) {
-  const std::string name = benchmark_name(op, path, s, threads);
-  const std::string skip = skip_reason(op, path, s, threads);
-  if (!skip.empty()) {  // reported once, as an error row in the output and the JSON
-    benchmark::RegisterBenchmark(name.c_str(),
-                                 [skip](benchmark::State& st) { st.SkipWithError(skip.c_str()); })
-        ->Iterations(1)
-        ->Repetitions(1);
+  if (path == Path::naive) {
+    add_one(op, path, s, threads, std::nullopt);
     return;
   }
-  auto* b = benchmark::RegisterBenchmark(
-      name.c_str(),
-      [op, path, s, threads](benchmark::State& st) { bench(st, op, path, s, threads); });
-  b->UseRealTime();
-  b->Unit(flops(op, s) < 1e8 ? benchmark::kMicrosecond : benchmark::kMillisecond);
-  if (s.name == kMemoryShape.name) b->Iterations(1)->Repetitions(1);
+  for (Isa isa : machine().isas) add_one(op, path, s, threads, isa);
 }
 
 void add_shape(const Shape& s) {
@@ -166,10 +227,10 @@ void add_shape(const Shape& s) {
 }
 
 void set_rate_counters(benchmark::State& state, double flops_per_call, double seconds_per_call,
-                       int threads) {
+                       int threads, OptIsa isa) {
   const double gflops = flops_per_call / seconds_per_call * 1e-9;
   state.counters["GFLOPS"] = gflops;
-  state.counters["frac_peak"] = gflops / peak_gflops(threads);
+  state.counters["frac_peak"] = gflops / peak_gflops(threads, isa.value_or(machine().isa));
   state.counters["omp_threads"] = threads;
 }
 

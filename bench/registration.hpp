@@ -7,7 +7,9 @@
 #include <benchmark/benchmark.h>
 
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cases.hpp"
@@ -18,7 +20,7 @@ namespace bench {
 
 struct Config {
   std::vector<std::string> sets = {"default"};
-  std::string isa;  // empty: the library's choice
+  std::string isa;  // --isa: empty (the library's choice), one name, a comma list, or "all"
   std::vector<int> threads = {1, 2};
   double naive_limit_s = 2.0;
   double optimized_limit_s = 30.0;
@@ -34,35 +36,49 @@ struct Rates {
 };
 
 struct Machine {
-  simdattn::Isa isa = simdattn::Isa::naive;
-  PeakLoop loop{};
-  std::map<int, double> peak_gflops;  // by thread count
-  std::map<int, double> read_gbps;    // by thread count
-  std::map<simdattn::Path, Rates> rates;
+  simdattn::Isa isa = simdattn::Isa::naive;  // the run's first (or only) ISA
+  PeakLoop loop{};                           // its peak loop
+  // The optimized path's ISAs in this run, `isa` first. With several (--isa=all or a list) the
+  // optimized benchmarks' names end in /isa:<name>.
+  std::vector<simdattn::Isa> isas;
+  bool isa_in_names = false;
+  std::map<std::pair<simdattn::Isa, int>, double> peak_gflops;  // by the loop's ISA, threads
+  std::map<int, double> read_gbps;                              // by thread count
+  std::map<simdattn::Isa, Rates> rates;  // by ISA; Isa::naive holds the naive path's
 };
 
 Config& config();
 Machine& machine();
 
-// The FP32 peak at `threads` threads, measured on first use.
+// The ISAs of --isa=all (every one this machine runs, best first, but naive: the naive path is
+// already there) or of a list of names. An unknown name, or one this machine cannot run, throws
+// std::invalid_argument naming it.
+std::vector<simdattn::Isa> run_isas(bool all, const std::vector<std::string>& names);
+// "avx512, avx2, sse2" with sep ", ".
+std::string isa_list(const std::vector<simdattn::Isa>& isas, const char* sep);
+
+// The FP32 peak at `threads` threads of the loop of `isa` (the run's first ISA by default; the
+// best this machine runs for Isa::naive), measured on first use.
 double peak_gflops(int threads);
+double peak_gflops(int threads, simdattn::Isa isa);
 // The memory read bandwidth at `threads` threads, GB/s, measured on first use.
 double read_gbps(int threads);
-// One thread's rates of `path`, measured now (tens of milliseconds).
-Rates calibrate(simdattn::Path path);
+// One thread's rates of `path` (on `isa`, for the optimized path), measured now (tens of
+// milliseconds).
+Rates calibrate(simdattn::Path path, std::optional<simdattn::Isa> isa = std::nullopt);
 
-// Benchmark `op` on `path` at `threads` threads: checked against the naive path, then timed;
-// or, when the start-up rates say a call would exceed --naive_limit_s / --optimized_limit_s,
-// registered as a skipped benchmark that says so.
+// Benchmark `op` on `path` at `threads` threads (the optimized path once per ISA of the run):
+// checked against the naive path, then timed; or, when the start-up rates say a call would
+// exceed --naive_limit_s / --optimized_limit_s, registered as a skipped benchmark that says so.
 void add(Op op, simdattn::Path path, const Shape& s, int threads);
 // Both ops of a shape, naive once and optimized at every thread count of the configuration, so
 // consecutive benchmarks share one workload.
 void add_shape(const Shape& s);
 
-// The counters every timed benchmark reports: GFLOPS, frac_peak (of the peak at `threads`) and
-// omp_threads.
+// The counters every timed benchmark reports: GFLOPS, frac_peak (of the peak at `threads` of
+// `isa`'s loop, the run's first ISA by default) and omp_threads.
 void set_rate_counters(benchmark::State& state, double flops_per_call, double seconds_per_call,
-                       int threads);
+                       int threads, std::optional<simdattn::Isa> isa = std::nullopt);
 // A benchmark whose output check failed: printed once on stderr, and the run exits with 1.
 void report_failed_check(const std::string& name, const std::string& message);
 int failed_checks();

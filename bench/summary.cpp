@@ -11,6 +11,7 @@ namespace {
 // The parts of a benchmark name <op>/<path>/<case>/<key>:<value>/.../threads:<t>.
 struct NameParts {
   std::string op, path, case_name, shape;
+  std::string isa;  // from /isa:<name>, when the run has several
   int threads = 1;
   bool ok = false;
 };
@@ -32,6 +33,10 @@ NameParts parse_name(const std::string& name) {
     const std::string key = parts[i].substr(0, colon), value = parts[i].substr(colon + 1);
     if (key == "threads") {
       n.threads = std::atoi(value.c_str());
+      continue;
+    }
+    if (key == "isa") {
+      n.isa = value;
       continue;
     }
     fields[key] = value;
@@ -167,8 +172,9 @@ void SummaryReporter::record(const Run& run, const Result& result) {
     row.naive = result;
     return;
   }
-  // The label names the ISA that ran; a skipped or failed benchmark has none.
-  std::string isa = run.report_label;
+  // The name's ISA when the run has several, else the label's (a skipped or failed benchmark has
+  // no label: it belongs to the row's ISA).
+  std::string isa = !n.isa.empty() ? n.isa : run.report_label;
   if (isa.empty()) isa = row.isas.empty() ? "" : row.isas.front();
   if (std::find(row.isas.begin(), row.isas.end(), isa) == row.isas.end()) row.isas.push_back(isa);
   row.optimized[isa][n.threads] = result;

@@ -56,10 +56,11 @@ Workload::Workload(Op op, const Shape& s) : op_(op), s_(s), out_(s.n, s.lq, s.e)
   }
 }
 
-Options Workload::options(Path path, int threads) const {
+Options Workload::options(Path path, int threads, std::optional<simdattn::Isa> isa) const {
   Options o;
   o.path = path;
   o.threads = threads;
+  if (path == Path::optimized) o.isa = isa;
   o.causal = s_.causal ? Causal::top_left : Causal::none;
   return o;
 }
@@ -74,13 +75,13 @@ void Workload::run(const Options& o) {
   }
 }
 
-CheckResult& Workload::check(Path path, int threads) {
-  CheckResult& c = checks_[{path, threads}];
+CheckResult& Workload::check(Path path, int threads, std::optional<simdattn::Isa> isa) {
+  CheckResult& c = checks_[{path, threads, isa}];
   if (c.done) return c;
   c.done = true;
   if (expected_.empty()) expected_ = naive_rows();
   std::fill(out_.data(), out_.data() + out_.size(), std::nanf(""));
-  run(options(path, threads));
+  run(options(path, threads, isa));
   const std::vector<float> got = checked_rows(out_);
   compare(got, c);
   return c;

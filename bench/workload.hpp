@@ -5,7 +5,9 @@
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -30,13 +32,16 @@ class Workload {
   Workload(Op op, const Shape& s);
 
   bool matches(Op op, const Shape& s) const { return op == op_ && s == s_; }
-  simdattn::Options options(simdattn::Path path, int threads) const;
+  // `isa` is the optimized path's Options::isa (unset: the process's choice).
+  simdattn::Options options(simdattn::Path path, int threads,
+                            std::optional<simdattn::Isa> isa = std::nullopt) const;
   void run(const simdattn::Options& o);
 
   // Runs the call once (the first warm-up) and compares its checked rows with the naive
   // path's: every row when Lq <= 32, otherwise the first and last 16 query rows of every batch
   // (the edges of any tiling).
-  CheckResult& check(simdattn::Path path, int threads);
+  CheckResult& check(simdattn::Path path, int threads,
+                     std::optional<simdattn::Isa> isa = std::nullopt);
 
   // Inputs plus output.
   std::size_t bytes() const;
@@ -56,7 +61,7 @@ class Workload {
   std::unique_ptr<simdattn::MultiHeadAttention> module_;
   simdattn::Tensor out_;
   std::vector<float> expected_;
-  std::map<std::pair<simdattn::Path, int>, CheckResult> checks_;
+  std::map<std::tuple<simdattn::Path, int, std::optional<simdattn::Isa>>, CheckResult> checks_;
 };
 
 // The workload of (op, s), made when the previous one was for another (op, shape): consecutive

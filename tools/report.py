@@ -33,7 +33,7 @@ GRID_ORDER = ["seed", "s128", "s512", "s2048", "bert", "s4096", "causal", "cross
 UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 NAME = re.compile(r"^(?P<op>mha|sdpa)/(?P<path>naive|optimized)/(?P<case>[^/]+)/N:(?P<N>\d+)"
                   r"/Lq:(?P<Lq>\d+)/Lk:(?P<Lk>\d+)/E:(?P<E>\d+)/H:(?P<H>\d+)"
-                  r"/threads:(?P<threads>\d+)")
+                  r"/threads:(?P<threads>\d+)(?:/isa:(?P<isa>[a-z0-9_]+))?")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 COUNTERS = ("GFLOPS", "frac_peak", "bytes_per_second", "frac_read_bw", "rel_err", "peak_rss_MiB",
             "io_MiB", "rss_ratio")
@@ -50,7 +50,9 @@ class Result:
 
 
 def load(paths):
-    """{(op, path, case, N, Lq, Lk, E, H, threads): Result} and the first file's context."""
+    """{(op, path, case, N, Lq, Lk, E, H, threads): Result}, the first file's context, and
+    {isa: {the same keys: Result}} for the ISAs other than the first of a run that put several
+    side by side (bench_attention --isa=all: names ending in /isa:<name>)."""
     runs = collections.defaultdict(list)
     medians = {}
     errors = {}
@@ -65,7 +67,7 @@ def load(paths):
                 continue
             g = m.groupdict()
             key = (g["op"], g["path"], g["case"]) + tuple(
-                int(g[k]) for k in ("N", "Lq", "Lk", "E", "H", "threads"))
+                int(g[k]) for k in ("N", "Lq", "Lk", "E", "H", "threads")) + (g["isa"],)
             if b.get("error_occurred"):
                 errors[key] = b.get("error_message", "error")
             elif b.get("run_type") == "aggregate":
@@ -90,7 +92,16 @@ def load(paths):
             b = medians[key]
             r.ms = b["real_time"] * UNIT_MS[b["time_unit"]]
             r.counters = {c: b[c] for c in COUNTERS if c in b}
-    return results, context or {}
+    context = context or {}
+    first = context.get("simdattn_isa")
+    primary, others = {}, collections.defaultdict(dict)
+    for key, r in results.items():
+        r.key = key[:9]
+        if key[9] is None or key[9] == first:
+            primary[key[:9]] = r
+        else:
+            others[key[9]][key[:9]] = r
+    return primary, context, dict(others)
 
 
 def load_peers(path):
@@ -192,6 +203,30 @@ def markdown_table(rows, threads, peers=None, cases=None):
     return "\n".join(lines)
 
 
+def isa_table(rows, threads, context, other_isas):
+    """One row per (op, case): naive, then each ISA's time, speedup and fraction of its peak."""
+    top = max(threads)
+    isas = [context.get("simdattn_isa", "?")] + sorted(other_isas)
+    head = ["op", "case", "shape", "naive ms"]
+    for isa in isas:
+        head += ["%s ms" % isa, "%s speedup" % isa, "%s of peak" % isa]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (op, case, n, lq, lk, e, h), by_path in rows:
+        naive = by_path.get(("naive", 1))
+        cells = [op, case, shape_text(n, lq, lk, e, h),
+                 fmt_ms(naive.ms) if naive and naive.ms else
+                 fmt_error(naive.error) if naive else "-"]
+        for i, isa in enumerate(isas):
+            key = (op, "optimized", case, n, lq, lk, e, h, top)
+            r = by_path.get(("optimized", top)) if i == 0 else other_isas[isa].get(key)
+            ok = r is not None and r.ms
+            cells.append(fmt_ms(r.ms) if ok else fmt_error(r.error) if r else "-")
+            cells.append("%.1fx" % (naive.ms / r.ms) if ok and naive and naive.ms else "-")
+            cells.append(fmt_fraction(r.counters["frac_peak"]) if ok else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def peers_table(rows, threads, peers):
     systems = sorted({s for v in peers.values() for s in v})
     head = ["op", "case", "threads", "simdattn ms"]
@@ -253,7 +288,13 @@ def main_pair(opt):
     return max(counts, key=lambda p: (counts[p], p == (512, 8), p[0])) if counts else None
 
 
-def plot_main(rows, threads, context, out_dir, plt):
+# Further ISAs of a run that put several side by side, at the most threads.
+ISA_STYLES = [dict(color="tab:purple", ls="-", marker="D", lw=1.6, ms=5),
+              dict(color="tab:olive", ls="-", marker="v", lw=1.6, ms=5),
+              dict(color="tab:brown", ls="-", marker="P", lw=1.6, ms=5)]
+
+
+def plot_main(rows, threads, context, out_dir, plt, other_isas=None):
     """GFLOP/s against L for one (E, H): optimized at each thread count, naive, the peaks, and
     the speedup over naive written at each point. The question it answers: how much faster is
     the optimized path, and how close does it come to the machine's peak."""
@@ -285,6 +326,12 @@ def plot_main(rows, threads, context, out_dir, plt):
                 ax.plot(ls, [r.counters["GFLOPS"] for r in rs],
                         label="optimized (%s), %d thread%s" % (isa, t, "s" if t > 1 else ""),
                         **opt_style[t])
+        for other, style in zip(sorted(other_isas or {}), ISA_STYLES):
+            pts = series(build_rows(other_isas[other])[0], "optimized", top).get((op, e, h), [])
+            if pts:
+                ls, rs = zip(*pts)
+                ax.plot(ls, [r.counters["GFLOPS"] for r in rs], label="optimized (%s), %d thread%s"
+                        % (other, top, "s" if top > 1 else ""), **style)
         npts = naive.get((op, e, h), [])
         if npts:
             ls, rs = zip(*npts)
@@ -406,12 +453,12 @@ def plot_sweep(rows, threads, context, out_dir, plt):
     return path
 
 
-def plot(rows, threads, context, out_dir):
+def plot(rows, threads, context, out_dir, other_isas=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [plot_main(rows, threads, context, out_dir, plt),
+    paths = [plot_main(rows, threads, context, out_dir, plt, other_isas),
              plot_sweep(rows, threads, context, out_dir, plt)]
     return [p for p in paths if p]
 
@@ -489,7 +536,8 @@ def readme_section(rows, threads, context, command, plot_rel, note):
         "`tools/run_bench.sh --set=grid`",
         "- the full E x H x L sweep (tens of minutes): `tools/run_bench.sh --set=sweep`",
         "- a subset by name: `tools/run_bench.sh --benchmark_filter='^sdpa/.*/(s2048|bert)/'`",
-        "- a forced ISA: `tools/run_bench.sh --isa=avx2` (sets `SIMDATTN_ISA`)",
+        "- a forced ISA: `tools/run_bench.sh --isa=avx2` (sets `SIMDATTN_ISA`); every ISA side "
+        "by side: `tools/run_bench.sh --isa=all`",
         "- PyTorch's columns beside ours (needs `python3-torch`): `tools/run_bench.sh --peers`",
         "- peak resident memory of sdpa at N=1, L=16384, E=512, H=8 against inputs plus output: "
         "`build/release/bench/bench_attention --set=memory` (counters `peak_rss_MiB`, "
@@ -513,7 +561,7 @@ def main():
                         help="a sentence for the README section, e.g. why the figures are provisional")
     args = parser.parse_args()
 
-    results, context = load(args.json)
+    results, context, other_isas = load(args.json)
     if not results:
         sys.exit("report.py: no bench_attention results in %s" % ", ".join(args.json))
     # The run's own record (run_bench.sh passes it); the checkout now may hold other code.
@@ -526,6 +574,11 @@ def main():
     parts += ["", "Times are medians in ms; \"of peak\" is the fraction of the FP32 FMA peak "
               "measured at start-up with the same thread count. Naive runs single-threaded.", "",
               markdown_table(rows, threads), ""]
+    if other_isas:
+        parts += ["## ISAs side by side", "",
+                  "The optimized path on each ISA, at the most threads; \"of peak\" is the "
+                  "fraction of that ISA's own FMA peak.", "",
+                  isa_table(rows, threads, context, other_isas), ""]
     if args.peers:
         if os.path.exists(args.peers):
             peers, peer_context = load_peers(args.peers)
@@ -540,7 +593,7 @@ def main():
                       peers_table(rows, threads, peers), ""]
         else:
             print("report.py: no peers file %s (run tools/peers_torch.py)" % args.peers)
-    pngs = plot(rows, threads, context, args.out_dir) if threads else []
+    pngs = plot(rows, threads, context, args.out_dir, other_isas) if threads else []
     parts += ["![%s](%s)" % (os.path.basename(p), os.path.basename(p)) for p in pngs]
     table_path = os.path.join(args.out_dir, "report.md")
     with open(table_path, "w") as f:
