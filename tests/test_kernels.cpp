@@ -1,8 +1,10 @@
 // The kernels of every ISA this machine runs, called directly through their tables: the vector
 // exp's accuracy over the range softmax feeds it, and the projection GEMM on odd shapes.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -108,9 +110,10 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
   struct Shape {
     std::size_t m, n, k;
   };
-  // n past one and two panels, k past one kKc = 256 pass, m past one micro-tile.
-  const Shape shapes[] = {{1, 1, 1},      {2, 17, 3},   {13, 33, 257}, {7, 48, 64},
-                          {25, 100, 600}, {3, 16, 512}, {12, 32, 256}};
+  // n past one and two panels, k past one kKc = 256 pass, m past one micro-tile; calls of
+  // fewer rows than a micro-tile (several panels per tile) with n past whole groups of them.
+  const Shape shapes[] = {{1, 1, 1},    {2, 17, 3},    {13, 33, 257}, {7, 48, 64},   {25, 100, 600},
+                          {3, 16, 512}, {12, 32, 256}, {2, 209, 300}, {1, 200, 257}, {5, 403, 64}};
   for (const kernels::KernelTable* t : tables()) {
     for (const Shape& sh : shapes) {
       for (bool with_bias : {false, true}) {
@@ -149,6 +152,42 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
         CHECK(worst <= 1e-5 * std::max(1.0, scale) * std::sqrt(static_cast<double>(sh.k)));
       }
     }
+  }
+}
+
+TEST_CASE("kernel GEMM: a row's result does not depend on how many rows the call has",
+          "[kernels]") {
+  // Calls of fewer rows than a micro-tile take wider tiles; every element must still sum its
+  // k products in the same order, bit for bit, as inside a larger call.
+  const std::size_t m = 29, n = 333, k = 300;
+  const auto a = test::random_normal(m * k, 4);
+  const auto w = test::random_normal(n * k, 5);
+  const auto bias = test::random_normal(n, 6);
+  AlignedFloats packed = aligned_floats(kernels::packed_weight_floats(n, k));
+  kernels::pack_weight(w.data(), n, k, k, packed.get());
+  for (const kernels::KernelTable* t : tables()) {
+    INFO("ISA " << isa_name(t->isa));
+    std::vector<float> all(m * n), few(m * n);
+    kernels::GemmArgs g;
+    g.a = a.data();
+    g.lda = k;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.b_packed = packed.get();
+    g.bias = bias.data();
+    g.c = all.data();
+    g.ldc = n;
+    t->gemm(g);
+    for (std::size_t r0 = 0; r0 < m;) {  // blocks of 1, 2, 3, ... rows
+      const std::size_t rows = std::min(m - r0, r0 % 7 + 1);
+      g.a = a.data() + r0 * k;
+      g.m = rows;
+      g.c = few.data() + r0 * n;
+      t->gemm(g);
+      r0 += rows;
+    }
+    CHECK(std::memcmp(all.data(), few.data(), m * n * sizeof(float)) == 0);
   }
 }
 

@@ -92,6 +92,13 @@ struct GemmTileFor<4> {
   static constexpr std::size_t kMr = 4, kNp = 1;
 };
 
+/// The most panels (B streams) per micro-tile of a call with fewer rows than kMr (gemm.hpp's
+/// few_row_panels). Best of 2 / 3 / 6 / 12 on the Zen 5, one thread, against one panel per
+/// tile: seed's [2, 256] x [256, 768] 1.34 / 1.49 / 1.44 / 1.45x with AVX2 forced and 1.02 /
+/// 1.09 / 1.19 / 1.06x on AVX-512; decode's [1, 1024] x [1024, 3072] 1.31 / 1.45 / 1.64 / 1.54x
+/// (AVX2) and 0.99 / 1.10 / 1.19 / 1.13x (AVX-512).
+inline constexpr std::size_t kMaxFewRowPanels = 6;
+
 /// The projection driver's task: kGemmTaskRows rows of A (96 x E floats stay in L2 across the
 /// panels of the task) x kGemmTaskCols columns (a multiple of every micro-tile's width).
 inline constexpr std::size_t kGemmTaskRows = 96;

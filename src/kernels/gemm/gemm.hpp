@@ -11,7 +11,12 @@
 // tiling of the driver (threads); the bias is added with the first pass.
 //
 // Tails: rows below kMr use a micro-kernel instantiated for that row count; columns past n
-// inside the last panel are computed on B's zero padding and not stored.
+// inside the last panel are computed on B's zero padding and not stored. A call of fewer than
+// kMr rows in all (the tutorial's L = 2, decoding) takes several panels per micro-tile instead
+// (few_row_panels): a 2-row tile of one panel has 4 accumulators on AVX2, 4 FMA chains for
+// 2 pipes of latency 4, and ran at half the FMA rate; the wider tile keeps the full tile's
+// number of chains, and each element still sums its k products in order, so the result is
+// the same bit for bit.
 // Single-threaded, no allocation.
 #pragma once
 
@@ -45,17 +50,32 @@ void gemm_ukernel(const float* a, std::size_t lda, const float* b, std::size_t p
 #pragma GCC unroll 16
     for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = V(0.0f);
   }
+  auto b_vec = [&](std::size_t k, std::size_t v) {
+    return V::load_aligned(b + (v / kPv) * panel_stride + k * kPanel + (v % kPv) * kW);
+  };
   for (std::size_t k = 0; k < kc; ++k) {
-    V bv[kNv];
+    if constexpr (kNv > kRows) {
+      // Wide tile: the rows' broadcasts stay in registers and B comes one vector at a time
+      // (all of B's vectors of this k would not fit beside the accumulators).
+      V av[kRows];
 #pragma GCC unroll 16
-    for (std::size_t v = 0; v < kNv; ++v) {
-      bv[v] = V::load_aligned(b + (v / kPv) * panel_stride + k * kPanel + (v % kPv) * kW);
-    }
+      for (std::size_t r = 0; r < kRows; ++r) av[r] = V(a[r * lda + k]);
+#pragma GCC unroll 32
+      for (std::size_t v = 0; v < kNv; ++v) {
+        const V bv = b_vec(k, v);
 #pragma GCC unroll 16
-    for (std::size_t r = 0; r < kRows; ++r) {
-      const V av(a[r * lda + k]);
+        for (std::size_t r = 0; r < kRows; ++r) acc[r][v] = madd<Arch>(av[r], bv, acc[r][v]);
+      }
+    } else {
+      V bv[kNv];
 #pragma GCC unroll 16
-      for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = madd<Arch>(av, bv[v], acc[r][v]);
+      for (std::size_t v = 0; v < kNv; ++v) bv[v] = b_vec(k, v);
+#pragma GCC unroll 16
+      for (std::size_t r = 0; r < kRows; ++r) {
+        const V av(a[r * lda + k]);
+#pragma GCC unroll 16
+        for (std::size_t v = 0; v < kNv; ++v) acc[r][v] = madd<Arch>(av, bv[v], acc[r][v]);
+      }
     }
   }
 #pragma GCC unroll 16
@@ -80,9 +100,49 @@ void gemm_ukernel(const float* a, std::size_t lda, const float* b, std::size_t p
   }
 }
 
+/// Panels per micro-tile for a call of kRows < kMr rows in all: as many accumulators as the full
+/// tile has (kMr x kNp panels), at most kMaxFewRowPanels panels (B streams).
+template <class Arch, std::size_t kRows>
+constexpr std::size_t few_row_panels() {
+  constexpr std::size_t kFull = GemmTile<Arch>::kMr * GemmTile<Arch>::kNp;
+  constexpr std::size_t kPanels = kFull / kRows;
+  return kPanels < 1 ? 1 : kPanels > kMaxFewRowPanels ? kMaxFewRowPanels : kPanels;
+}
+
+/// gemm() for a call of kRows < kMr rows: one row block, kPanels panels per micro-tile, the last
+/// group of panels one panel at a time.
+template <class Arch, std::size_t kRows>
+void gemm_few_rows(const GemmArgs& g) {
+  constexpr std::size_t kPanels = few_row_panels<Arch, kRows>();
+  constexpr std::size_t kGroup = kPanels * kPanel;
+  const std::size_t panel_stride = g.k * kPanel;
+  for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
+    const std::size_t kc = std::min(kKc, g.k - k0);
+    const bool first = k0 == 0;
+    const float* a = g.a + k0;
+    std::size_t j0 = 0;
+    for (; j0 + kGroup <= g.n; j0 += kGroup) {
+      const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
+      const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
+      gemm_ukernel<Arch, kRows, kPanels>(a, g.lda, b, panel_stride, kc, g.c + j0, g.ldc, kGroup,
+                                         bias, first);
+    }
+    for (; j0 < g.n; j0 += kPanel) {
+      const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
+      const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
+      gemm_ukernel<Arch, kRows, 1>(a, g.lda, b, panel_stride, kc, g.c + j0, g.ldc,
+                                   std::min(kPanel, g.n - j0), bias, first);
+    }
+  }
+}
+
 template <class Arch>
 void gemm(const GemmArgs& g) {
   constexpr std::size_t kMr = GemmTile<Arch>::kMr;
+  if (g.m < kMr) {
+    with_rows<kMr - 1>(g.m, [&](auto r) { gemm_few_rows<Arch, decltype(r)::value>(g); });
+    return;
+  }
   constexpr std::size_t kNp = GemmTile<Arch>::kNp;
   constexpr std::size_t kGroup = kNp * kPanel;  // columns per micro-tile
   const std::size_t panel_stride = g.k * kPanel;
