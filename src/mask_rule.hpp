@@ -1,10 +1,14 @@
-// The caller's Mask and causal option for a whole call, turned into the kernels' per-(batch,
-// head) KeyRule (kernels/key_rule.hpp holds the rule itself).
+// The caller's mask, causal option and score modifications for a whole call, turned into the
+// kernels' per-(batch, head) KeyRule (kernels/key_rule.hpp holds the rule itself) and
+// ScoreMods (kernels/attention/score_mods.hpp). Validated by the API layer (validate.hpp's
+// resolve_rule); {mask, causal, lq, lk} alone is the plain rule.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "kernels/attention/score_mods.hpp"
 #include "kernels/key_rule.hpp"
 #include "simdattn/types.hpp"
 
@@ -15,6 +19,12 @@ struct MaskRule {
   Causal causal = Causal::none;
   std::size_t lq = 0;
   std::size_t lk = 0;
+  Bias bias{};                   // data == nullptr: none; bias.lk == lk
+  std::size_t window = 0;        // 0: none; only with causal
+  KeyPadding key_padding{};      // data == nullptr: none; [N, lk], nonzero = padding
+  float softcap = 0.0f;          // 0: none
+  std::vector<float> alibi{};    // slopes per query head; empty: no ALiBi
+  const float* sinks = nullptr;  // one per query head, or nullptr
 
   /// The mask's row for (batch b, head h, query i): lk bytes (or 1 when mask.lk == 1),
   /// or nullptr without a mask.
@@ -29,6 +39,17 @@ struct MaskRule {
   std::size_t mask_head_stride() const {
     return mask.data != nullptr && mask.h != 1 ? mask.lq * mask.lk : 0;
   }
+  /// The bias's row 0 for (batch b, head h), or nullptr without a bias.
+  const float* bias_rows(std::size_t b, std::size_t h) const {
+    if (bias.data == nullptr) return nullptr;
+    const std::size_t bb = bias.n == 1 ? 0 : b;
+    const std::size_t bh = bias.h == 1 ? 0 : h;
+    return bias.data + (bb * bias.h + bh) * bias.lq * bias.lk;
+  }
+  /// Bias rows of consecutive heads are this far apart (0 when it broadcasts over heads).
+  std::size_t bias_head_stride() const {
+    return bias.data != nullptr && bias.h != 1 ? bias.lq * bias.lk : 0;
+  }
   /// The rule for the query rows of (batch b, head h), row i being query i of the call.
   kernels::KeyRule for_head(std::size_t b, std::size_t h) const {
     kernels::KeyRule r;
@@ -41,7 +62,24 @@ struct MaskRule {
     r.mask = mask_row(b, h, 0);
     r.mask_row_stride = mask.data != nullptr && mask.lq != 1 ? mask.lk : 0;
     r.mask_lk = mask.lk;
+    r.window = r.causal ? window : 0;
+    r.padding = key_padding.data != nullptr ? key_padding.data + b * lk : nullptr;
+    r.bias = bias_rows(b, h);
+    r.bias_row_stride = bias.data != nullptr && bias.lq != 1 ? bias.lk : 0;
     return r;
+  }
+  /// The score modifications of query head h.
+  kernels::ScoreMods mods_for_head(std::size_t h) const {
+    kernels::ScoreMods m;
+    m.softcap = softcap;
+    if (!alibi.empty()) m.alibi_slope = alibi[h];
+    if (sinks != nullptr) m.sink = sinks[h];
+    return m;
+  }
+  /// True if the call uses any score modification or visibility rule beyond mask and causal.
+  bool has_variants() const {
+    return bias.data != nullptr || window != 0 || key_padding.data != nullptr || softcap != 0.0f ||
+           !alibi.empty() || sinks != nullptr;
   }
 };
 

@@ -245,6 +245,10 @@ std::size_t bytes_of(const ConstTensorView& t) {
 
 namespace {
 
+detail::WeightsOut<float> weights_out(const Options& o) {
+  return {o.weights.data, o.weights.average_heads};
+}
+
 // A validated forward() call.
 struct ForwardCall {
   std::size_t n, lq, lk, heads, d;
@@ -276,7 +280,8 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
                             ", the query needs " + detail::shape_string(query.n, query.l, e));
   }
   const std::size_t n = query.n, lq = query.l, lk = keys.l, d = e / heads;
-  detail::check_mask(where, mask, n, heads, lq, lk);
+  detail::MaskRule rule = detail::resolve_rule(where, mask, options, n, heads, lq, lk);
+  const bool weights = detail::check_weights(where, options, n, heads, lq, lk);
   const float scale = detail::resolve_scale(where, options, d);
   const int threads = detail::resolve_threads(where, options);
   const std::size_t out_bytes = bytes_of(out_c);
@@ -287,9 +292,16 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
                    "not supported");
     }
   }
-  if (mask.data != nullptr &&
-      detail::overlaps(out.data, out_bytes, mask.data, mask.n * mask.h * mask.lq * mask.lk)) {
-    detail::fail(where, "out overlaps the mask");
+  std::vector<detail::ByteRange> inputs = detail::option_inputs(mask, options, n, lk);
+  detail::check_apart(where, {out.data, out_bytes, "out"}, inputs);
+  if (weights) {
+    inputs.push_back({values.data, bytes_of(values), "values"});
+    inputs.push_back({keys.data, bytes_of(keys), "keys"});
+    inputs.push_back({query.data, bytes_of(query), "query"});
+    inputs.push_back({out.data, out_bytes, "out"});
+    detail::check_apart(
+        where, {options.weights.data, options.weights.size * sizeof(float), "options.weights"},
+        inputs);
   }
   // The scratch holds at most 4 activations. Shapes whose own byte counts fit can still make
   // that count overflow: an error before any allocation, never a wrapped-around small buffer
@@ -299,7 +311,7 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
     detail::fail(where, "the scratch of 4 activations of " + std::to_string(largest) +
                             " floats overflows size_t");
   }
-  return {n, lq, lk, heads, d, scale, threads, detail::MaskRule{mask, options.causal, lq, lk}};
+  return {n, lq, lk, heads, d, scale, threads, std::move(rule)};
 }
 
 }  // namespace
@@ -325,7 +337,7 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
                                             reference::multi_head_attention_scratch(n, lq, lk, e));
     reference::multi_head_attention<float>(values.data, keys.data, query.data, n, lk, lq, e, heads,
                                            w, c.rule, c.scale, options.masked_rows, out.data,
-                                           scratch);
+                                           scratch, weights_out(options));
     return;
   }
 
@@ -366,6 +378,7 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
   p.rule = c.rule;
   p.scale = c.scale;
   p.policy = options.masked_rows;
+  p.weights = weights_out(options);
   detail::run_attention(table, p, c.threads);
   detail::run_linear(*table, attn, n * lq, m.packed[3].view, m.bias[3].data(), out.data, e,
                      c.threads);

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
+
+#include "simdattn/attention.hpp"
 
 namespace simdattn::detail {
 
@@ -104,6 +107,203 @@ void check_mask(const char* where, const Mask& mask, std::size_t n, std::size_t 
   }
   checked_mul(where, "mask size", checked_mul(where, "mask size", mask.n, mask.h), mask.lq,
               mask.lk);
+}
+
+namespace {
+
+std::string dims(std::size_t count, std::size_t stride) {
+  return std::to_string(count) + " x stride " + std::to_string(stride);
+}
+
+std::string float_string(float x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));
+  return buf;
+}
+
+// Checks a per-head parameter: `size` == h, finite values; `what` names it.
+void check_per_head(const char* where, const char* what, const PerHead& p, std::size_t h) {
+  if (p.data == nullptr) {
+    fail(where,
+         std::string(what) + ".data is null but " + what + ".size is " + std::to_string(p.size));
+  }
+  if (p.size != h) {
+    fail(where, std::string(what) + " has " + std::to_string(p.size) +
+                    " values, one per query head needs H = " + std::to_string(h));
+  }
+  for (std::size_t j = 0; j < h; ++j) {
+    if (!std::isfinite(p.data[j])) {
+      fail(where, std::string(what) + "[" + std::to_string(j) + "] must be finite, got " +
+                      float_string(p.data[j]));
+    }
+  }
+}
+
+}  // namespace
+
+Heads<const float> resolve_heads(const char* where, const char* name, const ConstHeadsView& view) {
+  if (view.data == nullptr) fail(where, std::string(name) + ".data is null");
+  if (view.n == 0 || view.l == 0 || view.h == 0 || view.d == 0) {
+    fail(where, std::string(name) + " has a zero size: [N, L, H, D] = " +
+                    shape_string(view.n, view.l, view.h, view.d));
+  }
+  const std::size_t hd = checked_mul(where, name, view.h, view.d);
+  const std::size_t hs = view.head_stride == 0 ? view.d : view.head_stride;
+  const bool heads_in_row = hs == view.d;
+  if (hs < view.d && view.h > 1) {
+    fail(where, std::string(name) + ".head_stride (" + std::to_string(hs) +
+                    ") is smaller than D (" + std::to_string(view.d) + ")");
+  }
+  const std::size_t row = view.row_stride != 0 ? view.row_stride : heads_in_row ? hd : view.d;
+  if (heads_in_row && view.l > 1 && row < hd) {
+    fail(where, std::string(name) + ".row_stride (" + std::to_string(row) +
+                    ") is smaller than H * D (" + std::to_string(hd) + ")");
+  }
+  const std::size_t batch = view.batch_stride != 0 ? view.batch_stride
+                                                   : std::max(checked_mul(where, name, view.l, row),
+                                                              checked_mul(where, name, view.h, hs));
+  // The last element's offset must be representable.
+  checked_mul(where, name, view.n - 1, batch, 1);
+  checked_mul(where, name, view.l, row, 1);
+  checked_mul(where, name, view.h, hs, 1);
+  // No element twice: nested from the smallest stride up, each stride must clear the extent of
+  // the dimensions inside it (rows inside heads, heads inside rows, or any order of batches).
+  struct Dim {
+    std::size_t count, stride;
+    const char* what;
+  };
+  Dim ds[] = {
+      {view.l, row, "row_stride"}, {view.h, hs, "head_stride"}, {view.n, batch, "batch_stride"}};
+  std::stable_sort(std::begin(ds), std::end(ds),
+                   [](const Dim& a, const Dim& b) { return a.stride < b.stride; });
+  std::size_t extent = view.d;
+  for (const Dim& dm : ds) {
+    if (dm.count == 1) continue;
+    if (dm.stride < extent) {
+      if (heads_in_row && std::string(dm.what) == "batch_stride") {
+        fail(where, std::string(name) + ".batch_stride (" + std::to_string(batch) +
+                        ") makes batches overlap (rows need " + std::to_string(extent) + ")");
+      }
+      fail(where, std::string(name) + "." + dm.what + " (" + std::to_string(dm.stride) +
+                      ") makes elements overlap: [N, L, H] = " + dims(view.n, batch) + ", " +
+                      dims(view.l, row) + ", " + dims(view.h, hs) +
+                      " with D = " + std::to_string(view.d));
+    }
+    extent = (dm.count - 1) * dm.stride + extent;
+  }
+  return {view.data, view.n, view.l, view.h, view.d, row, batch, hs};
+}
+
+MaskRule resolve_rule(const char* where, const Mask& mask, const Options& options, std::size_t n,
+                      std::size_t h, std::size_t lq, std::size_t lk) {
+  check_mask(where, mask, n, h, lq, lk);
+  MaskRule rule{mask, options.causal, lq, lk};
+  const Bias& bias = options.bias;
+  if (bias.data != nullptr) {
+    auto dim_ok = [](std::size_t m, std::size_t full) { return m == 1 || m == full; };
+    if (!dim_ok(bias.n, n) || !dim_ok(bias.h, h) || !dim_ok(bias.lq, lq) || bias.lk != lk) {
+      fail(where, "options.bias of shape " + shape_string(bias.n, bias.h, bias.lq, bias.lk) +
+                      " does not broadcast to [N, H, Lq, Lk] = " + shape_string(n, h, lq, lk) +
+                      " (N, H and Lq must be 1 or the full size, Lk the full size)");
+    }
+    checked_mul(where, "options.bias size", checked_mul(where, "options.bias size", bias.n, bias.h),
+                bias.lq, bias.lk);
+    rule.bias = bias;
+  }
+  if (options.window) {
+    const std::size_t w = *options.window;
+    if (w == 0) fail(where, "options.window must be >= 1 (unset for no window), got 0");
+    if (options.causal == Causal::none) {
+      fail(where, "options.window = " + std::to_string(w) +
+                      " needs options.causal (top_left or bottom_right): the window ends at each "
+                      "query's causal end");
+    }
+    rule.window = w;
+  }
+  const KeyPadding& pad = options.key_padding;
+  if (pad.data != nullptr) {
+    if (pad.n != n || pad.lk != lk) {
+      fail(where, "options.key_padding of shape [" + std::to_string(pad.n) + ", " +
+                      std::to_string(pad.lk) + "] must be [N, Lk] = [" + std::to_string(n) + ", " +
+                      std::to_string(lk) + "]");
+    }
+    rule.key_padding = pad;
+  }
+  if (options.softcap) {
+    const float c = *options.softcap;
+    if (!std::isfinite(c) || !(c > 0.0f)) {
+      fail(where,
+           "options.softcap must be finite and > 0 (unset for none), got " + float_string(c));
+    }
+    rule.softcap = c;
+  }
+  if (options.alibi.enabled) {
+    if (options.alibi.slopes.data == nullptr && options.alibi.slopes.size == 0) {
+      rule.alibi = alibi_slopes(h);
+    } else {
+      check_per_head(where, "options.alibi.slopes", options.alibi.slopes, h);
+      rule.alibi.assign(options.alibi.slopes.data, options.alibi.slopes.data + h);
+    }
+  } else if (options.alibi.slopes.data != nullptr) {
+    fail(where, "options.alibi.slopes is set but options.alibi.enabled is false");
+  }
+  if (options.sinks.data != nullptr || options.sinks.size != 0) {
+    check_per_head(where, "options.sinks", options.sinks, h);
+    rule.sinks = options.sinks.data;
+  }
+  return rule;
+}
+
+bool check_weights(const char* where, const Options& options, std::size_t n, std::size_t h,
+                   std::size_t lq, std::size_t lk) {
+  const AttentionWeights& w = options.weights;
+  if (w.data == nullptr) {
+    if (w.size != 0) {
+      fail(where,
+           "options.weights.data is null but options.weights.size is " + std::to_string(w.size));
+    }
+    return false;
+  }
+  const std::size_t heads = w.average_heads ? 1 : h;
+  const std::size_t need =
+      checked_mul(where, "options.weights size", checked_mul(where, "", n, heads), lq, lk);
+  if (w.size != need) {
+    fail(where, "options.weights.size is " + std::to_string(w.size) + " floats, " +
+                    (w.average_heads ? "[N, Lq, Lk] = " + shape_string(n, lq, lk)
+                                     : "[N, H, Lq, Lk] = " + shape_string(n, h, lq, lk)) +
+                    " needs " + std::to_string(need));
+  }
+  return true;
+}
+
+std::vector<ByteRange> option_inputs(const Mask& mask, const Options& options, std::size_t n,
+                                     std::size_t lk) {
+  std::vector<ByteRange> r;
+  if (mask.data != nullptr)
+    r.push_back({mask.data, mask.n * mask.h * mask.lq * mask.lk, "the mask"});
+  const Bias& b = options.bias;
+  if (b.data != nullptr) {
+    r.push_back({b.data, b.n * b.h * b.lq * b.lk * sizeof(float), "options.bias"});
+  }
+  if (options.key_padding.data != nullptr) {
+    r.push_back({options.key_padding.data, n * lk, "options.key_padding"});
+  }
+  if (options.alibi.slopes.data != nullptr) {
+    r.push_back({options.alibi.slopes.data, options.alibi.slopes.size * sizeof(float),
+                 "options.alibi.slopes"});
+  }
+  if (options.sinks.data != nullptr) {
+    r.push_back({options.sinks.data, options.sinks.size * sizeof(float), "options.sinks"});
+  }
+  return r;
+}
+
+void check_apart(const char* where, const ByteRange& output, const std::vector<ByteRange>& inputs) {
+  for (const ByteRange& in : inputs) {
+    if (overlaps(output.data, output.bytes, in.data, in.bytes)) {
+      fail(where, std::string(output.name) + " overlaps " + in.name);
+    }
+  }
 }
 
 bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {

@@ -27,6 +27,7 @@
 #include "random.hpp"
 #include "reference/reference.hpp"
 #include "simdattn/simdattn.hpp"
+#include "validate.hpp"
 
 namespace simdattn::test {
 
@@ -67,36 +68,60 @@ inline double resolved_scale(const Options& options, std::size_t head_dim) {
 /// A dense [n, l, h, d] copy of a (possibly strided) heads view.
 template <class T>
 std::vector<T> gather(const HeadsView<const float>& v) {
-  const std::size_t row = v.row_stride != 0 ? v.row_stride : v.h * v.d;
-  const std::size_t batch = v.batch_stride != 0 ? v.batch_stride : v.l * row;
+  const auto r = detail::resolve_heads("gather", "view", v);
   std::vector<T> out;
   out.reserve(v.n * v.l * v.h * v.d);
   for (std::size_t b = 0; b < v.n; ++b) {
     for (std::size_t i = 0; i < v.l; ++i) {
-      const float* r = v.data + b * batch + i * row;
-      out.insert(out.end(), r, r + v.h * v.d);
+      for (std::size_t j = 0; j < v.h; ++j) {
+        const float* x = r.at(b, i, j);
+        out.insert(out.end(), x, x + v.d);
+      }
     }
   }
   return out;
 }
 
-/// The double oracle of scaled_dot_product_attention(): a dense [N, Lq, H, D] result.
-inline std::vector<double> oracle_sdpa(const ConstHeadsView& q, const ConstHeadsView& k,
-                                       const ConstHeadsView& v, const Mask& mask = {},
-                                       const Options& options = {}) {
+/// What the double oracle of scaled_dot_product_attention() computes: a dense [N, Lq, H, Dv]
+/// output, each row's log-sum-exp [N, H, Lq], and the weights if options.weights asks for them
+/// ([N, H, Lq, Lk] or [N, Lq, Lk]).
+struct OracleResult {
+  std::vector<double> out, lse, weights;
+};
+
+/// The double oracle of scaled_dot_product_attention() with every option (mask, causal, the
+/// score modifications, weights), read from `options` as the library reads them.
+inline OracleResult oracle_sdpa_all(const ConstHeadsView& q, const ConstHeadsView& k,
+                                    const ConstHeadsView& v, const Mask& mask = {},
+                                    const Options& options = {}) {
   const auto qd = gather<double>(q), kd = gather<double>(k), vd = gather<double>(v);
-  std::vector<double> out(q.n * q.l * q.h * q.d);
-  const std::size_t hd = q.h * q.d;
-  const std::size_t kvd = k.h * k.d;  // fewer heads than q with grouped-query attention
+  OracleResult r;
+  r.out.resize(q.n * q.l * q.h * v.d);
+  r.lse.resize(q.n * q.h * q.l);
+  detail::WeightsOut<double> w;
+  if (options.weights.data != nullptr) {
+    w.average_heads = options.weights.average_heads;
+    r.weights.resize(q.n * (w.average_heads ? 1 : q.h) * q.l * k.l);
+    w.data = r.weights.data();
+  }
+  const std::size_t hd = q.h * q.d, hv = q.h * v.d;
+  const std::size_t kvd = k.h * k.d, kvv = v.h * v.d;  // fewer heads than q with GQA
   using CH = reference::Heads<const double>;
   reference::attention<double>(
       CH{qd.data(), q.n, q.l, q.h, q.d, hd, q.l * hd},
       CH{kd.data(), k.n, k.l, k.h, k.d, kvd, k.l * kvd},
-      CH{vd.data(), v.n, v.l, v.h, v.d, kvd, v.l * kvd},
-      reference::Heads<double>{out.data(), q.n, q.l, q.h, q.d, hd, q.l * hd},
-      detail::MaskRule{mask, options.causal, q.l, k.l}, resolved_scale(options, q.d),
-      options.masked_rows);
-  return out;
+      CH{vd.data(), v.n, v.l, v.h, v.d, kvv, v.l * kvv},
+      reference::Heads<double>{r.out.data(), q.n, q.l, q.h, v.d, hv, q.l * hv},
+      detail::resolve_rule("oracle", mask, options, q.n, q.h, q.l, k.l),
+      resolved_scale(options, q.d), options.masked_rows, r.lse.data(), w);
+  return r;
+}
+
+/// The double oracle of scaled_dot_product_attention(): a dense [N, Lq, H, Dv] result.
+inline std::vector<double> oracle_sdpa(const ConstHeadsView& q, const ConstHeadsView& k,
+                                       const ConstHeadsView& v, const Mask& mask = {},
+                                       const Options& options = {}) {
+  return oracle_sdpa_all(q, k, v, mask, options).out;
 }
 
 /// The double oracle of MultiHeadAttention::forward() with the module's current weights:
@@ -104,7 +129,8 @@ inline std::vector<double> oracle_sdpa(const ConstHeadsView& q, const ConstHeads
 inline std::vector<double> oracle_forward(const MultiHeadAttention& m,
                                           const ConstTensorView& values,
                                           const ConstTensorView& keys, const ConstTensorView& query,
-                                          const Mask& mask = {}, const Options& options = {}) {
+                                          const Mask& mask = {}, const Options& options = {},
+                                          double* attention_weights = nullptr) {
   const std::size_t e = m.embed_size();
   std::vector<double> w[4], b[4];
   const Projection projections[4] = {Projection::query, Projection::key, Projection::value,
@@ -122,8 +148,11 @@ inline std::vector<double> oracle_forward(const MultiHeadAttention& m,
   std::vector<double> out(query.n * query.l * e), scratch;
   reference::multi_head_attention<double>(
       vd.data(), kd.data(), qd.data(), query.n, keys.l, query.l, e, m.heads(), weights,
-      detail::MaskRule{mask, options.causal, query.l, keys.l},
-      resolved_scale(options, m.head_dim()), options.masked_rows, out.data(), scratch);
+      detail::resolve_rule("oracle", mask, options, query.n, m.heads(), query.l, keys.l),
+      resolved_scale(options, m.head_dim()), options.masked_rows, out.data(), scratch,
+      attention_weights == nullptr
+          ? detail::WeightsOut<double>{}
+          : detail::WeightsOut<double>{attention_weights, options.weights.average_heads});
   return out;
 }
 

@@ -211,7 +211,7 @@ TEST_CASE("scaled_dot_product_attention errors", "[errors]") {
     CHECK_INVALID(scaled_dot_product_attention(q, k2, k, out),
                   where + "batch sizes N differ: query has 1, keys has 2");
     CHECK_INVALID(scaled_dot_product_attention(q, k, k3h, out),
-                  where + "heads H differ: query has 2, values has 3");
+                  where + "heads H differ: keys has 2, values has 3");
     CHECK_INVALID(scaled_dot_product_attention(q, k4d, k, out),
                   where + "head_dim D differ: query has 3, keys has 4");
     CHECK_INVALID(scaled_dot_product_attention(q, k, k4, out),

@@ -49,8 +49,73 @@ struct Mask {
   std::size_t lk = 1;
 };
 
+/// An additive float bias on the scores (PyTorch's float attn_mask, ONNX Runtime's
+/// attention_bias, ggml's mask), row-major [n, h, lq, lk] in the caller's memory. n, h and lq
+/// are each the full size or 1 (a 1 broadcasts, as for Mask); lk is the full key length.
+/// An entry of -inf hides its key exactly as a 0 of the keep-mask does (no weight; a row whose
+/// every key is hidden follows Options::masked_rows); other entries, NaN included, are added.
+/// `data == nullptr` means no bias.
+struct Bias {
+  const float* data = nullptr;
+  std::size_t n = 1;
+  std::size_t h = 1;
+  std::size_t lq = 1;
+  std::size_t lk = 1;
+};
+
+/// One float per query head in the caller's memory: data[j] for head j; `size` must be H.
+struct PerHead {
+  const float* data = nullptr;
+  std::size_t size = 0;
+};
+
+/// ALiBi (Press et al., "Train Short, Test Long"): the bias slope_j * (k - p_i) on the score of
+/// query i and key k in head j, computed in the kernels (no tensor), where p_i = i + the causal
+/// alignment's offset (0 for top_left and without causal, Lk - Lq for bottom_right) is the
+/// query's position among the keys. Without a causal mask this is BLOOM's slope * (k - i), which
+/// softmax makes equal to slope * k; it is not the symmetric -slope * |k - i|.
+struct Alibi {
+  bool enabled = false;
+  /// The slopes, one per query head, finite; data == nullptr: alibi_slopes(H) (attention.hpp),
+  /// the paper's geometric series.
+  PerHead slopes;
+};
+
+/// PyTorch's key_padding_mask, [n, lk] uint8 in the caller's memory with PyTorch's convention:
+/// nonzero = padding, a key that no query of that batch sees; 0 = a real key. Combines with the
+/// mask, the bias and causal: a key must pass all of them. `data == nullptr` means none.
+struct KeyPadding {
+  const std::uint8_t* data = nullptr;
+  std::size_t n = 0;
+  std::size_t lk = 0;
+};
+
+/// Where the attention weights go when the caller asks for them (PyTorch's need_weights): the
+/// softmax probabilities P[b, j, i, k] that the output used, row-major [N, H, Lq, Lk], or with
+/// average_heads their mean over the H query heads, [N, Lq, Lk] (PyTorch's default
+/// average_attn_weights=True). Hidden keys get 0; a row that sees no key gets 1/Lk per key under
+/// MaskedRows::uniform (what its output averages) and 0 under MaskedRows::zeros or with a sink.
+/// `size` is the number of floats at `data` and must be exactly that shape's. Opt-in: with
+/// `data == nullptr` (the default) nothing of size Lq x Lk is computed or allocated.
+struct AttentionWeights {
+  float* data = nullptr;
+  std::size_t size = 0;
+  bool average_heads = false;
+};
+
 /// Per-call options. Defaults: scale 1/sqrt(head_dim), no causal mask, the tutorial's uniform
-/// policy for fully masked rows, the optimized path, OpenMP's default thread count.
+/// policy for fully masked rows, the optimized path, OpenMP's default thread count, and none of
+/// the score modifications.
+///
+/// Scores. For query i, key k and head j, in this order (as Gemma 2 and ggml do it):
+///     s = scale * <q_i, k_k>
+///     s = softcap * tanh(s / softcap)                       if softcap is set
+///     s = s + bias[b, j, i, k] + slope_j * (k - p_i)        if a bias / ALiBi is given
+///     keys hidden by causal, window, mask, key_padding or a -inf bias get no weight
+///     P = exp(s - lse_i),  lse_i = log(sum over visible keys k of exp(s_k) + exp(sink_j))
+/// The sink term is present only with sinks. A row with no visible key returns the
+/// masked_rows policy's answer, except with sinks, where it returns zeros (the sink takes all
+/// the weight) under either policy.
 struct Options {
   /// Multiplies Q K^T. Unset: 1/sqrt(head_dim), as in the equation and in PyTorch.
   /// The tutorial's code divides by sqrt(embed_size): use `tutorial_scale(embed_size)`.
@@ -67,6 +132,27 @@ struct Options {
   /// library never changes the caller's OpenMP settings. Results are bitwise identical for every
   /// thread count.
   int threads = 0;
+
+  // ---- score modifications and extra outputs (see "Scores" above) ----
+
+  /// Logit soft-capping (Gemma 2's attn_logit_softcapping, ggml's logit_softcap): must be
+  /// finite and > 0 when set.
+  std::optional<float> softcap;
+  /// Additive float bias; combines with the mask, causal and ALiBi.
+  Bias bias;
+  /// Linear position biases without a tensor.
+  Alibi alibi;
+  /// Sliding-window (local) attention: query i sees at most the last `window` keys up to its
+  /// causal end, key k when i + offset - window < k <= i + offset (offset as for Causal), so
+  /// the cost grows with L x window, not L^2. Needs a causal alignment; must be >= 1 when set.
+  std::optional<std::size_t> window;
+  /// Attention sinks (gpt-oss, ONNX Runtime's head_sink): one finite logit per query head that
+  /// joins every row's softmax denominator and contributes no value.
+  PerHead sinks;
+  /// PyTorch's key_padding_mask ([N, Lk], nonzero = padding).
+  KeyPadding key_padding;
+  /// The attention probabilities, if wanted (PyTorch's need_weights).
+  AttentionWeights weights;
 };
 
 /// The largest Options::threads accepted. OpenMP runtimes crash or abort the process when asked
@@ -87,9 +173,15 @@ struct TensorView {
 using ConstTensorView = TensorView<const float>;
 
 /// An [n, l, h, d] view of attention heads: element (b, i, j, k) is at
-/// data[b * batch_stride + i * row_stride + j * d + k]. A zero stride means dense
-/// (row_stride = h * d, batch_stride = l * row_stride), so the heads of an [N, L, E] buffer
-/// are used in place with the defaults, and a larger row_stride selects a slice of a wider row.
+/// data[b * batch_stride + i * row_stride + j * head_stride + k]. A zero stride means dense:
+///   head_stride = d;
+///   row_stride = h * head_stride when head_stride is d (heads inside a row: [N, L, H, D]),
+///                d otherwise (rows inside a head: [N, H, L, D]);
+///   batch_stride = max(l * row_stride, h * head_stride).
+/// So the heads of an [N, L, E] buffer are used in place with the defaults, a larger
+/// row_stride selects a slice of a wider row, and PyTorch's and ONNX's [N, H, L, D] tensors are
+/// used in place with head_stride = L * D (nhld_view() below). Views may not overlap
+/// themselves (two elements at one address).
 template <class T>
 struct HeadsView {
   T* data = nullptr;
@@ -99,8 +191,16 @@ struct HeadsView {
   std::size_t d = 0;
   std::size_t row_stride = 0;
   std::size_t batch_stride = 0;
+  std::size_t head_stride = 0;
 };
 using ConstHeadsView = HeadsView<const float>;
+
+/// A dense [n, h, l, d] tensor (PyTorch's scaled_dot_product_attention layout, ONNX's default)
+/// as a HeadsView; sizes in memory order.
+template <class T>
+HeadsView<T> nhld_view(T* data, std::size_t n, std::size_t h, std::size_t l, std::size_t d) {
+  return {data, n, l, h, d, d, h * l * d, l * d};
+}
 
 /// An owning row-major [n, l, e] float tensor: the convenient result of forward().
 class Tensor {

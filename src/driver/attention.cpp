@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "driver/attention_weights.hpp"
 #include "driver/parallel.hpp"
 #include "driver/scratch.hpp"
 #include "fp_env.hpp"
@@ -117,14 +118,33 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
 
 }  // namespace
 
+bool kernels_run(const AttentionProblem& p) {
+  // Score modifications, windows, key padding and Dv != Dk run on the reference until the
+  // kernels have them.
+  return p.v.d == p.q.d && !p.rule.has_variants();
+}
+
 void run_attention(const kernels::KernelTable* table, const AttentionProblem& p, int threads) {
-  if (table == nullptr) {
-    reference::attention<float>(p.q, p.k, p.v, p.out, p.rule, p.scale, p.policy, p.lse);
-  } else if (p.q.l <= kernels::kDecodeMaxLq) {
-    run_decode(*table, p, threads);
-  } else {
-    run_tiles(*table, p, threads);
+  if (table == nullptr || !kernels_run(p)) {
+    reference::attention<float>(p.q, p.k, p.v, p.out, p.rule, p.scale, p.policy, p.lse, p.weights);
+    return;
   }
+  const AttentionProblem* run = &p;
+  AttentionProblem with_lse;
+  if (p.weights.data != nullptr && p.lse == nullptr) {
+    // The weights are recomputed from each row's log-sum-exp.
+    with_lse = p;
+    with_lse.lse = thread_scratch(ScratchSlot::lse, p.q.n * p.q.h * p.q.l);
+    run = &with_lse;
+  }
+  // The decode kernel reads the heads of a row side by side; other layouts take the tiles.
+  const bool dense = p.q.heads_dense() && p.k.heads_dense() && p.v.heads_dense();
+  if (p.q.l <= kernels::kDecodeMaxLq && dense) {
+    run_decode(*table, *run, threads);
+  } else {
+    run_tiles(*table, *run, threads);
+  }
+  if (p.weights.data != nullptr) write_attention_weights(*table, *run, threads);
 }
 
 }  // namespace simdattn::detail

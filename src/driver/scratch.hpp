@@ -10,6 +10,8 @@ enum class ScratchSlot {
   kernel,       ///< a kernel task's working set (attention_scratch_floats, decode_scratch_floats)
   activations,  ///< the module's projected Q, K, V and concatenated heads
   partials,     ///< decode slices' partial results, merged after the parallel region
+  lse,          ///< rows' log-sum-exp when only the attention weights need them
+  weights,      ///< a weights task's packed keys and score rows
   kCount
 };
 
