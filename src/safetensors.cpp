@@ -10,6 +10,8 @@
 #include <limits>
 #include <utility>
 
+#include "half.hpp"
+
 #ifdef SIMDATTN_HAVE_NLOHMANN_JSON
 #include <nlohmann/json.hpp>
 #endif
@@ -51,38 +53,6 @@ std::size_t dtype_size(const std::string& dtype) {
 
 bool is_float_dtype(const std::string& dtype) {
   return dtype == "F32" || dtype == "F16" || dtype == "BF16";
-}
-
-float bf16_to_float(std::uint16_t h) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-float f16_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exponent = (h >> 10) & 0x1fu;
-  std::uint32_t mantissa = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exponent == 0x1f) {  // infinity or NaN, payload kept
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {
-    // A subnormal half is a normal float: shift the mantissa up to its implicit bit.
-    int e = 127 - 15 + 1;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --e;
-    }
-    bits = sign | (static_cast<std::uint32_t>(e) << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
 }
 
 // The 8-byte little-endian header length, checked against the bytes that follow it.
@@ -342,7 +312,7 @@ std::vector<float> SafetensorsFile::read_float(const std::string& tensor) const 
   } else if (e.dtype == "F16" || e.dtype == "BF16") {
     std::vector<std::uint16_t> raw(n);
     read_range(e.begin, n * sizeof(std::uint16_t), raw.data());
-    auto convert = e.dtype == "F16" ? f16_to_float : bf16_to_float;
+    auto convert = e.dtype == "F16" ? detail::f16_to_float : detail::bf16_to_float;
     std::transform(raw.begin(), raw.end(), out.begin(), convert);
   } else {
     fail(name_, "wrong dtype: tensor '" + tensor + "' is " + e.dtype +

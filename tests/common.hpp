@@ -156,6 +156,24 @@ inline std::vector<double> oracle_forward(const MultiHeadAttention& m,
   return out;
 }
 
+/// True if a and b hold the same floats bit for bit.
+inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+/// A KvCache's configuration, in one line.
+inline KvCacheConfig cache_config(std::size_t blocks, std::size_t kv_heads, std::size_t head_dim,
+                                  KvStorage storage = KvStorage::f32,
+                                  std::size_t block_tokens = 64) {
+  KvCacheConfig c;
+  c.blocks = blocks;
+  c.kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.storage = storage;
+  c.block_tokens = block_tokens;
+  return c;
+}
+
 /// How far a float result is from the oracle.
 struct Comparison {
   double rel_frobenius = 0;    ///< ||out - ref||_F / ||ref||_F (absolute if ref is all zero)

@@ -3,6 +3,7 @@
 
 #include "simdattn/attention.hpp"
 #include "simdattn/dispatch.hpp"
+#include "simdattn/kv_cache.hpp"
 #include "simdattn/multi_head_attention.hpp"
 #include "simdattn/safetensors.hpp"
 #include "simdattn/types.hpp"

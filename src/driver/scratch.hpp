@@ -12,6 +12,7 @@ enum class ScratchSlot {
   partials,     ///< decode slices' partial results, merged after the parallel region
   lse,          ///< rows' log-sum-exp when only the attention weights need them
   weights,      ///< a weights task's packed keys and score rows
+  gathered,     ///< a cached sequence's keys and values as float, for the tile path
   kCount
 };
 

@@ -25,7 +25,7 @@ namespace {
 
 struct X86Features {
   bool sse2 = false;
-  bool avx2 = false;    // AVX2 + FMA, with OS support for ymm state
+  bool avx2 = false;    // AVX2 + FMA + F16C, with OS support for ymm state
   bool avx512 = false;  // F + CD + DQ + BW, with OS support for zmm and opmask state
 };
 
@@ -36,6 +36,7 @@ X86Features detect_x86() {
   if (__get_cpuid(1, &a, &b, &c, &d) == 0) return s;
   s.sse2 = (d & bit_SSE2) != 0;
   const bool fma = (c & bit_FMA) != 0;
+  const bool f16c = (c & bit_F16C) != 0;  // every AVX2 CPU has it; the KV cache's f16 loads
   const bool avx = (c & bit_AVX) != 0;
   std::uint64_t xcr0 = 0;
   if ((c & bit_OSXSAVE) != 0) {
@@ -49,7 +50,7 @@ X86Features detect_x86() {
   const bool avx2 = (b & (1u << 5)) != 0;
   const bool f = (b & (1u << 16)) != 0, dq = (b & (1u << 17)) != 0;
   const bool cd = (b & (1u << 28)) != 0, bw = (b & (1u << 30)) != 0;
-  s.avx2 = avx && avx2 && fma && os_ymm;
+  s.avx2 = avx && avx2 && fma && f16c && os_ymm;
   s.avx512 = s.avx2 && f && dq && cd && bw && os_zmm;
 #endif
   return s;

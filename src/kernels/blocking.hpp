@@ -62,6 +62,37 @@ struct AttentionTileFor<4> {
   static constexpr std::size_t kKeyBlockBytes = 18 * 1024;
 };
 
+// ---- attention over a paged KV cache (attention/paged_decode.hpp) ------------------------
+
+/// Rows (query heads per kv head x new tokens) of one paged task at most: GQA groups up to 16
+/// heads decode in one pass over the cache; larger products (prefill chunks) gather the
+/// sequence and run the tile path.
+inline constexpr std::size_t kPagedMaxRows = 16;
+/// Keys per slice of a paged task, fixed by position so that the merged result does not depend
+/// on the thread count. 512 keys keep a slice's work (512 x D x 2 elements read) far above its
+/// merge.
+inline constexpr std::size_t kPagedSlice = 512;
+
+/// Register tiles of the paged kernel for vectors of kW floats: scores kScoreRows rows x
+/// kScoreVecs vectors of keys (keys in lanes); output kOutRows rows x kOutVecs vectors of D.
+template <std::size_t kW>
+struct PagedTileFor;
+/// AVX-512: 4 x 4 = 16 zmm accumulators + 4 key vectors (a 64-key block per pass).
+template <>
+struct PagedTileFor<16> {
+  static constexpr std::size_t kScoreRows = 4, kScoreVecs = 4, kOutRows = 4, kOutVecs = 4;
+};
+/// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast.
+template <>
+struct PagedTileFor<8> {
+  static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;
+};
+/// SSE2 (16 xmm, no FMA): as AVX2.
+template <>
+struct PagedTileFor<4> {
+  static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;
+};
+
 // ---- projection GEMM -----------------------------------------------------------------------
 
 /// Output columns per packed weight panel: one 64-byte row per k, read as one zmm, two ymm or
@@ -130,6 +161,11 @@ static_assert(kMaxQueryGroup % (AttentionTileFor<8>::kQueryVecs * 8) == 0);
 static_assert(kMaxQueryGroup % (AttentionTileFor<4>::kQueryVecs * 4) == 0);
 // Decode slices are whole key blocks.
 static_assert(kDecodeSlice % kKeyBlock == 0);
+// Paged slices are whole key blocks, and a key block is whole score tiles of every width.
+static_assert(kPagedSlice % kKeyBlock == 0);
+static_assert(kKeyBlock % (PagedTileFor<16>::kScoreVecs * 16) == 0);
+static_assert(kKeyBlock % (PagedTileFor<8>::kScoreVecs * 8) == 0);
+static_assert(kKeyBlock % (PagedTileFor<4>::kScoreVecs * 4) == 0);
 // GEMM tasks cover whole micro-tiles of every ISA.
 static_assert(kGemmTaskCols % (GemmTileFor<16>::kNp * kPanel) == 0);
 static_assert(kGemmMinTaskCols % (GemmTileFor<16>::kNp * kPanel) == 0);

@@ -7,6 +7,7 @@
 
 #include "isa/registry.hpp"
 #include "kernels/attention/flash.hpp"
+#include "kernels/attention/paged_decode.hpp"
 #include "kernels/gemm/gemm.hpp"
 #include "kernels/kernel_table.hpp"
 
@@ -46,6 +47,7 @@ constexpr KernelTable make_table(Isa isa) {
                      &gemm<Arch>,
                      &attention_tiles<Arch>,
                      &attention_decode<Arch>,
+                     &paged_attention<Arch>,
                      &exp_array<Arch>,
                      &exp2_array<Arch>};
 }

@@ -8,6 +8,7 @@
 
 #include "kernels/blocking.hpp"
 #include "kernels/key_rule.hpp"
+#include "simdattn/kv_cache.hpp"
 #include "simdattn/types.hpp"
 
 namespace simdattn::kernels {
@@ -96,11 +97,50 @@ inline std::size_t decode_scratch_floats(std::size_t heads) {
   return heads * (kKeyBlock + 1) + 64;
 }
 
+/// One task of attention over a paged KV cache (attention/paged_decode.hpp): the `groups` query
+/// heads that read one kv head, for `tokens` new tokens (rows = groups x tokens <=
+/// kPagedMaxRows, row t x groups + g), against keys [key_begin, key_end) of one sequence of
+/// rule.lk keys. Row (t, g) sees the keys the rule gives query t (causal, offset rule.lk -
+/// tokens: the new tokens are the sequence's last).
+struct PagedAttentionArgs {
+  const float* q = nullptr;  // row (t, g) at q + t * q_stride + g * d
+  std::size_t q_stride = 0;
+  std::size_t groups = 1;
+  std::size_t tokens = 1;
+  std::size_t d = 0;
+  KeyRule rule;
+  // The cache: block i of the sequence starts at pool + blocks[i] * block_bytes; in a block,
+  // this kv head's keys, transposed [d][block_tokens], start key_offset bytes in, and its values
+  // [block_tokens][row_elems] value_offset bytes in.
+  const void* pool = nullptr;
+  const std::uint32_t* blocks = nullptr;
+  std::size_t block_bytes = 0;
+  std::size_t block_tokens = 0;
+  std::size_t key_offset = 0;
+  std::size_t value_offset = 0;
+  std::size_t row_elems = 0;
+  KvStorage storage = KvStorage::f32;
+  std::size_t key_begin = 0;  // a multiple of kKeyBlock
+  std::size_t key_end = 0;
+  float scale = 1.0f;
+  /// Output: one record per row (partial_record_floats(d) floats each): the slice's
+  /// log-sum-exp at [0], its normalised output from [16] (see merge.hpp).
+  float* partial = nullptr;
+  float* scratch = nullptr;  // paged_scratch_floats(d) floats, 64-byte aligned
+};
+
+/// Floats of scratch one paged task needs: its query rows, a score tile, and each row's rescale
+/// factor, running max and sum.
+inline std::size_t paged_scratch_floats(std::size_t d) {
+  return (kPagedMaxRows * d + 15) / 16 * 16 + kPagedMaxRows * kKeyBlock + 3 * kPagedMaxRows + 64;
+}
+
 struct KernelTable {
   Isa isa;
   void (*gemm)(const GemmArgs& args);
   void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
   void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
+  void (*paged_attention)(const PagedAttentionArgs& args);  // over a KvCache, one slice
   /// y[i] = exp(x[i]) with the kernels' vector exp: a hook for the tests of its accuracy.
   void (*exp)(const float* x, float* y, std::size_t n);
   /// y[i] = 2^x[i] for x[i] <= 0 with the tile path's exp2 (exp2.hpp), likewise.

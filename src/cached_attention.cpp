@@ -1,0 +1,209 @@
+// Attention over a KvCache: validation of scaled_dot_product_attention(KvCache&, ...), the
+// append (undone if the attention cannot run), and the driver over the cache's blocks.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "driver/attention.hpp"
+#include "driver/parallel.hpp"
+#include "driver/scratch.hpp"
+#include "fp_env.hpp"
+#include "isa/registry.hpp"
+#include "kernels/attention/merge.hpp"
+#include "kv_cache_impl.hpp"
+#include "mask_rule.hpp"
+#include "reference/reference.hpp"
+#include "validate.hpp"
+
+namespace simdattn {
+namespace detail {
+namespace {
+
+// The visibility rule of T new tokens at the end of a sequence of `length` tokens: causal,
+// token t sees keys [0, length - T + t].
+MaskRule new_tokens_rule(std::size_t tokens, std::size_t length) {
+  return MaskRule{Mask{}, Causal::bottom_right, tokens, length};
+}
+
+// The reference path: each sequence's keys and values gathered as float, then the naive
+// attention.
+void cached_attention_naive(const KvCache::Impl& c,
+                            const std::vector<KvCache::Impl::Sequence*>& sequences,
+                            const Heads<const float>& q, const Heads<float>& out, float scale) {
+  const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
+  std::vector<float> k, v;
+  for (std::size_t b = 0; b < sequences.size(); ++b) {
+    const KvCache::Impl::Sequence& s = *sequences[b];
+    k.resize(s.length * kvh * d);
+    v.resize(s.length * kvh * d);
+    read_tokens(c, s, 0, s.length, k.data(), v.data());
+    reference::attention<float>({q.at(b, 0, 0), 1, q.l, q.h, d, q.row_stride, 0},
+                                {k.data(), 1, s.length, kvh, d, kvh * d, 0},
+                                {v.data(), 1, s.length, kvh, d, kvh * d, 0},
+                                {out.at(b, 0, 0), 1, out.l, out.h, d, out.row_stride, 0},
+                                new_tokens_rule(q.l, s.length), scale, MaskedRows::uniform);
+  }
+}
+
+// Few rows per kv head (decoding, short chunks): the paged kernel over the blocks in place.
+// Tasks are (sequence, kv head, slice of kPagedSlice keys); each covers the G x T rows that read
+// that kv head, so every cached byte is read once per call.
+void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Impl& c,
+                            const std::vector<KvCache::Impl::Sequence*>& sequences,
+                            const Heads<const float>& q, const Heads<float>& out, float scale,
+                            int threads) {
+  const std::size_t n = q.n, t_new = q.l, d = q.d, kvh = c.config.kv_heads;
+  const std::size_t groups = q.h / kvh, rows = groups * t_new;
+  const std::size_t rec = kernels::partial_record_floats(d);
+  const std::size_t per_task = rows * rec;
+  std::vector<std::size_t> first_task(n + 1, 0);  // batch b's tasks: [first_task[b], [b + 1])
+  double work = 0;
+  for (std::size_t b = 0; b < n; ++b) {
+    const std::size_t slices =
+        (sequences[b]->length + kernels::kPagedSlice - 1) / kernels::kPagedSlice;
+    first_task[b + 1] = first_task[b] + kvh * slices;
+    work += static_cast<double>(sequences[b]->length) * q.h * t_new * d;
+  }
+  const std::size_t tasks = first_task[n];
+  float* partial = thread_scratch(ScratchSlot::partials, tasks * per_task);
+  if (work < kernels::kAttentionSerialWork) threads = 1;
+  const std::size_t scratch_floats = kernels::paged_scratch_floats(d);
+  parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t task) {
+    const std::size_t b =
+        std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1;
+    const KvCache::Impl::Sequence& s = *sequences[b];
+    const std::size_t slices = (first_task[b + 1] - first_task[b]) / kvh;
+    const std::size_t hk = (task - first_task[b]) / slices;
+    const std::size_t slice = (task - first_task[b]) % slices;
+    kernels::PagedAttentionArgs a;
+    a.q = q.at(b, 0, hk * groups);
+    a.q_stride = q.row_stride;
+    a.groups = groups;
+    a.tokens = t_new;
+    a.d = d;
+    a.rule = new_tokens_rule(t_new, s.length).for_head(b, 0);
+    a.pool = c.pool.get();
+    a.blocks = s.blocks.data();
+    a.block_bytes = c.block_bytes;
+    a.block_tokens = c.config.block_tokens;
+    a.key_offset = c.key_offset(hk);
+    a.value_offset = c.value_offset(hk);
+    a.row_elems = c.row_elems;
+    a.storage = c.config.storage;
+    a.key_begin = slice * kernels::kPagedSlice;
+    a.key_end = std::min(s.length, a.key_begin + kernels::kPagedSlice);
+    a.scale = scale;
+    a.partial = partial + task * per_task;
+    a.scratch = thread_scratch(ScratchSlot::kernel, scratch_floats);
+    table.paged_attention(a);
+  });
+  FlushDenormals ftz;  // the merge runs like the kernels do
+  for (std::size_t b = 0; b < n; ++b) {
+    const std::size_t slices = (first_task[b + 1] - first_task[b]) / kvh;
+    for (std::size_t hk = 0; hk < kvh; ++hk) {
+      const float* head = partial + (first_task[b] + hk * slices) * per_task;
+      for (std::size_t r = 0; r < rows; ++r) {
+        // Every row sees at least its own token: no masked-row answer is ever needed.
+        const float* first = head + r * rec;
+        kernels::merge_partials(first, per_task, first + 16, per_task, slices, d,
+                                out.at(b, r / groups, hk * groups + r % groups));
+      }
+    }
+  }
+}
+
+// Many rows per kv head (prefill chunks): each sequence's keys and values gathered as float
+// [L, kv_heads, D], then the attention core's tile path with grouped heads and bottom-right
+// alignment. The gather costs O(L x D) per kv head against the O(T x L x D x G) of the attention.
+void cached_attention_gathered(const kernels::KernelTable& table, const KvCache::Impl& c,
+                               const std::vector<KvCache::Impl::Sequence*>& sequences,
+                               const Heads<const float>& q, const Heads<float>& out, float scale,
+                               int threads) {
+  const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
+  std::size_t longest = 0;
+  for (const auto* s : sequences) longest = std::max(longest, s->length);
+  float* k = thread_scratch(ScratchSlot::gathered, 2 * longest * kvh * d);
+  float* v = k + longest * kvh * d;
+  for (std::size_t b = 0; b < sequences.size(); ++b) {
+    const KvCache::Impl::Sequence& s = *sequences[b];
+    read_tokens(c, s, 0, s.length, k, v);
+    AttentionProblem p;
+    p.q = {q.at(b, 0, 0), 1, q.l, q.h, d, q.row_stride, 0};
+    p.k = {k, 1, s.length, kvh, d, kvh * d, 0};
+    p.v = {v, 1, s.length, kvh, d, kvh * d, 0};
+    p.out = {out.at(b, 0, 0), 1, out.l, out.h, d, out.row_stride, 0};
+    p.rule = new_tokens_rule(q.l, s.length);
+    p.scale = scale;
+    run_attention(&table, p, threads);
+  }
+}
+
+}  // namespace
+
+void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& c,
+                          const std::vector<KvCache::Impl::Sequence*>& sequences,
+                          const Heads<const float>& q, const Heads<float>& out, float scale,
+                          int threads) {
+  if (table == nullptr) {
+    cached_attention_naive(c, sequences, q, out, scale);
+  } else if (q.h / c.config.kv_heads * q.l <= kernels::kPagedMaxRows) {
+    cached_attention_paged(*table, c, sequences, q, out, scale, threads);
+  } else {
+    cached_attention_gathered(*table, c, sequences, q, out, scale, threads);
+  }
+}
+
+}  // namespace detail
+
+void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>& ids,
+                                  const ConstHeadsView& query, const ConstHeadsView& keys,
+                                  const ConstHeadsView& values, const HeadsView<float>& out,
+                                  const Options& options) {
+  const char* where = "scaled_dot_product_attention (KvCache)";
+  KvCache::Impl& c = detail::KvCacheAccess::impl(cache);
+  detail::AppendPlan plan = detail::plan_append(where, c, ids, keys, values);
+  const auto q = detail::resolve_heads(where, "query", query);
+  const auto o = detail::resolve_heads(where, "out", out);
+  const auto& k = plan.keys;
+  if (q.n != k.n || q.l != k.l || q.d != k.d) {
+    detail::fail(where, "query " + detail::shape_string(q.n, q.l, q.h, q.d) +
+                            " does not match the new keys and values " +
+                            detail::shape_string(k.n, k.l, k.h, k.d) +
+                            " in N, T or head_dim ([N, T, H, D] and [N, T, kv_heads, D])");
+  }
+  if (q.h % k.h != 0) {
+    detail::fail(where, "query heads H = " + std::to_string(q.h) +
+                            " is not a multiple of the cache's kv_heads = " + std::to_string(k.h));
+  }
+  if (o.n != q.n || o.l != q.l || o.h != q.h || o.d != q.d) {
+    detail::fail(where, "out " + detail::shape_string(o.n, o.l, o.h, o.d) +
+                            " must have the query's shape " +
+                            detail::shape_string(q.n, q.l, q.h, q.d));
+  }
+  if (options.causal == Causal::top_left) {
+    detail::fail(where,
+                 "options.causal is top_left: attention over a cache is always causal with "
+                 "bottom-right alignment (use none or bottom_right)");
+  }
+  const float scale = detail::resolve_scale(where, options, q.d);
+  const int threads = detail::resolve_threads(where, options);
+  const std::size_t out_bytes = detail::extent_bytes(o);
+  for (const auto& in : {q, plan.keys, plan.values}) {
+    if (detail::overlaps(o.data, out_bytes, in.data, detail::extent_bytes(in))) {
+      detail::fail(where,
+                   "out overlaps an input (query, keys or values): in-place attention is not "
+                   "supported");
+    }
+  }
+  const kernels::KernelTable* table = detail::kernels_for(where, options);
+  detail::commit_append(c, plan);
+  try {
+    detail::run_cached_attention(table, c, plan.sequences, q, o, scale, threads);
+  } catch (...) {
+    detail::undo_append(c, plan.undo);
+    throw;
+  }
+}
+
+}  // namespace simdattn

@@ -1,0 +1,317 @@
+// Attention over a paged KV cache for one task: the G query heads that share one kv head, times
+// the T new tokens (rows = G x T <= kPagedMaxRows), against one slice of that kv head's keys,
+// read once from the cache's blocks (see include/simdattn/kv_cache.hpp for the layout).
+//
+// Why this shape: a decode step is memory-bound (each cached byte is used G x T times, a few
+// FLOPs per byte), so the kernel's job is to stream each (sequence, kv head)'s bytes once, in
+// order. Grouped-query heads are rows of one small tile against the shared K/V stream, not G
+// passes over it (ONNX Runtime's loop over query heads gains 1.3x from 4x fewer bytes).
+//
+// Per block of kKeyBlock = 64 keys: scores S[row][key] with keys in vector lanes, from the
+// transposed keys K^T[d][key] (a K^T row of 64 keys is contiguous): for each d, kScoreVecs
+// vectors of keys are loaded once and multiplied by each row's q[d] broadcast; no horizontal
+// sums. Then the online softmax along each row (vectorised over the 64 keys), then
+// O[row][:] += P[row][key] V[key][:] with V rows (padded to 16 elements) read once per group of
+// kOutRows rows. bf16 and f16 elements are converted to float in registers right after the load
+// (bf16: a 16-bit shift; f16: vcvtph2ps with F16C / AVX-512, integer arithmetic on SSE2); every
+// product and sum is in float.
+//
+// Causality through the key rule (kernels/key_rule.hpp): row (t, g) sees keys [0, key_end(rule,
+// t)), with the rule's offset length - T for new tokens that end the sequence. Scores of keys
+// past a row's end (and past the sequence) become -inf before the softmax, and no V row past
+// the sequence is read. The task writes one record per row, the slice's log-sum-exp and
+// normalised output, that the driver merges across slices in slice order (merge.hpp), so
+// results do not depend on the thread count. Block sizes: blocking.hpp (PagedTileFor,
+// kPagedMaxRows, kPagedSlice). Single-threaded, no allocation, scratch from the driver.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "kernels/blocking.hpp"
+#include "kernels/kernel_table.hpp"
+#include "kernels/key_rule.hpp"
+#include "kernels/simd.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace simdattn::kernels {
+namespace {
+
+template <class Arch>
+using PagedTile = PagedTileFor<kWidth<Arch>>;
+
+inline std::size_t paged_round_up(std::size_t x, std::size_t m) {
+  return (x + m - 1) / m * m;
+}
+
+struct Bf16 {
+  std::uint16_t bits;
+};
+struct F16 {
+  std::uint16_t bits;
+};
+
+/// kWidth<Arch> elements at p (aligned to their own size times the width) as floats.
+template <class Arch>
+Vec<Arch> load_elems(const float* p) {
+  return Vec<Arch>::load_aligned(p);
+}
+
+#if defined(__AVX512F__)
+template <class Arch>
+std::enable_if_t<std::is_same_v<Arch, xsimd::avx512bw>, Vec<Arch>> load_elems(const Bf16* p) {
+  const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <class Arch>
+std::enable_if_t<std::is_same_v<Arch, xsimd::avx512bw>, Vec<Arch>> load_elems(const F16* p) {
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#elif defined(__AVX2__)
+template <class Arch>
+std::enable_if_t<std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>, Vec<Arch>> load_elems(
+    const Bf16* p) {
+  const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+template <class Arch>
+std::enable_if_t<std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>, Vec<Arch>> load_elems(
+    const F16* p) {
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#elif defined(__SSE2__)
+template <class Arch>
+std::enable_if_t<std::is_same_v<Arch, xsimd::sse2>, Vec<Arch>> load_elems(const Bf16* p) {
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));  // h << 16 per lane
+}
+/// IEEE half to float in integer arithmetic (SSE2 has no F16C). Exact for every input: normal
+/// halves get their exponent re-biased; subnormal halves are computed as (2^-14 + m 2^-24) -
+/// 2^-14 in float, which stays exact with denormals flushed; infinity and NaN keep exponent 255.
+template <class Arch>
+std::enable_if_t<std::is_same_v<Arch, xsimd::sse2>, Vec<Arch>> load_elems(const F16* p) {
+  const __m128i h =
+      _mm_unpacklo_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());
+  const __m128i sign = _mm_slli_epi32(_mm_and_si128(h, _mm_set1_epi32(0x8000)), 16);
+  const __m128i exponent = _mm_and_si128(h, _mm_set1_epi32(0x7c00));
+  const __m128i em = _mm_slli_epi32(_mm_and_si128(h, _mm_set1_epi32(0x7fff)), 13);
+  const __m128i rebias = _mm_set1_epi32((127 - 15) << 23);
+  __m128i normal = _mm_add_epi32(em, rebias);
+  const __m128i is_special = _mm_cmpeq_epi32(exponent, _mm_set1_epi32(0x7c00));
+  normal = _mm_add_epi32(normal, _mm_and_si128(is_special, rebias));  // exponent 31 -> 255
+  const __m128 subnormal =
+      _mm_sub_ps(_mm_castsi128_ps(_mm_add_epi32(em, _mm_set1_epi32(113 << 23))),
+                 _mm_castsi128_ps(_mm_set1_epi32(113 << 23)));
+  const __m128i is_sub = _mm_cmpeq_epi32(exponent, _mm_setzero_si128());
+  const __m128i bits = _mm_or_si128(_mm_and_si128(is_sub, _mm_castps_si128(subnormal)),
+                                    _mm_andnot_si128(is_sub, normal));
+  return _mm_castsi128_ps(_mm_or_si128(bits, sign));
+}
+#endif
+
+/// s[r][j] = scale * sum_d q[r][d] K^T[d][j] for kR rows and kV vectors of keys.
+template <class Arch, class E, std::size_t kR, std::size_t kV>
+void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
+                         std::size_t d, float scale, float* s) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  V acc[kR][kV];
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kV; ++c) acc[r][c] = V(0.0f);
+  }
+  for (std::size_t dd = 0; dd < d; ++dd) {
+    V k[kV];
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kV; ++c) k[c] = load_elems<Arch>(kt + dd * kt_stride + c * kW);
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < kR; ++r) {
+      const V qr(q[r * q_stride + dd]);
+#pragma GCC unroll 8
+      for (std::size_t c = 0; c < kV; ++c) acc[r][c] = madd<Arch>(qr, k[c], acc[r][c]);
+    }
+  }
+  const V vs(scale);
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kV; ++c) (acc[r][c] * vs).store_aligned(s + r * kKeyBlock + c * kW);
+  }
+}
+
+/// o[r][c0, c0 + kC W) = alpha[r] o[r] + sum_{j < nkeys} p[r][j] v[j] for kR rows.
+template <class Arch, class E, std::size_t kR, std::size_t kC>
+void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
+                          const float* alpha, float* o, std::size_t o_stride) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  V acc[kR][kC];
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+    const V a(alpha[r]);
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kC; ++c) acc[r][c] = V::load_aligned(o + r * o_stride + c * kW) * a;
+  }
+  for (std::size_t j = 0; j < nkeys; ++j) {
+    V vv[kC];
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kC; ++c) vv[c] = load_elems<Arch>(v + j * v_stride + c * kW);
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < kR; ++r) {
+      const V pr(p[r * kKeyBlock + j]);
+#pragma GCC unroll 8
+      for (std::size_t c = 0; c < kC; ++c) acc[r][c] = madd<Arch>(pr, vv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kC; ++c) acc[r][c].store_aligned(o + r * o_stride + c * kW);
+  }
+}
+
+/// One row's online-softmax step over a block: s[0, kKeyBlock) <- exp(s - m_new) (scores of
+/// hidden keys are -inf and give 0), l = l alpha + sum, m = m_new; returns alpha =
+/// exp(m_old - m_new). A row with nothing visible yet keeps m = -inf, gets p = 0 and alpha = 1
+/// and computes no exp(-inf - -inf); a NaN score reaches the row through its sum.
+template <class Arch>
+float paged_softmax_row(float* s, float& m, float& l) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  V vmax = V::load_aligned(s);
+  for (std::size_t j = kW; j < kKeyBlock; j += kW) vmax = xsimd::max(vmax, V::load_aligned(s + j));
+  const float bmax = hmax<Arch>(vmax);
+  const float m_new = bmax > m ? bmax : m;
+  if (m_new == kNegInf) {
+    for (std::size_t j = 0; j < kKeyBlock; ++j) {
+      if (std::isnan(s[j])) l = s[j];
+      s[j] = 0.0f;
+    }
+    return 1.0f;
+  }
+  const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
+  const V vm(m_new);
+  V sum(0.0f);
+  for (std::size_t j = 0; j < kKeyBlock; j += kW) {
+    const V p = xsimd::exp(V::load_aligned(s + j) - vm);
+    p.store_aligned(s + j);
+    sum += p;
+  }
+  l = l * alpha + xsimd::hadd(sum);
+  m = m_new;
+  return alpha;
+}
+
+template <class Arch, class E>
+void paged_attention_typed(const PagedAttentionArgs& a) {
+  constexpr std::size_t kW = kWidth<Arch>;
+  using Tile = PagedTile<Arch>;
+  constexpr std::size_t kScoreKeys = Tile::kScoreVecs * kW;
+  static_assert(kKeyBlock % kScoreKeys == 0, "a key block is whole score tiles");
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const std::size_t rows = a.groups * a.tokens, d = a.d, rec = partial_record_floats(d);
+  const std::size_t dv = paged_round_up(d, kW);  // output vectors: inside the padded V rows
+  // Scratch: q rows [rows][d], scores [rows][kKeyBlock], alpha [rows].
+  float* q = a.scratch;
+  float* s = q + paged_round_up(kPagedMaxRows * d, 16);
+  float* alpha = s + kPagedMaxRows * kKeyBlock;
+  for (std::size_t t = 0; t < a.tokens; ++t) {
+    for (std::size_t g = 0; g < a.groups; ++g) {
+      std::copy(a.q + t * a.q_stride + g * d, a.q + t * a.q_stride + (g + 1) * d,
+                q + (t * a.groups + g) * d);
+    }
+  }
+  // Running max and sum of each row; the output accumulates unnormalised in the records.
+  float* m = alpha + kPagedMaxRows;
+  float* l = m + kPagedMaxRows;
+  for (std::size_t r = 0; r < rows; ++r) {
+    m[r] = kNegInf;
+    l[r] = 0.0f;
+    std::fill(a.partial + r * rec, a.partial + (r + 1) * rec, 0.0f);
+  }
+  const std::size_t end = std::min(a.key_end, key_end(a.rule, a.tokens - 1));
+  const E* pool = reinterpret_cast<const E*>(a.pool);
+  const std::size_t block_elems = a.block_bytes / sizeof(E);
+  for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
+    const std::size_t nk = std::min(kKeyBlock, end - k0);
+    const std::size_t in_block = k0 % a.block_tokens;
+    const E* block = pool + a.blocks[k0 / a.block_tokens] * block_elems;
+    const E* kt = block + a.key_offset / sizeof(E) + in_block;
+    const E* vb = block + a.value_offset / sizeof(E) + in_block * a.row_elems;
+    // Keys past the block's end belong to no one (or to another sequence): the whole 64-key
+    // tile is computed and the scores past nk hidden below.
+    for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kScoreRows) {
+      const std::size_t nr = std::min(Tile::kScoreRows, rows - r0);
+      for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
+        with_rows<Tile::kScoreRows>(nr, [&](auto r) {
+          paged_score_ukernel<Arch, E, decltype(r)::value, Tile::kScoreVecs>(
+              q + r0 * d, d, kt + j0, a.block_tokens, d, a.scale, s + r0 * kKeyBlock + j0);
+        });
+      }
+    }
+    std::size_t used = 0;  // keys of this block that some row sees
+    for (std::size_t r = 0; r < rows; ++r) {
+      const std::size_t row_end = key_end(a.rule, r / a.groups);
+      const std::size_t visible = row_end <= k0 ? 0 : std::min(nk, row_end - k0);
+      used = std::max(used, visible);
+      std::fill(s + r * kKeyBlock + visible, s + (r + 1) * kKeyBlock, kNegInf);
+      alpha[r] = paged_softmax_row<Arch>(s + r * kKeyBlock, m[r], l[r]);
+    }
+    for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kOutRows) {
+      const std::size_t nr = std::min(Tile::kOutRows, rows - r0);
+      float* o = a.partial + r0 * rec + 16;
+      std::size_t c0 = 0;
+      for (; c0 + Tile::kOutVecs * kW <= dv; c0 += Tile::kOutVecs * kW) {
+        with_rows<Tile::kOutRows>(nr, [&](auto r) {
+          paged_output_ukernel<Arch, E, decltype(r)::value, Tile::kOutVecs>(
+              s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec);
+        });
+      }
+      for (; c0 < dv; c0 += kW) {
+        with_rows<Tile::kOutRows>(nr, [&](auto r) {
+          paged_output_ukernel<Arch, E, decltype(r)::value, 1>(
+              s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec);
+        });
+      }
+    }
+  }
+  // Records: lse = m + log(l) and o / l; a row that saw nothing keeps lse = -inf (its output
+  // weighs nothing in the merge); a NaN sum makes both NaN.
+  for (std::size_t r = 0; r < rows; ++r) {
+    float* rr = a.partial + r * rec;
+    if (m[r] == kNegInf && !std::isnan(l[r])) {
+      rr[0] = kNegInf;
+      continue;
+    }
+    rr[0] = m[r] + std::log(l[r]);
+    const float inv = 1.0f / l[r];
+    for (std::size_t i = 0; i < d; ++i) rr[16 + i] *= inv;
+  }
+}
+
+template <class Arch>
+void paged_attention(const PagedAttentionArgs& a) {
+  switch (a.storage) {
+    case KvStorage::f32:
+      paged_attention_typed<Arch, float>(a);
+      return;
+    case KvStorage::bf16:
+      paged_attention_typed<Arch, Bf16>(a);
+      return;
+    case KvStorage::f16:
+      paged_attention_typed<Arch, F16>(a);
+      return;
+  }
+}
+
+}  // namespace
+}  // namespace simdattn::kernels

@@ -1,0 +1,117 @@
+// KvCache's storage, for the library's own code (the cache's API, the attention drivers over
+// it, the module's step). See include/simdattn/kv_cache.hpp for the layout and the guarantees.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "kernels/kernel_table.hpp"
+#include "simdattn/kv_cache.hpp"
+#include "views.hpp"
+
+namespace simdattn {
+
+struct KvCache::Impl {
+  struct FreeBytes {
+    void operator()(std::byte* p) const;
+  };
+  struct Sequence {
+    std::vector<std::uint32_t> blocks;  // blocks.size() == blocks_for(length) always
+    std::size_t length = 0;
+  };
+
+  KvCacheConfig config;
+  std::size_t elem_bytes = 0;   // 4 or 2
+  std::size_t row_elems = 0;    // head_dim rounded up to 16: one token's value row of one head
+  std::size_t key_bytes = 0;    // one head's keys in a block, transposed: [head_dim][block_tokens]
+  std::size_t value_bytes = 0;  // one head's values in a block: [block_tokens][row_elems]
+  std::size_t block_bytes = 0;  // kv_heads x (key_bytes + value_bytes), rounded up to 4 KiB
+  std::unique_ptr<std::byte, FreeBytes> pool;
+  std::size_t pool_bytes = 0;
+  std::vector<std::uint32_t> refs;  // per block: how many sequences hold it
+  std::vector<std::uint32_t> free;  // free blocks, taken from the back
+  std::map<SequenceId, Sequence> sequences;
+  SequenceId next_id = 0;
+
+  std::byte* block(std::uint32_t b) const { return pool.get() + b * block_bytes; }
+  /// Byte offsets inside a block of head h's keys (element (dd, t) at dd x block_tokens + t) and
+  /// values (element (t, dd) at t x row_elems + dd).
+  std::size_t key_offset(std::size_t h) const { return h * key_bytes; }
+  std::size_t value_offset(std::size_t h) const {
+    return config.kv_heads * key_bytes + h * value_bytes;
+  }
+
+  /// The sequence, or an error naming `where` and the id.
+  Sequence& find(const char* where, SequenceId id);
+  const Sequence& find(const char* where, SequenceId id) const;
+
+  void take_block(std::uint32_t& out) {
+    out = free.back();
+    free.pop_back();
+    refs[out] = 1;
+  }
+  void drop_block(std::uint32_t b) noexcept {
+    if (--refs[b] == 0) free.push_back(b);
+  }
+};
+
+namespace detail {
+
+struct KvCacheAccess {
+  static KvCache::Impl& impl(KvCache& c) { return *c.impl_; }
+  static const KvCache::Impl& impl(const KvCache& c) { return *c.impl_; }
+};
+
+/// What an append changed, so that a failure after it (attention over the cache running out of
+/// memory for scratch) can put the sequences and the free list back as they were. The bytes of
+/// the blocks it had taken are not restored: free blocks hold nothing.
+struct AppendUndo {
+  static constexpr std::uint32_t kNoBlock = 0xffffffffu;
+  struct Entry {
+    SequenceId id = 0;
+    std::size_t old_length = 0;
+    std::size_t old_blocks = 0;
+    std::uint32_t replaced = kNoBlock;  // the shared last block that copy-on-write replaced
+  };
+  std::vector<Entry> entries;  // in the order of the call's ids
+};
+
+/// A validated append: the views resolved, the sequences found, room reserved for the undo
+/// record and the block lists.
+struct AppendPlan {
+  Heads<const float> keys, values;
+  std::vector<KvCache::Impl::Sequence*> sequences;
+  AppendUndo undo;
+};
+
+/// Checks an append of keys/values [N, T, kv_heads, D] to `ids` without changing anything
+/// observable; throws std::invalid_argument naming `where` on any problem, including too few
+/// free blocks.
+AppendPlan plan_append(const char* where, KvCache::Impl& cache, const std::vector<SequenceId>& ids,
+                       const ConstHeadsView& keys, const ConstHeadsView& values);
+
+/// Performs a planned append; cannot fail (plan_append allocated everything it needs). Fills
+/// plan.undo.
+void commit_append(KvCache::Impl& cache, AppendPlan& plan) noexcept;
+
+/// Restores the sequences and the free list as they were before commit_append(plan).
+void undo_append(KvCache::Impl& cache, const AppendUndo& undo) noexcept;
+
+/// Tokens [begin, begin + count) of a sequence as float, keys and values [count, kv_heads, D].
+void read_tokens(const KvCache::Impl& cache, const KvCache::Impl::Sequence& s, std::size_t begin,
+                 std::size_t count, float* keys, float* values);
+
+/// Attention of q [N, T, H, D] over the cache after an append of T tokens to each of
+/// `sequences` (batch b's history is sequences[b]'s whole length, the last T tokens new):
+/// causal, bottom-right aligned; query head h reads kv head h / (H / kv_heads). On `table`'s
+/// kernels, or the reference when it is nullptr. Throws only std::bad_alloc (scratch).
+void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& cache,
+                          const std::vector<KvCache::Impl::Sequence*>& sequences,
+                          const Heads<const float>& q, const Heads<float>& out, float scale,
+                          int threads);
+
+}  // namespace detail
+}  // namespace simdattn

@@ -1,0 +1,310 @@
+// Attention over a KvCache through the public core API (already-projected heads): decoding token
+// by token and prefill in chunks equal one causal pass over the whole sequence (double oracle
+// that repeats K/V heads, relative error <= 1e-6, bitwise across thread counts); ragged batches
+// equal each sequence alone; grouped-query and multi-query heads; bf16/f16 storage within its
+// stated bound; refused calls leave the cache as it was. CTest runs this once per ISA.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+using namespace simdattn;
+using test::kPaths;
+using test::path_name;
+
+namespace {
+
+constexpr int kThreads[] = {1, 2};
+// Against the double oracle, attention over an f32 cache (any chunking).
+constexpr double kCacheRelTol = 1e-6;
+constexpr double kCacheMaxTol = 1e-5;
+
+// One sequence's projected heads: q [L, H, D], k and v [L, kv_heads, D].
+struct Sequence {
+  std::size_t l, h, kvh, d;
+  std::vector<float> q, k, v;
+  Sequence(std::size_t l_, std::size_t h_, std::size_t kvh_, std::size_t d_, std::uint64_t seed)
+      : l(l_),
+        h(h_),
+        kvh(kvh_),
+        d(d_),
+        q(test::random_normal(l * h * d, seed)),
+        k(test::random_normal(l * kvh * d, seed + 1)),
+        v(test::random_normal(l * kvh * d, seed + 2)) {}
+};
+
+// The double oracle: one causal pass over the whole sequence with each K/V head repeated for the
+// H / kv_heads query heads that read it; [L, H, D]. `k` and `v` are what the cache holds.
+std::vector<double> oracle(const Sequence& s, const std::vector<float>& k,
+                           const std::vector<float>& v, float scale) {
+  const std::size_t g = s.h / s.kvh;
+  std::vector<double> kd(s.l * s.h * s.d), vd(s.l * s.h * s.d);
+  for (std::size_t t = 0; t < s.l; ++t) {
+    for (std::size_t hh = 0; hh < s.h; ++hh) {
+      for (std::size_t i = 0; i < s.d; ++i) {
+        kd[(t * s.h + hh) * s.d + i] = k[(t * s.kvh + hh / g) * s.d + i];
+        vd[(t * s.h + hh) * s.d + i] = v[(t * s.kvh + hh / g) * s.d + i];
+      }
+    }
+  }
+  const auto qd = test::to_double(s.q);
+  std::vector<double> out(s.l * s.h * s.d);
+  const std::size_t hd = s.h * s.d;
+  using CH = reference::Heads<const double>;
+  reference::attention<double>(CH{qd.data(), 1, s.l, s.h, s.d, hd, 0},
+                               CH{kd.data(), 1, s.l, s.h, s.d, hd, 0},
+                               CH{vd.data(), 1, s.l, s.h, s.d, hd, 0},
+                               reference::Heads<double>{out.data(), 1, s.l, s.h, s.d, hd, 0},
+                               detail::MaskRule{Mask{}, Causal::top_left, s.l, s.l},
+                               static_cast<double>(scale), MaskedRows::uniform);
+  return out;
+}
+
+// Feeds the sequence to a new cache in chunks of `chunk` tokens; returns the outputs [L, H, D].
+std::vector<float> run_chunks(const Sequence& s, std::size_t chunk, KvStorage storage,
+                              const Options& options, std::size_t block_tokens = 64) {
+  KvCache cache(test::cache_config(KvCache::blocks_for(s.l, block_tokens), s.kvh, s.d, storage,
+                                   block_tokens));
+  const SequenceId id = cache.add_sequence();
+  std::vector<float> out(s.l * s.h * s.d);
+  for (std::size_t p = 0; p < s.l; p += chunk) {
+    const std::size_t t = std::min(chunk, s.l - p);
+    scaled_dot_product_attention(cache, {id}, {s.q.data() + p * s.h * s.d, 1, t, s.h, s.d},
+                                 {s.k.data() + p * s.kvh * s.d, 1, t, s.kvh, s.d},
+                                 {s.v.data() + p * s.kvh * s.d, 1, t, s.kvh, s.d},
+                                 HeadsView<float>{out.data() + p * s.h * s.d, 1, t, s.h, s.d},
+                                 options);
+  }
+  REQUIRE(cache.length(id) == s.l);
+  return out;
+}
+
+// What a cache of this storage type holds for the sequence's keys and values.
+std::pair<std::vector<float>, std::vector<float>> stored(const Sequence& s, KvStorage storage) {
+  KvCache cache(test::cache_config(KvCache::blocks_for(s.l), s.kvh, s.d, storage));
+  const SequenceId id = cache.add_sequence();
+  cache.append({id}, {s.k.data(), 1, s.l, s.kvh, s.d}, {s.v.data(), 1, s.l, s.kvh, s.d});
+  std::vector<float> k(s.k.size()), v(s.v.size());
+  cache.read(id, 0, s.l, k.data(), v.data());
+  return {k, v};
+}
+
+}  // namespace
+
+TEST_CASE("cache attention: token by token and chunked prefill equal one causal pass",
+          "[kv_cache][attention]") {
+  struct Case {
+    std::size_t l, h, kvh, d;
+  };
+  // head_dim 1, 3, 17 and 64; kv_heads = heads, grouped (2, 4) and multi-query (1).
+  const Case cases[] = {{300, 4, 4, 64}, {301, 4, 2, 17}, {130, 8, 1, 3},
+                        {70, 4, 4, 1},   {129, 6, 3, 15}, {65, 16, 4, 80}};
+  std::size_t index = 0;
+  for (const Case& c : cases) {
+    const Sequence s(c.l, c.h, c.kvh, c.d, 100 + 10 * index);
+    Options o;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    const auto ref = oracle(s, s.k, s.v, scale);
+    for (Path path : kPaths) {
+      for (std::size_t chunk : {1, 7, 64, 300}) {
+        std::vector<float> by_threads[2];
+        for (int t = 0; t < 2; ++t) {
+          INFO("L " << c.l << " H " << c.h << " kv_heads " << c.kvh << " D " << c.d << ", chunk "
+                    << chunk << ", path " << path_name(path) << ", threads " << kThreads[t]);
+          o.path = path;
+          o.threads = kThreads[t];
+          by_threads[t] = run_chunks(s, chunk, KvStorage::f32, o);
+          test::check_close(by_threads[t].data(), ref, "cache attention", kCacheRelTol,
+                            kCacheMaxTol);
+        }
+        INFO("chunk " << chunk << ", path " << path_name(path));
+        CHECK(test::same_bits(by_threads[0], by_threads[1]));
+      }
+    }
+    ++index;
+  }
+}
+
+TEST_CASE("cache attention: blocks of 128 and 192 tokens give the same results as 64",
+          "[kv_cache][attention]") {
+  const Sequence s(400, 4, 2, 32, 7);
+  Options o;
+  for (Path path : kPaths) {
+    o.path = path;
+    const auto base = run_chunks(s, 37, KvStorage::f32, o, 64);
+    for (std::size_t bt : {128, 192}) {
+      INFO("block_tokens " << bt << ", path " << path_name(path));
+      CHECK(test::same_bits(run_chunks(s, 37, KvStorage::f32, o, bt), base));
+    }
+  }
+}
+
+TEST_CASE("cache attention: a ragged batch equals each sequence alone", "[kv_cache][attention]") {
+  const std::size_t h = 4, kvh = 2, d = 16;
+  const std::size_t histories[] = {1, 5, 64, 1000};
+  for (Path path : kPaths) {
+    for (std::size_t t : {1, 3, 40}) {
+      Options o;
+      o.path = path;
+      o.threads = 2;
+      // Each sequence: its history, then T new tokens attended in one batch with the others.
+      std::vector<Sequence> seqs;
+      for (std::size_t i = 0; i < 4; ++i) seqs.emplace_back(histories[i] + t, h, kvh, d, 50 + i);
+      KvCache batch(test::cache_config(40, kvh, d));
+      std::vector<SequenceId> ids;
+      for (std::size_t i = 0; i < 4; ++i) {
+        ids.push_back(batch.add_sequence());
+        batch.append({ids[i]}, {seqs[i].k.data(), 1, histories[i], kvh, d},
+                     {seqs[i].v.data(), 1, histories[i], kvh, d});
+      }
+      std::vector<float> q, k, v;
+      for (const Sequence& s : seqs) {
+        const std::size_t p = s.l - t;
+        q.insert(q.end(), s.q.begin() + p * h * d, s.q.end());
+        k.insert(k.end(), s.k.begin() + p * kvh * d, s.k.end());
+        v.insert(v.end(), s.v.begin() + p * kvh * d, s.v.end());
+      }
+      std::vector<float> out(4 * t * h * d);
+      scaled_dot_product_attention(batch, ids, {q.data(), 4, t, h, d}, {k.data(), 4, t, kvh, d},
+                                   {v.data(), 4, t, kvh, d}, {out.data(), 4, t, h, d}, o);
+      for (std::size_t i = 0; i < 4; ++i) {
+        INFO("path " << path_name(path) << ", T " << t << ", history " << histories[i]);
+        const Sequence& s = seqs[i];
+        KvCache alone(test::cache_config(20, kvh, d));
+        const SequenceId id = alone.add_sequence();
+        alone.append({id}, {s.k.data(), 1, histories[i], kvh, d},
+                     {s.v.data(), 1, histories[i], kvh, d});
+        std::vector<float> single(t * h * d);
+        const std::size_t p = histories[i];
+        scaled_dot_product_attention(alone, {id}, {s.q.data() + p * h * d, 1, t, h, d},
+                                     {s.k.data() + p * kvh * d, 1, t, kvh, d},
+                                     {s.v.data() + p * kvh * d, 1, t, kvh, d},
+                                     {single.data(), 1, t, h, d}, o);
+        const std::vector<float> mine(out.begin() + i * t * h * d,
+                                      out.begin() + (i + 1) * t * h * d);
+        CHECK(test::same_bits(mine, single));
+        CHECK(batch.length(ids[i]) == s.l);
+      }
+    }
+  }
+}
+
+TEST_CASE("cache attention: bf16 and f16 storage stay within their stated bounds",
+          "[kv_cache][attention]") {
+  // The bounds of kv_cache.hpp: relative Frobenius error against the same attention over an
+  // f32 cache.
+  const std::pair<KvStorage, double> bounds[] = {{KvStorage::bf16, 1e-2}, {KvStorage::f16, 2e-3}};
+  const Sequence s(260, 8, 2, 64, 9);
+  Options o;
+  for (Path path : kPaths) {
+    o.path = path;
+    const auto f32 = run_chunks(s, 1, KvStorage::f32, o);
+    const std::vector<double> f32d(f32.begin(), f32.end());
+    for (const auto& [storage, bound] : bounds) {
+      for (std::size_t chunk : {1, 64}) {
+        const auto half = run_chunks(s, chunk, storage, o);
+        const auto c = test::compare(half.data(), f32d.data(), f32d.size());
+        INFO(kv_storage_name(storage)
+             << ", path " << path_name(path) << ", chunk " << chunk << ": " << c.summary());
+        CHECK(c.rel_frobenius <= bound);
+        // And the kernel's own rounding on top of the storage's is as small as f32's: against
+        // the double oracle over the values the cache holds.
+        const auto [k, v] = stored(s, storage);
+        test::check_close(half.data(), oracle(s, k, v, 0.125f), "half storage vs its oracle",
+                          kCacheRelTol, kCacheMaxTol);
+      }
+    }
+  }
+}
+
+TEST_CASE("cache attention: refused calls name the values and leave the cache as it was",
+          "[kv_cache][attention][errors]") {
+  const std::size_t h = 4, kvh = 2, d = 8;
+  KvCache cache(test::cache_config(4, kvh, d));
+  const SequenceId a = cache.add_sequence(), b = cache.add_sequence();
+  const auto data = test::random_normal(2 * 200 * h * d, 3);
+  cache.append({a, b}, {data.data(), 2, 70, kvh, d}, {data.data(), 2, 70, kvh, d});
+  std::vector<float> out(2 * 200 * h * d);
+  auto heads = [&](std::size_t n, std::size_t t, std::size_t hh, std::size_t dd) {
+    return ConstHeadsView{data.data(), n, t, hh, dd};
+  };
+  auto outv = [&](std::size_t n, std::size_t t, std::size_t hh, std::size_t dd) {
+    return HeadsView<float>{out.data(), n, t, hh, dd};
+  };
+  const auto before = cache.storage_data();
+  std::vector<unsigned char> bytes(
+      static_cast<const unsigned char*>(before),
+      static_cast<const unsigned char*>(before) + cache.storage_bytes());
+  auto refused = [&](const std::vector<std::string>& words, auto call) {
+    bool threw = false;
+    try {
+      call();
+    } catch (const std::invalid_argument& e) {
+      threw = true;
+      for (const std::string& w : words) {
+        INFO("message: " << e.what());
+        CHECK(std::string(e.what()).find(w) != std::string::npos);
+      }
+    }
+    CHECK(threw);
+    CHECK(cache.length(a) == 70);
+    CHECK(cache.length(b) == 70);
+    CHECK(cache.free_blocks() == 0);
+    CHECK(std::memcmp(bytes.data(), cache.storage_data(), bytes.size()) == 0);
+  };
+  Options o;
+  for (Path path : kPaths) {
+    o.path = path;
+    INFO("path " << path_name(path));
+    refused({"out of blocks"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 60, h, d), heads(1, 60, kvh, d),
+                                   heads(1, 60, kvh, d), outv(1, 60, h, d), o);
+    });
+    refused({"unknown sequence id 99"}, [&] {
+      scaled_dot_product_attention(cache, {99}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, h, d), o);
+    });
+    refused({"4 heads of head_dim 8", "kv_heads 2"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, 4, d),
+                                   heads(1, 1, 4, d), outv(1, 1, h, d), o);
+    });
+    refused({"query heads H = 3", "kv_heads = 2"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, 3, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, 3, d), o);
+    });
+    refused({"keys has a zero size"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 0, h, d), heads(1, 0, kvh, d),
+                                   heads(1, 0, kvh, d), outv(1, 0, h, d), o);
+    });
+    refused({"2 sequence ids for a batch of N = 1"}, [&] {
+      scaled_dot_product_attention(cache, {a, b}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, h, d), o);
+    });
+    refused({"query [2, 1, 4, 8] does not match", "[1, 1, 2, 8]"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(2, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(2, 1, h, d), o);
+    });
+    refused({"out [1, 2, 4, 8] must have the query's shape [1, 1, 4, 8]"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 2, h, d), o);
+    });
+    refused({"out overlaps an input"}, [&] {
+      scaled_dot_product_attention(
+          cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d), heads(1, 1, kvh, d),
+          HeadsView<float>{const_cast<float*>(data.data()), 1, 1, h, d}, o);
+    });
+    Options bad = o;
+    bad.causal = Causal::top_left;
+    refused({"top_left"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
+    });
+    bad = o;
+    bad.threads = -1;
+    refused({"options.threads must be >= 0"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
+    });
+  }
+}
