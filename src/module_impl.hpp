@@ -26,6 +26,10 @@ struct OwnedPacked {
   PackedWeight view;
 };
 
+/// Checks an [N, L, E] tensor argument: data not null, no zero size, embedding size e, sizes
+/// whose product fits; errors name `where` and `name`.
+void check_tensor(const char* where, const char* name, const ConstTensorView& t, std::size_t e);
+
 /// The bias's data, or nullptr for an absent (empty) bias.
 inline const float* bias_or_null(const std::vector<float>& b) {
   return b.empty() ? nullptr : b.data();
@@ -36,17 +40,22 @@ inline const float* bias_or_null(const std::vector<float>& b) {
 struct MultiHeadAttention::Impl {
   std::size_t e = 0;
   std::size_t heads = 0;
-  std::vector<float> weight[detail::kNumProjections];  // [E, E] each, PyTorch's [out, in]
+  std::size_t kv_heads = 0;                            // == heads without grouped-query attention
+  std::vector<float> weight[detail::kNumProjections];  // [out, E] each, PyTorch's [out, in]
   std::vector<float> bias[detail::kNumProjections];    // empty for an absent Q/K/V bias
 
   // Derived from the above, never set directly.
   detail::OwnedPacked packed[detail::kNumProjections];
-  detail::OwnedPacked packed_qkv;  // [3E, E]: self-attention's one GEMM
-  detail::OwnedPacked packed_kv;   // [2E, E]: keys and values from the same buffer
-  std::vector<float> bias_qkv;     // [3E], empty when no Q/K/V projection has a bias
-  std::vector<float> bias_kv;      // [2E], likewise for K/V
+  detail::OwnedPacked packed_qkv;  // [E + 2 kv_e, E]: self-attention's one GEMM
+  detail::OwnedPacked packed_kv;   // [2 kv_e, E]: keys and values from the same buffer
+  std::vector<float> bias_qkv;     // [E + 2 kv_e], empty when no Q/K/V projection has a bias
+  std::vector<float> bias_kv;      // [2 kv_e], likewise for K/V
 
   std::size_t head_dim() const { return e / heads; }
+  /// Out features of the key and value projections: kv_heads x head_dim.
+  std::size_t kv_e() const { return kv_heads * head_dim(); }
+  /// Out features of projection i (0..3).
+  std::size_t out_features(int i) const { return i == 1 || i == 2 ? kv_e() : e; }
 
   /// Recomputes every packed copy and concatenated bias.
   void repack();

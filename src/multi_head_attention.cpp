@@ -40,9 +40,10 @@ const char* projection_name(Projection p) {
 
 namespace {
 
-// Packs the rows of several [E, E] weights stacked on top of each other ([parts * E, E]).
+// Packs the rows of several [out_i, E] weights stacked on top of each other.
 OwnedPacked pack_stacked(std::initializer_list<const std::vector<float>*> parts, std::size_t e) {
-  const std::size_t out = parts.size() * e;
+  std::size_t out = 0;
+  for (const auto* w : parts) out += w->size() / e;
   std::vector<float> stacked;
   const float* src = parts.begin()[0]->data();
   if (parts.size() > 1) {
@@ -58,8 +59,9 @@ OwnedPacked pack_stacked(std::initializer_list<const std::vector<float>*> parts,
 }
 
 // The biases of projections `idx` end to end (zeros for an absent one), or empty if none of
-// them has a bias.
-std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections], std::size_t e,
+// them has a bias. Projection i has sizes[i] out features.
+std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections],
+                                 const std::size_t (&sizes)[kNumProjections],
                                  std::initializer_list<int> idx) {
   bool any = false;
   for (int i : idx) any = any || !b[i].empty();
@@ -67,7 +69,7 @@ std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections],
   if (!any) return out;
   for (int i : idx) {
     if (b[i].empty()) {
-      out.insert(out.end(), e, 0.0f);
+      out.insert(out.end(), sizes[i], 0.0f);
     } else {
       out.insert(out.end(), b[i].begin(), b[i].end());
     }
@@ -83,8 +85,9 @@ void MultiHeadAttention::Impl::repack() {
   for (int i = 0; i < detail::kNumProjections; ++i) packed[i] = pack_stacked({&weight[i]}, e);
   packed_qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
   packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
-  bias_qkv = detail::concat_biases(bias, e, {0, 1, 2});
-  bias_kv = detail::concat_biases(bias, e, {1, 2});
+  const std::size_t sizes[] = {e, kv_e(), kv_e(), e};
+  bias_qkv = detail::concat_biases(bias, sizes, {0, 1, 2});
+  bias_kv = detail::concat_biases(bias, sizes, {1, 2});
 }
 
 void MultiHeadAttention::Impl::replace_weight(int i, std::vector<float> w) {
@@ -103,8 +106,9 @@ void MultiHeadAttention::Impl::replace_weight(int i, std::vector<float> w) {
 void MultiHeadAttention::Impl::replace_bias(int i, std::vector<float> b) {
   std::vector<float> next[detail::kNumProjections];
   for (int j = 0; j < detail::kNumProjections; ++j) next[j] = j == i ? std::move(b) : bias[j];
-  std::vector<float> qkv = detail::concat_biases(next, e, {0, 1, 2});
-  std::vector<float> kv = detail::concat_biases(next, e, {1, 2});
+  const std::size_t sizes[] = {e, kv_e(), kv_e(), e};
+  std::vector<float> qkv = detail::concat_biases(next, sizes, {0, 1, 2});
+  std::vector<float> kv = detail::concat_biases(next, sizes, {1, 2});
   for (int j = 0; j < detail::kNumProjections; ++j) bias[j].swap(next[j]);
   bias_qkv.swap(qkv);
   bias_kv.swap(kv);
@@ -114,6 +118,7 @@ MultiHeadAttention::Impl MultiHeadAttention::Impl::clone() const {
   Impl c;
   c.e = e;
   c.heads = heads;
+  c.kv_heads = kv_heads;
   for (int i = 0; i < detail::kNumProjections; ++i) {
     c.weight[i] = weight[i];
     c.bias[i] = bias[i];
@@ -124,6 +129,10 @@ MultiHeadAttention::Impl MultiHeadAttention::Impl::clone() const {
 
 MultiHeadAttention::MultiHeadAttention(std::size_t embed_size, std::size_t heads,
                                        std::uint64_t seed)
+    : MultiHeadAttention(embed_size, heads, KvHeads{heads}, seed) {}
+
+MultiHeadAttention::MultiHeadAttention(std::size_t embed_size, std::size_t heads, KvHeads kv_heads,
+                                       std::uint64_t seed)
     : impl_(std::make_unique<Impl>()) {
   const char* where = "MultiHeadAttention";
   if (embed_size == 0) detail::fail(where, "embed_size must be > 0, got 0");
@@ -132,9 +141,14 @@ MultiHeadAttention::MultiHeadAttention(std::size_t embed_size, std::size_t heads
     detail::fail(where, "embed_size (" + std::to_string(embed_size) +
                             ") must be divisible by heads (" + std::to_string(heads) + ")");
   }
+  if (kv_heads.value == 0 || heads % kv_heads.value != 0) {
+    detail::fail(where, "kv_heads (" + std::to_string(kv_heads.value) +
+                            ") must be > 0 and divide heads (" + std::to_string(heads) + ")");
+  }
   detail::checked_mul(where, "embed_size * embed_size * 3", embed_size, embed_size, 3);
   impl_->e = embed_size;
   impl_->heads = heads;
+  impl_->kv_heads = kv_heads.value;
   reset_parameters(seed);
 }
 
@@ -159,6 +173,9 @@ std::size_t MultiHeadAttention::heads() const noexcept {
 std::size_t MultiHeadAttention::head_dim() const noexcept {
   return impl_->e / impl_->heads;
 }
+std::size_t MultiHeadAttention::kv_heads() const noexcept {
+  return impl_->kv_heads;
+}
 
 void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
   // nn.Linear's default: kaiming_uniform(a = sqrt(5)) for weights, which is U(-b, b) with
@@ -167,7 +184,7 @@ void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
   const double bound = 1.0 / std::sqrt(static_cast<double>(e));
   detail::Random rng(seed);
   for (int i = 0; i < detail::kNumProjections; ++i) {
-    impl_->weight[i].resize(e * e);
+    impl_->weight[i].resize(impl_->out_features(i) * e);
     for (float& w : impl_->weight[i]) w = static_cast<float>(rng.uniform(-bound, bound));
     impl_->bias[i].clear();
   }
@@ -178,14 +195,15 @@ void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
 
 void MultiHeadAttention::set_weight(Projection p, const float* data, std::size_t count) {
   const int i = detail::projection_index("MultiHeadAttention", p);
-  const std::size_t e = impl_->e;
+  const std::size_t e = impl_->e, out = impl_->out_features(i);
   if (data == nullptr)
     detail::fail("set_weight", std::string(detail::projection_name(p)) + " weight is null");
-  if (count != e * e) {
+  if (count != out * e) {
     detail::fail("set_weight", std::string(detail::projection_name(p)) + " weight has " +
-                                   std::to_string(count) + " elements, [E, E] = [" +
-                                   std::to_string(e) + ", " + std::to_string(e) + "] needs " +
-                                   std::to_string(e * e));
+                                   std::to_string(count) + " elements, [" +
+                                   (out == e ? "E" : "kv_heads * head_dim") + ", E] = [" +
+                                   std::to_string(out) + ", " + std::to_string(e) + "] needs " +
+                                   std::to_string(out * e));
   }
   impl_->replace_weight(i, std::vector<float>(data, data + count));
 }
@@ -196,13 +214,14 @@ const std::vector<float>& MultiHeadAttention::weight(Projection p) const {
 
 void MultiHeadAttention::set_bias(Projection p, const float* data, std::size_t count) {
   const int i = detail::projection_index("MultiHeadAttention", p);
-  const std::size_t e = impl_->e;
+  const std::size_t out = impl_->out_features(i);
   if (data == nullptr)
     detail::fail("set_bias", std::string(detail::projection_name(p)) + " bias is null");
-  if (count != e) {
+  if (count != out) {
     detail::fail("set_bias", std::string(detail::projection_name(p)) + " bias has " +
-                                 std::to_string(count) + " elements, [E] = [" + std::to_string(e) +
-                                 "] needs " + std::to_string(e));
+                                 std::to_string(count) + " elements, [" +
+                                 (out == impl_->e ? "E" : "kv_heads * head_dim") + "] = [" +
+                                 std::to_string(out) + "] needs " + std::to_string(out));
   }
   impl_->replace_bias(i, std::vector<float>(data, data + count));
 }
@@ -221,21 +240,24 @@ const std::vector<float>& MultiHeadAttention::bias(Projection p) const {
   return impl_->bias[detail::projection_index("MultiHeadAttention", p)];
 }
 
-namespace {
+namespace detail {
 
 void check_tensor(const char* where, const char* name, const ConstTensorView& t, std::size_t e) {
-  if (t.data == nullptr) detail::fail(where, std::string(name) + ".data is null");
+  if (t.data == nullptr) fail(where, std::string(name) + ".data is null");
   if (t.n == 0 || t.l == 0 || t.e == 0) {
-    detail::fail(where,
-                 std::string(name) + " has a zero size: " + detail::shape_string(t.n, t.l, t.e));
+    fail(where, std::string(name) + " has a zero size: " + shape_string(t.n, t.l, t.e));
   }
   if (t.e != e) {
-    detail::fail(where, std::string(name) + " has embedding size " + std::to_string(t.e) +
-                            " (shape " + detail::shape_string(t.n, t.l, t.e) +
-                            "), the module has embed_size " + std::to_string(e));
+    fail(where, std::string(name) + " has embedding size " + std::to_string(t.e) + " (shape " +
+                    shape_string(t.n, t.l, t.e) + "), the module has embed_size " +
+                    std::to_string(e));
   }
-  detail::checked_mul(where, name, t.n, t.l, t.e);
+  checked_mul(where, name, t.n, t.l, t.e);
 }
+
+}  // namespace detail
+
+namespace {
 
 std::size_t bytes_of(const ConstTensorView& t) {
   return t.n * t.l * t.e * sizeof(float);
@@ -261,11 +283,11 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
                           const ConstTensorView& values, const ConstTensorView& keys,
                           const ConstTensorView& query, const Mask& mask,
                           const TensorView<float>& out, const Options& options) {
-  check_tensor(where, "values", values, e);
-  check_tensor(where, "keys", keys, e);
-  check_tensor(where, "query", query, e);
+  detail::check_tensor(where, "values", values, e);
+  detail::check_tensor(where, "keys", keys, e);
+  detail::check_tensor(where, "query", query, e);
   const ConstTensorView out_c{out.data, out.n, out.l, out.e};
-  check_tensor(where, "out", out_c, e);
+  detail::check_tensor(where, "out", out_c, e);
   if (keys.n != values.n || keys.l != values.l) {
     detail::fail(where, "keys " + detail::shape_string(keys.n, keys.l, keys.e) + " and values " +
                             detail::shape_string(values.n, values.l, values.e) +
@@ -325,14 +347,16 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
   const ForwardCall c = check_forward(where, e, m.heads, values, keys, query, mask, out, options);
   const kernels::KernelTable* table = detail::kernels_for(where, options);
   const std::size_t n = c.n, lq = c.lq, lk = c.lk, heads = c.heads, d = c.d;
-  const std::size_t q_size = n * lq * e, kv_size = n * lk * e;
+  const std::size_t kvh = m.kv_heads, kv_e = m.kv_e();
+  const std::size_t q_size = n * lq * e, kv_size = n * lk * kv_e;
 
   if (table == nullptr) {
     using detail::bias_or_null;
-    const reference::Weights<float> w{m.weight[0].data(),      m.weight[1].data(),
-                                      m.weight[2].data(),      m.weight[3].data(),
-                                      bias_or_null(m.bias[0]), bias_or_null(m.bias[1]),
-                                      bias_or_null(m.bias[2]), m.bias[3].data()};
+    reference::Weights<float> w{m.weight[0].data(),      m.weight[1].data(),
+                                m.weight[2].data(),      m.weight[3].data(),
+                                bias_or_null(m.bias[0]), bias_or_null(m.bias[1]),
+                                bias_or_null(m.bias[2]), m.bias[3].data()};
+    w.kv_heads = kvh;
     float* scratch = detail::thread_scratch(detail::ScratchSlot::activations,
                                             reference::multi_head_attention_scratch(n, lq, lk, e));
     reference::multi_head_attention<float>(values.data, keys.data, query.data, n, lk, lq, e, heads,
@@ -342,38 +366,40 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
   }
 
   // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call.
-  float* scratch = detail::thread_scratch(detail::ScratchSlot::activations,
-                                          3 * std::max(q_size, kv_size) + q_size);
+  const std::size_t qkv_size = n * lq * (e + 2 * kv_e);  // self-attention: [N, L, E + 2 kv_e]
+  const std::size_t projected = std::max(qkv_size, q_size + 2 * kv_size);
+  float* scratch = detail::thread_scratch(detail::ScratchSlot::activations, projected + q_size);
   const bool self = values.data == keys.data && keys.data == query.data && lq == lk;
   const bool shared_kv = !self && values.data == keys.data;
   detail::AttentionProblem p;
   if (self) {
     // One GEMM against [Wq; Wk; Wv]: each row of x is read once for all three projections.
+    const std::size_t row = e + 2 * kv_e;
     detail::run_linear(*table, query.data, n * lq, m.packed_qkv.view,
-                       detail::bias_or_null(m.bias_qkv), scratch, 3 * e, c.threads);
-    p.q = {scratch, n, lq, heads, d, 3 * e, lq * 3 * e};
-    p.k = {scratch + e, n, lk, heads, d, 3 * e, lk * 3 * e};
-    p.v = {scratch + 2 * e, n, lk, heads, d, 3 * e, lk * 3 * e};
+                       detail::bias_or_null(m.bias_qkv), scratch, row, c.threads);
+    p.q = {scratch, n, lq, heads, d, row, lq * row};
+    p.k = {scratch + e, n, lk, kvh, d, row, lk * row};
+    p.v = {scratch + e + kv_e, n, lk, kvh, d, row, lk * row};
   } else {
     float* kv = scratch + q_size;
     detail::run_linear(*table, query.data, n * lq, m.packed[0].view,
                        detail::bias_or_null(m.bias[0]), scratch, e, c.threads);
     if (shared_kv) {
       detail::run_linear(*table, keys.data, n * lk, m.packed_kv.view,
-                         detail::bias_or_null(m.bias_kv), kv, 2 * e, c.threads);
-      p.k = {kv, n, lk, heads, d, 2 * e, lk * 2 * e};
-      p.v = {kv + e, n, lk, heads, d, 2 * e, lk * 2 * e};
+                         detail::bias_or_null(m.bias_kv), kv, 2 * kv_e, c.threads);
+      p.k = {kv, n, lk, kvh, d, 2 * kv_e, lk * 2 * kv_e};
+      p.v = {kv + kv_e, n, lk, kvh, d, 2 * kv_e, lk * 2 * kv_e};
     } else {
       detail::run_linear(*table, keys.data, n * lk, m.packed[1].view,
-                         detail::bias_or_null(m.bias[1]), kv, e, c.threads);
+                         detail::bias_or_null(m.bias[1]), kv, kv_e, c.threads);
       detail::run_linear(*table, values.data, n * lk, m.packed[2].view,
-                         detail::bias_or_null(m.bias[2]), kv + kv_size, e, c.threads);
-      p.k = {kv, n, lk, heads, d, e, lk * e};
-      p.v = {kv + kv_size, n, lk, heads, d, e, lk * e};
+                         detail::bias_or_null(m.bias[2]), kv + kv_size, kv_e, c.threads);
+      p.k = {kv, n, lk, kvh, d, kv_e, lk * kv_e};
+      p.v = {kv + kv_size, n, lk, kvh, d, kv_e, lk * kv_e};
     }
     p.q = {scratch, n, lq, heads, d, e, lq * e};
   }
-  float* attn = scratch + 3 * std::max(q_size, kv_size);
+  float* attn = scratch + projected;
   p.out = {attn, n, lq, heads, d, e, lq * e};
   p.rule = c.rule;
   p.scale = c.scale;
@@ -389,7 +415,7 @@ Tensor MultiHeadAttention::forward(const ConstTensorView& values, const ConstTen
                                    const Options& options) const {
   // Validate the query before sizing the result from it: a wrong shape must be reported as
   // such, not as a failed allocation.
-  check_tensor("MultiHeadAttention::forward", "query", query, impl_->e);
+  detail::check_tensor("MultiHeadAttention::forward", "query", query, impl_->e);
   Tensor out(query.n, query.l, impl_->e);
   forward(values, keys, query, mask, out.view(), options);
   return out;

@@ -352,6 +352,7 @@ constexpr Projection kProjections[] = {Projection::query, Projection::key, Proje
 
 struct Parameters {
   std::size_t e = 0;
+  std::size_t kv_e = 0;          // out features of the key and value projections
   std::vector<float> weight[4];  // in kProjections order
   std::vector<float> bias[4];    // empty: the file has none
 };
@@ -429,10 +430,10 @@ void split_in_three(const std::vector<float>& stacked, std::vector<float>* parts
   }
 }
 
-// Reads every parameter before anything is committed. `module_e` is the module's embed size,
-// or 0 to take it from the file.
+// Reads every parameter before anything is committed. `module_e` is the module's embed size and
+// `module_kv_e` its key/value projections' out features, or 0 to take them from the file.
 Parameters read_parameters(const SafetensorsFile& f, const std::string& prefix,
-                           std::size_t module_e) {
+                           std::size_t module_e, std::size_t module_kv_e) {
   const ParameterReader r(f, prefix);
   const char* kTutorial = "the tutorial's SelfAttention";
   const char* kTorch = "nn.MultiheadAttention";
@@ -476,13 +477,30 @@ Parameters read_parameters(const SafetensorsFile& f, const std::string& prefix,
   }
   const std::size_t e = p.e;
   if (tutorial) {
+    // Grouped-query attention: keys and values project to kv_heads x head_dim features.
+    const SafetensorsEntry& keys = r.require("keys.weight", module);
+    p.kv_e = keys.shape.size() == 2 && keys.shape[0] != 0 ? keys.shape[0] : e;
+    if (module_kv_e != 0 && p.kv_e != module_kv_e) {
+      fail(f.name(), "wrong shape: tensor '" + r.prefix() + "keys.weight' is " +
+                         shape_text(keys.shape) + ", the module's key projection is [kv_heads * " +
+                         "head_dim, E] = [" + std::to_string(module_kv_e) + ", " +
+                         std::to_string(e) + "]");
+    }
     const char* names[] = {"queries", "keys", "values", "fc_out"};
     for (int i = 0; i < 4; ++i) {
       const std::string base = names[i];
-      p.weight[i] = r.read(base + ".weight", {e, e}, module, e);
-      if (r.has(base + ".bias")) p.bias[i] = r.read(base + ".bias", {e}, module, e);
+      const std::size_t out_features = i == 1 || i == 2 ? p.kv_e : e;
+      p.weight[i] = r.read(base + ".weight", {out_features, e}, module, e);
+      if (r.has(base + ".bias")) p.bias[i] = r.read(base + ".bias", {out_features}, module, e);
     }
     return p;
+  }
+  p.kv_e = e;
+  if (module_kv_e != 0 && module_kv_e != e) {
+    fail(f.name(),
+         "unsupported module: nn.MultiheadAttention has no grouped-query attention, "
+         "and the module's key projection has " +
+             std::to_string(module_kv_e) + " out features, not E = " + std::to_string(e));
   }
   split_in_three(r.read("in_proj_weight", {3 * e, e}, module, e), p.weight);
   if (r.has("in_proj_bias")) split_in_three(r.read("in_proj_bias", {3 * e}, module, e), p.bias);
@@ -492,8 +510,9 @@ Parameters read_parameters(const SafetensorsFile& f, const std::string& prefix,
 }
 
 // The metadata's "<prefix>heads", if any, must agree with the module's heads.
-void check_heads(const SafetensorsFile& f, const std::string& prefix, std::size_t heads) {
-  const std::string key = with_dot(prefix) + "heads";
+void check_count(const SafetensorsFile& f, const std::string& prefix, const char* name,
+                 std::size_t heads) {
+  const std::string key = with_dot(prefix) + name;
   const auto it = f.metadata().find(key);
   if (it == f.metadata().end()) return;
   const std::string& text = it->second;
@@ -503,9 +522,16 @@ void check_heads(const SafetensorsFile& f, const std::string& prefix, std::size_
       std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (digits) value = std::stoull(text);
   if (!digits || value != heads) {
-    fail(f.name(), "heads mismatch: the metadata has \"" + key + "\": \"" + text +
-                       "\" but the module has heads = " + std::to_string(heads));
+    fail(f.name(), std::string(name) + " mismatch: the metadata has \"" + key + "\": \"" + text +
+                       "\" but the module has " + name + " = " + std::to_string(heads));
   }
+}
+
+// The metadata's "<prefix>heads" and "<prefix>kv_heads", if any, must agree with the module.
+void check_heads(const SafetensorsFile& f, const std::string& prefix, std::size_t heads,
+                 std::size_t kv_heads) {
+  check_count(f, prefix, "heads", heads);
+  check_count(f, prefix, "kv_heads", kv_heads);
 }
 
 // Strong guarantee: the module changes only once every setter has succeeded on a copy.
@@ -526,8 +552,9 @@ void commit(MultiHeadAttention& module, const Parameters& p) {
 
 void load_weights(MultiHeadAttention& module, const SafetensorsFile& file,
                   const std::string& prefix) {
-  const Parameters p = read_parameters(file, prefix, module.embed_size());
-  check_heads(file, prefix, module.heads());
+  const Parameters p =
+      read_parameters(file, prefix, module.embed_size(), module.kv_heads() * module.head_dim());
+  check_heads(file, prefix, module.heads(), module.kv_heads());
   commit(module, p);
 }
 
@@ -540,13 +567,21 @@ MultiHeadAttention load_multi_head_attention(const SafetensorsFile& file, std::s
   if (heads == 0) {
     throw std::invalid_argument("simdattn::load_multi_head_attention: heads must be > 0, got 0");
   }
-  const Parameters p = read_parameters(file, prefix, 0);
+  const Parameters p = read_parameters(file, prefix, 0, 0);
   if (p.e % heads != 0) {
     fail(file.name(), "embed size " + std::to_string(p.e) +
                           " is not divisible by heads = " + std::to_string(heads));
   }
-  check_heads(file, prefix, heads);
-  MultiHeadAttention module(p.e, heads);
+  const std::size_t d = p.e / heads;
+  const std::size_t kv_heads = p.kv_e / d;
+  if (p.kv_e % d != 0 || heads % kv_heads != 0) {
+    fail(file.name(), "key/value projections of " + std::to_string(p.kv_e) +
+                          " out features are not kv_heads x head_dim with kv_heads dividing "
+                          "heads = " +
+                          std::to_string(heads) + " (head_dim " + std::to_string(d) + ")");
+  }
+  check_heads(file, prefix, heads, kv_heads);
+  MultiHeadAttention module(p.e, heads, KvHeads{kv_heads});
   commit(module, p);
   return module;
 }

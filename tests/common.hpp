@@ -125,7 +125,7 @@ inline std::vector<double> oracle_sdpa(const ConstHeadsView& q, const ConstHeads
 }
 
 /// The double oracle of MultiHeadAttention::forward() with the module's current weights:
-/// an [N, Lq, E] result.
+/// an [N, Lq, E] result. A grouped-query module's K/V heads are each read by their group.
 inline std::vector<double> oracle_forward(const MultiHeadAttention& m,
                                           const ConstTensorView& values,
                                           const ConstTensorView& keys, const ConstTensorView& query,
@@ -140,8 +140,9 @@ inline std::vector<double> oracle_forward(const MultiHeadAttention& m,
     b[i] = to_double(m.bias(projections[i]));  // empty when absent
   }
   auto bias = [](const std::vector<double>& v) { return v.empty() ? nullptr : v.data(); };
-  const reference::Weights<double> weights{w[0].data(), w[1].data(), w[2].data(), w[3].data(),
-                                           bias(b[0]),  bias(b[1]),  bias(b[2]),  bias(b[3])};
+  reference::Weights<double> weights{w[0].data(), w[1].data(), w[2].data(), w[3].data(),
+                                     bias(b[0]),  bias(b[1]),  bias(b[2]),  bias(b[3])};
+  weights.kv_heads = m.kv_heads();
   const auto vd = to_double(values.data, values.n * values.l * e);
   const auto kd = to_double(keys.data, keys.n * keys.l * e);
   const auto qd = to_double(query.data, query.n * query.l * e);

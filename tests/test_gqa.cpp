@@ -113,3 +113,86 @@ TEST_CASE("grouped-query attention: strided K/V views of a packed [N, L, (H + 2 
     test::check_close(out.data(), ref, "gqa strided");
   }
 }
+
+TEST_CASE("grouped-query module: kv_heads = heads is the plain module, bit for bit",
+          "[gqa][module]") {
+  const MultiHeadAttention plain(64, 8, 5);
+  const MultiHeadAttention same(64, 8, KvHeads{8}, 5);
+  CHECK(same.kv_heads() == 8);
+  for (Projection p : {Projection::query, Projection::key, Projection::value, Projection::output}) {
+    CHECK(same.weight(p) == plain.weight(p));
+    CHECK(same.bias(p) == plain.bias(p));
+  }
+  const Tensor x = Tensor::randn(2, 37, 64, 1), q = Tensor::randn(2, 3, 64, 2);
+  for (Path path : kPaths) {
+    Options o;
+    o.path = path;
+    o.causal = Causal::top_left;
+    INFO("path " << path_name(path));
+    CHECK(test::same_bits(same.forward(x, x, x, {}, o).values(),
+                          plain.forward(x, x, x, {}, o).values()));
+    CHECK(test::same_bits(same.forward(x, x, q, {}, o).values(),
+                          plain.forward(x, x, q, {}, o).values()));
+  }
+}
+
+TEST_CASE(
+    "grouped-query module: kv_heads 1, 2, 4 against the oracle, and equal to the plain "
+    "module with K/V weight rows repeated per group",
+    "[gqa][module]") {
+  const std::size_t e = 64, heads = 8, d = 8;
+  for (std::size_t kvh : {1, 2, 4}) {
+    MultiHeadAttention gqa(e, heads, KvHeads{kvh}, 10 + kvh);
+    CHECK(gqa.weight(Projection::key).size() == kvh * d * e);
+    gqa.set_bias(Projection::key, test::random_normal(kvh * d, 3, 0.1f));
+    gqa.set_bias(Projection::value, test::random_normal(kvh * d, 4, 0.1f));
+    // The plain module whose head h has the weights of K/V head h / (heads / kvh).
+    MultiHeadAttention repeated(e, heads, 1);
+    repeated.set_weight(Projection::query, gqa.weight(Projection::query));
+    repeated.set_weight(Projection::output, gqa.weight(Projection::output));
+    repeated.set_bias(Projection::output, gqa.bias(Projection::output));
+    for (Projection p : {Projection::key, Projection::value}) {
+      // Rows [kv head][d][E]: repeat whole heads of d x E (and d for the bias).
+      repeated.set_weight(p, repeat_heads(gqa.weight(p), 1, 1, kvh, heads, d * e));
+      repeated.set_bias(p, repeat_heads(gqa.bias(p), 1, 1, kvh, heads, d));
+    }
+    const Tensor x = Tensor::randn(2, 33, e, 7), y = Tensor::randn(2, 20, e, 8),
+                 q = Tensor::randn(2, 2, e, 9);
+    struct Layout {
+      const char* name;
+      const Tensor &values, &keys, &query;
+    };
+    const Layout layouts[] = {{"self", x, x, x}, {"shared K/V", y, y, x}, {"separate", y, x, q}};
+    for (const Layout& l : layouts) {
+      if (&l.values != &l.keys && l.keys.l() != l.values.l()) continue;
+      for (Path path : kPaths) {
+        Options o;
+        o.path = path;
+        o.causal = &l.query == &l.keys ? Causal::top_left : Causal::none;
+        INFO("kv_heads " << kvh << ", " << l.name << ", path " << path_name(path));
+        const Tensor out = gqa.forward(l.values, l.keys, l.query, {}, o);
+        test::check_close(out.data(), test::oracle_forward(gqa, l.values, l.keys, l.query, {}, o),
+                          "gqa module");
+        CHECK(test::same_bits(out.values(),
+                              repeated.forward(l.values, l.keys, l.query, {}, o).values()));
+      }
+    }
+  }
+}
+
+TEST_CASE("grouped-query module: refused shapes", "[gqa][module][errors]") {
+  CHECK_THROWS_WITH(MultiHeadAttention(64, 8, KvHeads{3}),
+                    Catch::Contains("kv_heads (3) must be > 0 and divide heads (8)"));
+  CHECK_THROWS_WITH(MultiHeadAttention(64, 8, KvHeads{0}),
+                    Catch::Contains("kv_heads (0) must be > 0 and divide heads (8)"));
+  MultiHeadAttention m(64, 8, KvHeads{2}, 1);
+  const auto before = m.weight(Projection::key);
+  CHECK_THROWS_WITH(m.set_weight(Projection::key, std::vector<float>(64 * 64)),
+                    Catch::Contains("key weight has 4096 elements, [kv_heads * head_dim, E] = "
+                                    "[16, 64] needs 1024"));
+  CHECK_THROWS_WITH(m.set_bias(Projection::value, std::vector<float>(64)),
+                    Catch::Contains("value bias has 64 elements, [kv_heads * head_dim] = [16] "
+                                    "needs 16"));
+  CHECK(m.weight(Projection::key) == before);
+  m.set_weight(Projection::query, std::vector<float>(64 * 64, 0.5f));  // E x E as before
+}

@@ -302,7 +302,7 @@ TEST_CASE("cache attention: refused calls name the values and leave the cache as
     });
     bad = o;
     bad.threads = -1;
-    refused({"options.threads must be >= 0"}, [&] {
+    refused({"options.threads must be in [0, 1024]"}, [&] {
       scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
     });

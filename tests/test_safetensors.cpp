@@ -97,8 +97,11 @@ std::vector<RawTensor> tutorial_tensors(const MultiHeadAttention& m,
   const char* names[] = {"queries", "keys", "values", "fc_out"};
   std::vector<RawTensor> out;
   for (int i = 0; i < 4; ++i) {
-    out.push_back(f32(prefix + names[i] + ".weight", {e, e}, m.weight(kAll[i])));
-    if (m.has_bias(kAll[i])) out.push_back(f32(prefix + names[i] + ".bias", {e}, m.bias(kAll[i])));
+    const std::size_t rows = m.weight(kAll[i]).size() / e;  // kv_heads x head_dim for K and V
+    out.push_back(f32(prefix + names[i] + ".weight", {rows, e}, m.weight(kAll[i])));
+    if (m.has_bias(kAll[i])) {
+      out.push_back(f32(prefix + names[i] + ".bias", {rows}, m.bias(kAll[i])));
+    }
   }
   return out;
 }
@@ -119,9 +122,12 @@ std::vector<RawTensor> torch_mha_tensors(const MultiHeadAttention& m,
 }
 
 // A module with random weights and biases on every projection (none is left at its default).
-MultiHeadAttention random_module(std::size_t e, std::size_t heads, std::uint64_t seed) {
-  MultiHeadAttention m(e, heads, seed);
-  for (int i = 0; i < 4; ++i) m.set_bias(kAll[i], test::random_normal(e, seed * 10 + i));
+MultiHeadAttention random_module(std::size_t e, std::size_t heads, std::uint64_t seed,
+                                 std::size_t kv_heads = 0) {
+  MultiHeadAttention m(e, heads, KvHeads{kv_heads == 0 ? heads : kv_heads}, seed);
+  for (int i = 0; i < 4; ++i) {
+    m.set_bias(kAll[i], test::random_normal(m.weight(kAll[i]).size() / e, seed * 10 + i));
+  }
   return m;
 }
 
@@ -505,6 +511,46 @@ TEST_CASE("safetensors: embed size and heads must match the module", "[safetenso
   CHECK(load_multi_head_attention(g, 4, "a").heads() == 4);
   CHECK_THAT(error_of([&] { load_multi_head_attention(g, 2, "a"); }),
              Catch::Contains("\"a.heads\": \"4\""));
+}
+
+TEST_CASE("safetensors: grouped-query modules, kv_heads from the key projection's rows",
+          "[safetensors][gqa]") {
+  const MultiHeadAttention source = random_module(24, 6, 3, 2);  // head_dim 4, K/V [8, 24]
+  const auto file = build(tutorial_tensors(source));
+  const auto f = SafetensorsFile::from_memory(file.data(), file.size(), "gqa.safetensors");
+  const MultiHeadAttention created = load_multi_head_attention(f, 6);
+  CHECK(created.kv_heads() == 2);
+  CHECK(Snapshot(created) == Snapshot(source));
+  MultiHeadAttention target(24, 6, KvHeads{2}, 4);
+  load_weights(target, f);
+  CHECK(Snapshot(target) == Snapshot(source));
+  const Tensor x = Tensor::randn(2, 5, 24, 4);
+  CHECK(created.forward(x, x, x).values() == source.forward(x, x, x).values());
+  // The same file with 3 heads: head_dim 8, and 8 rows are 1 kv head, which divides 3.
+  CHECK(load_multi_head_attention(f, 3).kv_heads() == 1);
+  // 4 heads: head_dim 6 does not divide the 8 rows.
+  CHECK_THAT(error_of([&] { load_multi_head_attention(f, 4); }),
+             Catch::Contains("key/value projections of 8 out features are not kv_heads x "
+                             "head_dim with kv_heads dividing heads = 4 (head_dim 6)"));
+  // Into a module without grouped-query attention (3 heads of 8: K/V [24, 24]).
+  check_rejected(file,
+                 "wrong shape: tensor 'keys.weight' is [8, 24], the module's key projection is "
+                 "[kv_heads * head_dim, E] = [24, 24]");
+  const auto meta = build(tutorial_tensors(source), {{"kv_heads", "1"}});
+  const auto g = SafetensorsFile::from_memory(meta.data(), meta.size(), "meta");
+  CHECK_THAT(error_of([&] { load_multi_head_attention(g, 6); }),
+             Catch::Contains("kv_heads mismatch: the metadata has \"kv_heads\": \"1\" but the "
+                             "module has kv_heads = 2"));
+  // nn.MultiheadAttention has no grouped-query form.
+  MultiHeadAttention gqa = random_module(24, 6, 5, 2);
+  const Snapshot before(gqa);
+  const auto torch_file = build(torch_mha_tensors(random_module(24, 6, 6)));
+  CHECK_THAT(error_of([&] {
+               load_weights(gqa, SafetensorsFile::from_memory(torch_file.data(), torch_file.size(),
+                                                              "torch"));
+             }),
+             Catch::Contains("nn.MultiheadAttention has no grouped-query attention"));
+  CHECK(Snapshot(gqa) == before);
 }
 
 TEST_CASE("safetensors: modules simdattn cannot represent are refused", "[safetensors]") {

@@ -14,6 +14,15 @@ namespace simdattn {
 /// Tutorial names: queries, keys, values, fc_out.
 enum class Projection { query, key, value, output };
 
+/// The number of key/value heads of a grouped-query module (a distinct type, so that it cannot
+/// be mistaken for the seed): MultiHeadAttention(1024, 16, KvHeads{4}).
+struct KvHeads {
+  std::size_t value = 0;
+};
+
+class KvCache;
+using SequenceId = std::uint64_t;
+
 /// Multi-head attention as the tutorial's `SelfAttention(embed_size, heads)`:
 ///
 ///     Q = query Wq^T (+ bq), K = keys Wk^T (+ bk), V = values Wv^T (+ bv)     (E -> E)
@@ -25,14 +34,28 @@ enum class Projection { query, key, value, output };
 /// trained in PyTorch load without transposing. The output bias always exists (zeros if never
 /// set); the Q/K/V biases are optional (the tutorial has none; nn.MultiheadAttention has them).
 ///
-/// forward() is const and may be called from several threads at once on one module; setters
-/// must not run concurrently with anything else on the same module.
+/// Grouped-query attention (GQA; multi-query with kv_heads = 1): with kv_heads < heads, the key
+/// and value projections are [kv_heads * head_dim, E] and query head h reads K/V head
+/// h / (heads / kv_heads), as in PyTorch's enable_gqa and Llama-style models. kv_heads = heads
+/// (the default) is the tutorial's module, bit for bit.
+///
+/// Generation: step() runs the module on the new tokens of sequences whose earlier keys and
+/// values are kept in a KvCache (kv_cache.hpp), projecting only the new tokens.
+///
+/// forward() and step() are const and may be called from several threads at once on one module
+/// (step() with a different cache per thread); setters must not run concurrently with anything
+/// else on the same module.
 class MultiHeadAttention {
  public:
   /// Throws std::invalid_argument if embed_size or heads is 0 or embed_size % heads != 0.
   /// Parameters are initialised as PyTorch's nn.Linear does (uniform in +-1/sqrt(embed_size)
   /// for weights and the output bias) from a deterministic generator seeded with `seed`.
   MultiHeadAttention(std::size_t embed_size, std::size_t heads, std::uint64_t seed = 0);
+  /// Grouped-query attention with kv_heads key/value heads. Throws std::invalid_argument as
+  /// above, or if kv_heads is 0 or does not divide heads. kv_heads = heads draws the same
+  /// parameters as the constructor above.
+  MultiHeadAttention(std::size_t embed_size, std::size_t heads, KvHeads kv_heads,
+                     std::uint64_t seed = 0);
   ~MultiHeadAttention();
   MultiHeadAttention(const MultiHeadAttention& other);
   MultiHeadAttention& operator=(const MultiHeadAttention& other);
@@ -42,25 +65,30 @@ class MultiHeadAttention {
   std::size_t embed_size() const noexcept;
   std::size_t heads() const noexcept;
   std::size_t head_dim() const noexcept;
+  /// Key/value heads: heads unless built with KvHeads.
+  std::size_t kv_heads() const noexcept;
 
   /// Re-draws every weight and the output bias as the constructor does; removes Q/K/V biases.
   void reset_parameters(std::uint64_t seed);
 
-  /// Copies an [E, E] weight ([out, in], row-major). Throws std::invalid_argument if `data`
-  /// is null or count != E * E; the module is unchanged then.
+  /// Copies a weight ([out, in], row-major): [E, E] for the query and output projections,
+  /// [kv_heads * head_dim, E] for the key and value projections (= [E, E] without GQA). Throws
+  /// std::invalid_argument if `data` is null or count is not out * E; the module is unchanged
+  /// then.
   void set_weight(Projection p, const float* data, std::size_t count);
   void set_weight(Projection p, const std::vector<float>& w) { set_weight(p, w.data(), w.size()); }
-  /// The weight as set, [E, E] row-major.
+  /// The weight as set, [out, E] row-major.
   const std::vector<float>& weight(Projection p) const;
 
-  /// Copies an [E] bias. Throws std::invalid_argument if `data` is null or count != E.
+  /// Copies a bias of the projection's out features ([E], or [kv_heads * head_dim] for key and
+  /// value). Throws std::invalid_argument if `data` is null or count differs.
   void set_bias(Projection p, const float* data, std::size_t count);
   void set_bias(Projection p, const std::vector<float>& b) { set_bias(p, b.data(), b.size()); }
   /// Removes a Q/K/V bias; for the output projection, sets the bias to zeros.
   void clear_bias(Projection p);
   /// False for a Q/K/V projection without bias; always true for the output projection.
   bool has_bias(Projection p) const;
-  /// The bias, [E]; empty when has_bias(p) is false.
+  /// The bias, [out]; empty when has_bias(p) is false.
   const std::vector<float>& bias(Projection p) const;
 
   /// The tutorial's forward(values, keys, query, mask), writing into the caller's buffer.
@@ -76,6 +104,27 @@ class MultiHeadAttention {
   Tensor forward(const ConstTensorView& values, const ConstTensorView& keys,
                  const ConstTensorView& query, const Mask& mask = {},
                  const Options& options = {}) const;
+
+  /// One step of generation (self-attention with a KV cache): x holds T new tokens of each of N
+  /// sequences, [N, T, E], batch b belonging to ids[b]. Projects only the new tokens (one GEMM
+  /// against [Wq; Wk; Wv]), appends their keys and values to the cache, attends from each new
+  /// token to its sequence's whole history with causal alignment to the end (bottom-right: new
+  /// token t of a sequence that held P tokens sees tokens [0, P + t]), and applies the output
+  /// projection: out [N, T, E]. T = 1 decodes one token; T > 1 is a prompt or a chunk of it,
+  /// and prefill in chunks gives the same result as one call (within float rounding) and as
+  /// forward(x, x, x) with Causal::top_left over the whole sequence. Sequences of one call may
+  /// have different lengths (no padding).
+  ///
+  /// The cache must hold kv_heads() heads of head_dim(). options.causal must be none or
+  /// bottom_right (the step is always causal as above); options.masked_rows does not apply.
+  /// Throws std::invalid_argument, with the cache unchanged, on a shape mismatch, a cache of
+  /// other heads or head_dim, ids.size() != N, an unknown or repeated id, T = 0, too few free
+  /// blocks, a top-left causal option, or `out` overlapping x.
+  void step(KvCache& cache, const std::vector<SequenceId>& ids, const ConstTensorView& x,
+            const TensorView<float>& out, const Options& options = {}) const;
+  /// Convenience form returning a new [N, T, E] tensor.
+  Tensor step(KvCache& cache, const std::vector<SequenceId>& ids, const ConstTensorView& x,
+              const Options& options = {}) const;
 
   struct Impl;  // weights and their packed copies; defined in the library
 

@@ -95,9 +95,10 @@ class SafetensorsFile {
 
 /// Sets every weight and bias of `module` from the tensors named `prefix` + a PyTorch name:
 ///
-///   the tutorial's SelfAttention      queries.weight, keys.weight, values.weight  [E, E]
-///                                     fc_out.weight [E, E], fc_out.bias [E]
-///                                     (queries.bias, keys.bias, values.bias [E] if present)
+///   the tutorial's SelfAttention      queries.weight [E, E], keys.weight, values.weight
+///                                     [kv_heads * head_dim, E] (= [E, E] without grouped-query
+///                                     attention), fc_out.weight [E, E], fc_out.bias [E]
+///                                     (queries.bias, keys.bias, values.bias if present)
 ///   torch.nn.MultiheadAttention       in_proj_weight [3E, E] (query, key, value rows),
 ///                                     in_proj_bias [3E], out_proj.weight [E, E],
 ///                                     out_proj.bias [E]
@@ -107,8 +108,9 @@ class SafetensorsFile {
 /// did. `prefix` selects a module inside a larger model's state dict, e.g.
 /// "encoder.layers.0.self_attn" (a missing trailing '.' is added). Tensors are F32, or F16/BF16
 /// converted to float32 exactly. If the metadata has "<prefix>heads" (the README's export writes
-/// "heads"), it must equal module.heads(). nn.MultiheadAttention with add_bias_kv or with
-/// kdim/vdim != embed_dim has no simdattn equivalent and is refused.
+/// "heads") or "<prefix>kv_heads", it must equal module.heads() or module.kv_heads(). The key and
+/// value weights must have the module's kv_heads() x head_dim() rows. nn.MultiheadAttention with
+/// add_bias_kv or with kdim/vdim != embed_dim has no simdattn equivalent and is refused.
 ///
 /// Throws SafetensorsError naming the file and the problem; `module` is unchanged then.
 void load_weights(MultiHeadAttention& module, const SafetensorsFile& file,
@@ -117,10 +119,12 @@ void load_weights(MultiHeadAttention& module, const SafetensorsFile& file,
 void load_weights(MultiHeadAttention& module, const std::string& path,
                   const std::string& prefix = "");
 
-/// A new module with `heads` heads, its embed size taken from the tensors' shapes and every
-/// parameter from the file, as load_weights() reads them. Throws std::invalid_argument if heads
-/// is 0, SafetensorsError if the file's embed size is not divisible by heads (or does not
-/// match "<prefix>heads" in the metadata) or on any problem load_weights() reports.
+/// A new module with `heads` heads, its embed size and kv_heads (grouped-query attention: the
+/// rows of keys.weight over head_dim) taken from the tensors' shapes and every parameter from
+/// the file, as load_weights() reads them. Throws std::invalid_argument if heads
+/// is 0, SafetensorsError if the file's embed size is not divisible by heads, its key/value
+/// rows are not a number of heads dividing heads, the metadata's "<prefix>heads" or
+/// "<prefix>kv_heads" disagree, or on any problem load_weights() reports.
 MultiHeadAttention load_multi_head_attention(const SafetensorsFile& file, std::size_t heads,
                                              const std::string& prefix = "");
 MultiHeadAttention load_multi_head_attention(const std::string& path, std::size_t heads,

@@ -140,7 +140,9 @@ void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<con
   }
 }
 
-/// The module's weights as plain arrays of T (each [E, E] or [E]; Q/K/V biases may be null).
+/// The module's weights as plain arrays of T ([out, E] and [out]; Q/K/V biases may be null).
+/// The key and value projections have kv_heads x head_dim out features (grouped-query
+/// attention), the others E.
 template <class T>
 struct Weights {
   const T* wq = nullptr;
@@ -151,6 +153,7 @@ struct Weights {
   const T* bk = nullptr;
   const T* bv = nullptr;
   const T* bo = nullptr;
+  std::size_t kv_heads = 0;  ///< 0: as many as the query heads
 };
 
 /// Elements of scratch multi_head_attention() needs: projected Q, K, V and the heads' output.
@@ -168,19 +171,22 @@ void multi_head_attention(const T* values, const T* keys, const T* query, std::s
                           const Weights<T>& w, const detail::MaskRule& rule, T scale,
                           MaskedRows policy, T* out, T* scratch, WeightsOut<T> weights = {}) {
   const std::size_t d = e / heads;
+  const std::size_t kvh = w.kv_heads == 0 ? heads : w.kv_heads, kv_e = kvh * d;
   const std::size_t q_size = n * lq * e;
-  const std::size_t kv_size = n * lk * e;
+  const std::size_t kv_size = n * lk * kv_e;
   T* qp = scratch;
   T* kp = qp + q_size;
   T* vp = kp + kv_size;
   T* attn = vp + kv_size;
-  linear(values, n * lk, e, w.wv, e, w.bv, vp);
-  linear(keys, n * lk, e, w.wk, e, w.bk, kp);
+  linear(values, n * lk, e, w.wv, kv_e, w.bv, vp);
+  linear(keys, n * lk, e, w.wk, kv_e, w.bk, kp);
   linear(query, n * lq, e, w.wq, e, w.bq, qp);
   auto heads_of = [&](T* p, std::size_t l) { return Heads<T>{p, n, l, heads, d, e, l * e}; };
-  auto cheads = [&](T* p, std::size_t l) { return Heads<const T>{p, n, l, heads, d, e, l * e}; };
-  attention<T>(cheads(qp, lq), cheads(kp, lk), cheads(vp, lk), heads_of(attn, lq), rule, scale,
-               policy, nullptr, weights);
+  auto cheads = [&](T* p, std::size_t l, std::size_t h) {
+    return Heads<const T>{p, n, l, h, d, h * d, l * h * d};
+  };
+  attention<T>(cheads(qp, lq, heads), cheads(kp, lk, kvh), cheads(vp, lk, kvh), heads_of(attn, lq),
+               rule, scale, policy, nullptr, weights);
   linear(attn, n * lq, e, w.wo, e, w.bo, out);
 }
 
