@@ -26,6 +26,15 @@ MaskRule new_tokens_rule(std::size_t tokens, std::size_t length) {
   return MaskRule{Mask{}, Causal::bottom_right, tokens, length};
 }
 
+// Batch entry b of a view, as a view of one batch.
+template <class T>
+Heads<T> batch(const Heads<T>& x, std::size_t b) {
+  Heads<T> one = x;
+  one.data = x.at(b, 0, 0);
+  one.n = 1;
+  return one;
+}
+
 // The reference path: each sequence's keys and values gathered as float, then the naive
 // attention.
 void cached_attention_naive(const KvCache::Impl& c,
@@ -38,10 +47,8 @@ void cached_attention_naive(const KvCache::Impl& c,
     k.resize(s.length * kvh * d);
     v.resize(s.length * kvh * d);
     read_tokens(c, s, 0, s.length, k.data(), v.data());
-    reference::attention<float>({q.at(b, 0, 0), 1, q.l, q.h, d, q.row_stride, 0},
-                                {k.data(), 1, s.length, kvh, d, kvh * d, 0},
-                                {v.data(), 1, s.length, kvh, d, kvh * d, 0},
-                                {out.at(b, 0, 0), 1, out.l, out.h, d, out.row_stride, 0},
+    reference::attention<float>(batch(q, b), {k.data(), 1, s.length, kvh, d, kvh * d, 0},
+                                {v.data(), 1, s.length, kvh, d, kvh * d, 0}, batch(out, b),
                                 new_tokens_rule(q.l, s.length), scale, MaskedRows::uniform);
   }
 }
@@ -79,6 +86,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     kernels::PagedAttentionArgs a;
     a.q = q.at(b, 0, hk * groups);
     a.q_stride = q.row_stride;
+    a.q_head_stride = q.heads_apart();
     a.groups = groups;
     a.tokens = t_new;
     a.d = d;
@@ -129,10 +137,10 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
     const KvCache::Impl::Sequence& s = *sequences[b];
     read_tokens(c, s, 0, s.length, k, v);
     AttentionProblem p;
-    p.q = {q.at(b, 0, 0), 1, q.l, q.h, d, q.row_stride, 0};
+    p.q = batch(q, b);
     p.k = {k, 1, s.length, kvh, d, kvh * d, 0};
     p.v = {v, 1, s.length, kvh, d, kvh * d, 0};
-    p.out = {out.at(b, 0, 0), 1, out.l, out.h, d, out.row_stride, 0};
+    p.out = batch(out, b);
     p.rule = new_tokens_rule(q.l, s.length);
     p.scale = scale;
     run_attention(&table, p, threads);
@@ -140,6 +148,27 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
 }
 
 }  // namespace
+
+CacheCallOptions check_cache_options(const char* where, const Options& options,
+                                     std::size_t head_dim) {
+  if (options.causal == Causal::top_left) {
+    fail(where,
+         "options.causal is top_left: attention over a cache is always causal with bottom-right "
+         "alignment (use none or bottom_right)");
+  }
+  const char* unsupported = options.softcap            ? "options.softcap"
+                            : options.bias.data        ? "options.bias"
+                            : options.alibi.enabled    ? "options.alibi"
+                            : options.window           ? "options.window"
+                            : options.sinks.data       ? "options.sinks"
+                            : options.key_padding.data ? "options.key_padding"
+                            : options.weights.data     ? "options.weights"
+                                                       : nullptr;
+  if (unsupported != nullptr) {
+    fail(where, std::string(unsupported) + " is set: attention over a KvCache does not support it");
+  }
+  return {resolve_scale(where, options, head_dim), resolve_threads(where, options)};
+}
 
 void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& c,
                           const std::vector<KvCache::Impl::Sequence*>& sequences,
@@ -181,13 +210,7 @@ void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>&
                             " must have the query's shape " +
                             detail::shape_string(q.n, q.l, q.h, q.d));
   }
-  if (options.causal == Causal::top_left) {
-    detail::fail(where,
-                 "options.causal is top_left: attention over a cache is always causal with "
-                 "bottom-right alignment (use none or bottom_right)");
-  }
-  const float scale = detail::resolve_scale(where, options, q.d);
-  const int threads = detail::resolve_threads(where, options);
+  const auto [scale, threads] = detail::check_cache_options(where, options, q.d);
   const std::size_t out_bytes = detail::extent_bytes(o);
   for (const auto& in : {q, plan.keys, plan.values}) {
     if (detail::overlaps(o.data, out_bytes, in.data, detail::extent_bytes(in))) {

@@ -100,6 +100,16 @@ void commit_append(KvCache::Impl& cache, AppendPlan& plan) noexcept;
 /// Restores the sequences and the free list as they were before commit_append(plan).
 void undo_append(KvCache::Impl& cache, const AppendUndo& undo) noexcept;
 
+/// Checks the options of a call over the cache: causal none or bottom_right (the call is always
+/// causal, bottom-right aligned), no score modification or extra output (not supported over a
+/// cache: an error naming the option), then scale and threads as every call does.
+struct CacheCallOptions {
+  float scale;
+  int threads;
+};
+CacheCallOptions check_cache_options(const char* where, const Options& options,
+                                     std::size_t head_dim);
+
 /// Tokens [begin, begin + count) of a sequence as float, keys and values [count, kv_heads, D].
 void read_tokens(const KvCache::Impl& cache, const KvCache::Impl::Sequence& s, std::size_t begin,
                  std::size_t count, float* keys, float* values);

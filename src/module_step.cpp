@@ -37,13 +37,7 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
                             ", the module has kv_heads " + std::to_string(kvh) + " of head_dim " +
                             std::to_string(d));
   }
-  if (options.causal == Causal::top_left) {
-    detail::fail(where,
-                 "options.causal is top_left: a step is always causal with bottom-right "
-                 "alignment (use none or bottom_right)");
-  }
-  const float scale = detail::resolve_scale(where, options, d);
-  const int threads = detail::resolve_threads(where, options);
+  const auto [scale, threads] = detail::check_cache_options(where, options, d);
   const std::size_t bytes = x.n * x.l * e * sizeof(float);
   if (detail::overlaps(out.data, bytes, x.data, bytes)) {
     detail::fail(where, "out overlaps x: an in-place step is not supported");

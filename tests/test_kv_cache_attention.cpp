@@ -140,6 +140,46 @@ TEST_CASE("cache attention: blocks of 128 and 192 tokens give the same results a
   }
 }
 
+TEST_CASE("cache attention: query and out as [N, H, T, D] views through a head stride",
+          "[kv_cache][attention]") {
+  const std::size_t h = 8, kvh = 2, d = 16, history = 100, t = 2;
+  const Sequence s(history + t, h, kvh, d, 31);
+  // The new tokens' queries, transposed to [H, T, D].
+  std::vector<float> qt(h * t * d);
+  for (std::size_t i = 0; i < t; ++i) {
+    for (std::size_t j = 0; j < h; ++j) {
+      std::copy_n(s.q.data() + ((history + i) * h + j) * d, d, qt.data() + (j * t + i) * d);
+    }
+  }
+  for (Path path : kPaths) {
+    Options o;
+    o.path = path;
+    std::vector<float> dense(t * h * d), strided(h * t * d);
+    for (int layout = 0; layout < 2; ++layout) {
+      KvCache cache(test::cache_config(4, kvh, d));
+      const SequenceId id = cache.add_sequence();
+      cache.append({id}, {s.k.data(), 1, history, kvh, d}, {s.v.data(), 1, history, kvh, d});
+      const ConstHeadsView k{s.k.data() + history * kvh * d, 1, t, kvh, d};
+      const ConstHeadsView v{s.v.data() + history * kvh * d, 1, t, kvh, d};
+      if (layout == 0) {
+        scaled_dot_product_attention(cache, {id}, {s.q.data() + history * h * d, 1, t, h, d}, k, v,
+                                     {dense.data(), 1, t, h, d}, o);
+      } else {
+        scaled_dot_product_attention(cache, {id}, {qt.data(), 1, t, h, d, d, 0, t * d}, k, v,
+                                     {strided.data(), 1, t, h, d, d, 0, t * d}, o);
+      }
+    }
+    std::vector<float> back(t * h * d);
+    for (std::size_t i = 0; i < t; ++i) {
+      for (std::size_t j = 0; j < h; ++j) {
+        std::copy_n(strided.data() + (j * t + i) * d, d, back.data() + (i * h + j) * d);
+      }
+    }
+    INFO("path " << path_name(path));
+    CHECK(test::same_bits(back, dense));
+  }
+}
+
 TEST_CASE("cache attention: a ragged batch equals each sequence alone", "[kv_cache][attention]") {
   const std::size_t h = 4, kvh = 2, d = 16;
   const std::size_t histories[] = {1, 5, 64, 1000};
@@ -297,6 +337,12 @@ TEST_CASE("cache attention: refused calls name the values and leave the cache as
     Options bad = o;
     bad.causal = Causal::top_left;
     refused({"top_left"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
+    });
+    bad = o;
+    bad.softcap = 30.0f;
+    refused({"options.softcap is set"}, [&] {
       scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
     });

@@ -216,6 +216,11 @@ TEST_CASE("module step: refused calls name the values and leave the cache as it 
     Options bad = o;
     bad.causal = Causal::top_left;
     refused({"top_left"}, [&] { m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad); });
+    bad = o;
+    bad.window = 16;
+    refused({"options.window is set: attention over a KvCache does not support it"}, [&] {
+      m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad);
+    });
     const MultiHeadAttention mha(e, heads, 1);
     refused({"the cache holds kv_heads 2 of head_dim 4, the module has kv_heads 4 of head_dim 4"},
             [&] {

@@ -166,11 +166,13 @@ class KvCache {
 /// [N, T, H, D]; ids[b] is batch b's sequence. H must be a multiple of the cache's kv_heads:
 /// query head h reads kv head h / (H / kv_heads) (grouped-query attention; kv_heads = 1 is
 /// multi-query). options.causal must be none or bottom_right (the call is always causal as
-/// above); options.masked_rows does not apply (every query sees at least itself).
+/// above); options.masked_rows does not apply (every query sees at least itself). The score
+/// modifications and extra outputs of Options (softcap, bias, alibi, window, sinks,
+/// key_padding, weights) are not supported over a cache: setting one is an error.
 ///
 /// Throws std::invalid_argument, with the cache unchanged, on anything append() refuses, a
 /// query or out that does not match (N, T, D, H a multiple of kv_heads), a top-left causal
-/// option, a bad scale or thread count, or `out` overlapping an input.
+/// option, an unsupported option, a bad scale or thread count, or `out` overlapping an input.
 void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>& ids,
                                   const ConstHeadsView& query, const ConstHeadsView& keys,
                                   const ConstHeadsView& values, const HeadsView<float>& out,

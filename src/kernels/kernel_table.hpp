@@ -103,8 +103,9 @@ inline std::size_t decode_scratch_floats(std::size_t heads) {
 /// rule.lk keys. Row (t, g) sees the keys the rule gives query t (causal, offset rule.lk -
 /// tokens: the new tokens are the sequence's last).
 struct PagedAttentionArgs {
-  const float* q = nullptr;  // row (t, g) at q + t * q_stride + g * d
+  const float* q = nullptr;  // row (t, g) at q + t * q_stride + g * q_head_stride
   std::size_t q_stride = 0;
+  std::size_t q_head_stride = 0;
   std::size_t groups = 1;
   std::size_t tokens = 1;
   std::size_t d = 0;

@@ -226,8 +226,8 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   float* alpha = s + kPagedMaxRows * kKeyBlock;
   for (std::size_t t = 0; t < a.tokens; ++t) {
     for (std::size_t g = 0; g < a.groups; ++g) {
-      std::copy(a.q + t * a.q_stride + g * d, a.q + t * a.q_stride + (g + 1) * d,
-                q + (t * a.groups + g) * d);
+      const float* row = a.q + t * a.q_stride + g * a.q_head_stride;
+      std::copy(row, row + d, q + (t * a.groups + g) * d);
     }
   }
   // Running max and sum of each row; the output accumulates unnormalised in the records.
