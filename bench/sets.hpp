@@ -17,7 +17,8 @@
   X(grid,    0.2,  "the nine grid cases, both ops, both paths, every thread count")         \
   X(sweep,   0.2,  "E x H x L, both ops and paths: 480 benchmarks, tens of minutes")        \
   X(full,    0.2,  "grid and sweep")                                                        \
-  X(memory,  0.2,  "peak resident memory of sdpa at L = 16384 (run it in its own process)")
+  X(memory,  0.2,  "peak resident memory of sdpa at L = 16384 (run it in its own process)") \
+  X(stream,  0.2,  "decoding with a KvCache: core and module steps at Lk = 4096, generation")
 // clang-format on
 
 namespace bench {
