@@ -46,7 +46,7 @@ void cached_attention_naive(const KvCache::Impl& c,
     const KvCache::Impl::Sequence& s = *sequences[b];
     k.resize(s.length * kvh * d);
     v.resize(s.length * kvh * d);
-    read_tokens(c, s, 0, s.length, k.data(), v.data());
+    read_tokens(c, s, 0, s.length, k.data(), v.data(), 1);
     reference::attention<float>(batch(q, b), {k.data(), 1, s.length, kvh, d, kvh * d, 0},
                                 {v.data(), 1, s.length, kvh, d, kvh * d, 0}, batch(out, b),
                                 new_tokens_rule(q.l, s.length), scale, MaskedRows::uniform);
@@ -135,7 +135,7 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
   float* v = k + longest * kvh * d;
   for (std::size_t b = 0; b < sequences.size(); ++b) {
     const KvCache::Impl::Sequence& s = *sequences[b];
-    read_tokens(c, s, 0, s.length, k, v);
+    read_tokens(c, s, 0, s.length, k, v, threads);
     AttentionProblem p;
     p.q = batch(q, b);
     p.k = {k, 1, s.length, kvh, d, kvh * d, 0};

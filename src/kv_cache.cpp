@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "driver/parallel.hpp"
 #include "half.hpp"
 #include "kv_cache_impl.hpp"
 #include "validate.hpp"
@@ -45,27 +46,6 @@ void store(std::byte* dst, std::size_t stride, const float* x, std::size_t d, Kv
     case KvStorage::f16: {
       auto* h = reinterpret_cast<std::uint16_t*>(dst);
       for (std::size_t i = 0; i < d; ++i) h[i * stride] = detail::float_to_f16(x[i]);
-      return;
-    }
-  }
-}
-
-// The inverse of store().
-void load(const std::byte* src, std::size_t stride, float* x, std::size_t d, KvStorage storage) {
-  switch (storage) {
-    case KvStorage::f32: {
-      const auto* f = reinterpret_cast<const float*>(src);
-      for (std::size_t i = 0; i < d; ++i) x[i] = f[i * stride];
-      return;
-    }
-    case KvStorage::bf16: {
-      const auto* h = reinterpret_cast<const std::uint16_t*>(src);
-      for (std::size_t i = 0; i < d; ++i) x[i] = detail::bf16_to_float(h[i * stride]);
-      return;
-    }
-    case KvStorage::f16: {
-      const auto* h = reinterpret_cast<const std::uint16_t*>(src);
-      for (std::size_t i = 0; i < d; ++i) x[i] = detail::f16_to_float(h[i * stride]);
       return;
     }
   }
@@ -242,7 +222,7 @@ void KvCache::read(SequenceId id, std::size_t begin, std::size_t count, float* k
   if (count != 0 && (keys == nullptr || values == nullptr)) {
     detail::fail(where, std::string(keys == nullptr ? "keys" : "values") + " is null");
   }
-  detail::read_tokens(c, s, begin, count, keys, values);
+  detail::read_tokens(c, s, begin, count, keys, values, 1);
 }
 
 const void* KvCache::storage_data() const noexcept {
@@ -367,20 +347,69 @@ void undo_append(KvCache::Impl& c, const AppendUndo& undo) noexcept {
   }
 }
 
-void read_tokens(const KvCache::Impl& c, const KvCache::Impl::Sequence& s, std::size_t begin,
-                 std::size_t count, float* keys, float* values) {
-  const std::size_t bt = c.config.block_tokens, heads = c.config.kv_heads, d = c.config.head_dim;
-  for (std::size_t t = 0; t < count; ++t) {
-    const std::size_t pos = begin + t;
-    const std::byte* block = c.block(s.blocks[pos / bt]);
-    const std::size_t i = pos % bt;
-    for (std::size_t h = 0; h < heads; ++h) {
-      load(block + c.key_offset(h) + i * c.elem_bytes, bt, keys + (t * heads + h) * d, d,
-           c.config.storage);
-      load(block + c.value_offset(h) + i * c.row_elems * c.elem_bytes, 1,
-           values + (t * heads + h) * d, d, c.config.storage);
-    }
+namespace {
+
+struct AsFloat {
+  float operator()(float x) const { return x; }
+};
+struct Bf16AsFloat {
+  float operator()(std::uint16_t x) const { return bf16_to_float(x); }
+};
+struct F16AsFloat {
+  float operator()(std::uint16_t x) const { return f16_to_float(x); }
+};
+
+// Tokens [i0, i0 + n) of one block of one head: keys from the transposed [d][bt] rows, values
+// from [bt][row_elems] rows, to float rows `stride` apart. Reads stay inside the block's 2 x
+// bt x d elements (L1), the element type is fixed: no per-element dispatch.
+template <class E, class Convert>
+void read_piece(const std::byte* key_rows, const std::byte* value_rows, std::size_t bt,
+                std::size_t row_elems, std::size_t i0, std::size_t n, std::size_t d, float* k,
+                float* v, std::size_t stride, Convert convert) {
+  const E* kt = reinterpret_cast<const E*>(key_rows);
+  const E* vr = reinterpret_cast<const E*>(value_rows);
+  for (std::size_t t = 0; t < n; ++t) {
+    float* ko = k + t * stride;
+    float* vo = v + t * stride;
+    const E* vt = vr + (i0 + t) * row_elems;
+    for (std::size_t dd = 0; dd < d; ++dd) ko[dd] = convert(kt[dd * bt + i0 + t]);
+    for (std::size_t dd = 0; dd < d; ++dd) vo[dd] = convert(vt[dd]);
   }
+}
+
+}  // namespace
+
+void read_tokens(const KvCache::Impl& c, const KvCache::Impl::Sequence& s, std::size_t begin,
+                 std::size_t count, float* keys, float* values, int threads) {
+  const std::size_t bt = c.config.block_tokens, heads = c.config.kv_heads, d = c.config.head_dim;
+  if (count == 0) return;
+  // Tasks: (block of the range, head); a block's piece is its tokens inside [begin, end).
+  const std::size_t first = begin / bt, last = (begin + count - 1) / bt;
+  const std::size_t pieces = last - first + 1;
+  if (static_cast<double>(count) * heads * d < (1 << 16)) threads = 1;
+  parallel_tasks(pieces * heads, threads, /*dynamic=*/false, [&](std::size_t task) {
+    const std::size_t piece = first + task / heads, h = task % heads;
+    const std::size_t p0 = std::max(begin, piece * bt);
+    const std::size_t p1 = std::min(begin + count, (piece + 1) * bt);
+    const std::byte* block = c.block(s.blocks[piece]);
+    const std::size_t stride = heads * d;
+    float* k = keys + (p0 - begin) * stride + h * d;
+    float* v = values + (p0 - begin) * stride + h * d;
+    const std::byte* kr = block + c.key_offset(h);
+    const std::byte* vr = block + c.value_offset(h);
+    const std::size_t i0 = p0 % bt, n = p1 - p0;
+    switch (c.config.storage) {
+      case KvStorage::f32:
+        read_piece<float>(kr, vr, bt, c.row_elems, i0, n, d, k, v, stride, AsFloat{});
+        break;
+      case KvStorage::bf16:
+        read_piece<std::uint16_t>(kr, vr, bt, c.row_elems, i0, n, d, k, v, stride, Bf16AsFloat{});
+        break;
+      case KvStorage::f16:
+        read_piece<std::uint16_t>(kr, vr, bt, c.row_elems, i0, n, d, k, v, stride, F16AsFloat{});
+        break;
+    }
+  });
 }
 
 }  // namespace detail

@@ -110,9 +110,10 @@ struct CacheCallOptions {
 CacheCallOptions check_cache_options(const char* where, const Options& options,
                                      std::size_t head_dim);
 
-/// Tokens [begin, begin + count) of a sequence as float, keys and values [count, kv_heads, D].
+/// Tokens [begin, begin + count) of a sequence as float, keys and values [count, kv_heads, D],
+/// on `threads` threads (a block and head per task).
 void read_tokens(const KvCache::Impl& cache, const KvCache::Impl::Sequence& s, std::size_t begin,
-                 std::size_t count, float* keys, float* values);
+                 std::size_t count, float* keys, float* values, int threads);
 
 /// Attention of q [N, T, H, D] over the cache after an append of T tokens to each of
 /// `sequences` (batch b's history is sequences[b]'s whole length, the last T tokens new):
