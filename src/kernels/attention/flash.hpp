@@ -27,10 +27,16 @@
 // Scratch: O(task rows x D).
 //
 // Decode path (Lq <= kDecodeMaxLq): one task per (batch, slice of kDecodeSlice keys) covers
-// every head. K and V are read in place, once, row by row with the heads inner, so each key's
-// row (all heads, contiguous) streams in order; head-major order read 256-byte pieces 4 KiB
-// apart and ran at 14 GB/s per core. Scores are dot products over D (a vector accumulator,
-// then a horizontal add); then o += p * V[k] per head, o in L1 (heads x D floats).
+// every head. K and V are read in place, once, a few rows at a time with the heads inner, so
+// each key's row (all heads, contiguous) streams in order; head-major order read 256-byte
+// pieces 4 KiB apart and ran at 14 GB/s per core. The start of the next rows is prefetched as
+// the kernel goes (prefetch_decode_rows). Scores: W keys at a time, a vector accumulator per
+// key over D, then one reduction (RowSums) puts the W dot products in the lanes of one vector
+// (was: a horizontal add per key and head); then o += p * V[k] over kDecodeValueKeys keys with
+// o's vectors in registers (was: o loaded and stored per key and head), o in L1 between steps
+// (heads x D floats). With K and V in L2 (64 keys, one thread, CPU time) that is 52.6 -> 69-84
+// GB/s of K+V per core on AVX2; the whole decode case at 2 threads, Zen 5 VM at load 14-17,
+// best of 200 calls: 0.82-0.89 ms -> 0.60-0.75 ms.
 // Each slice writes its partial result per (row, head), a log-sum-exp and a normalised output,
 // which the driver merges in slice order (merge.hpp).
 
@@ -372,16 +378,61 @@ void attention_tiles(const AttentionArgs& a) {
   }
 }
 
+/// Lane j of the result = the sum of the lanes of rows[j], for kWidth rows. xsimd 8.1's haddp
+/// does this on SSE2 and AVX, but on AVX-512 it swaps lanes 2-3 with 4-5 and 10-11 with 12-13,
+/// so there each row's halves are added and the AVX reduction runs twice.
+template <class Arch>
+struct RowSums {
+  static Vec<Arch> of(const Vec<Arch>* rows) { return xsimd::haddp(rows); }
+};
+#if defined(__AVX512DQ__)
+template <>
+struct RowSums<xsimd::avx512bw> {
+  static Vec<xsimd::avx512bw> of(const Vec<xsimd::avx512bw>* rows) {
+    __m256 half[16];
+    for (int i = 0; i < 16; ++i) {
+      const __m512 r = rows[i];
+      half[i] = _mm256_add_ps(_mm512_castps512_ps256(r), _mm512_extractf32x8_ps(r, 1));
+    }
+    using Half = xsimd::batch<float, xsimd::fma3<xsimd::avx2>>;
+    const __m256 lo = xsimd::haddp(reinterpret_cast<const Half*>(half));
+    const __m256 hi = xsimd::haddp(reinterpret_cast<const Half*>(half + 8));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  }
+};
+#endif
+
+/// Asks for the first two lines of rows [j0, j1) of a sequence made of `n` rows of `first`
+/// and then the rows of `second`: the prefetch runs on from the K block into the V block and
+/// from the V block into the next K block. At E = 1024 each row is a 4 KiB page of its own,
+/// where the hardware prefetchers stop; touching its start early begins the page walk and the
+/// stream. Whole rows cost 64 prefetches per row and measured no better (a 1.05x slower
+/// kernel with K and V in L2).
+inline void prefetch_decode_rows(const float* first, std::size_t first_stride, std::size_t n,
+                                 const float* second, std::size_t second_stride, std::size_t j0,
+                                 std::size_t j1) {
+  for (std::size_t j = j0; j < j1; ++j) {
+    const float* row = j < n ? first + j * first_stride : second + (j - n) * second_stride;
+    __builtin_prefetch(row);
+    __builtin_prefetch(row + 16);
+  }
+}
+
 /// Decoding, one slice of keys for every head and query row of one batch. K and V are read in
-/// place, once, row by row: for each key the heads are inner, so a key's row (all heads,
-/// contiguous) streams through in order. Writes each (row, head)'s partial result over the
-/// slice, its log-sum-exp and normalised output, which the driver merges across slices in a
-/// fixed order (merge.hpp).
+/// place, once, a group of rows at a time with the heads inner, so each row (all heads,
+/// contiguous) streams in order; the next group's rows are prefetched meanwhile (each 4 KiB row
+/// at E = 1024 is its own page, where the hardware prefetchers stop). Scores: W keys at a time
+/// (W = vector width), one vector accumulator per key over D, then RowSums puts the W dot
+/// products in the lanes of one vector. Output: kDecodeValueKeys keys at a time, up to 4 vectors
+/// of o in registers. Writes each (row, head)'s partial result over the slice, its log-sum-exp
+/// and normalised output, which the driver merges across slices in a fixed order (merge.hpp).
 template <class Arch>
 void attention_decode(const DecodeArgs& a) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
+  constexpr std::size_t kVk = kDecodeValueKeys;
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
+  static_assert(kKeyBlock % kW == 0, "score groups must tile the block");
   const std::size_t d = a.d;
   const std::size_t dv = d / kW * kW;  // vector part of D; the rest is a scalar tail
   const std::size_t rec = partial_record_floats(d);
@@ -405,18 +456,40 @@ void attention_decode(const DecodeArgs& a) {
     const std::size_t end = std::min(a.key_end, key_end(a.rule, i));
     for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
       const std::size_t nk = std::min(kKeyBlock, end - k0);
-      for (std::size_t j = 0; j < nk; ++j) {
-        const float* kj = a.k + (k0 + j) * a.k_stride;
+      const float* kb = a.k + k0 * a.k_stride;
+      const float* vb = a.v + k0 * a.v_stride;
+      for (std::size_t j0 = 0; j0 < nk; j0 += kW) {
+        const std::size_t g = std::min(kW, nk - j0);
+        prefetch_decode_rows(kb, a.k_stride, nk, vb, a.v_stride, j0 + kW,
+                             std::min(j0 + 2 * kW, 2 * nk));
         for (std::size_t h = 0; h < a.heads; ++h) {
           const float* qh = q + h * d;
-          const float* kh = kj + h / a.kv_group * d;
-          V acc(0.0f);
+          const float* kh = kb + j0 * a.k_stride + h / a.kv_group * d;
+          V acc[kW];
+#pragma GCC unroll 16
+          for (std::size_t j = 0; j < kW; ++j) acc[j] = V(0.0f);
           for (std::size_t dd = 0; dd < dv; dd += kW) {
-            acc = madd<Arch>(V::load_unaligned(qh + dd), V::load_unaligned(kh + dd), acc);
+            const V qv = V::load_unaligned(qh + dd);
+            if (g == kW) {
+#pragma GCC unroll 16
+              for (std::size_t j = 0; j < kW; ++j) {
+                acc[j] = madd<Arch>(qv, V::load_unaligned(kh + j * a.k_stride + dd), acc[j]);
+              }
+            } else {
+              for (std::size_t j = 0; j < g; ++j) {
+                acc[j] = madd<Arch>(qv, V::load_unaligned(kh + j * a.k_stride + dd), acc[j]);
+              }
+            }
           }
-          float dot = xsimd::hadd(acc);
-          for (std::size_t dd = dv; dd < d; ++dd) dot += qh[dd] * kh[dd];
-          s[h * kKeyBlock + j] = dot * a.scale;
+          V dots = RowSums<Arch>::of(acc);
+          if (dv < d) {
+            alignas(64) float tail[kW] = {};
+            for (std::size_t j = 0; j < g; ++j) {
+              for (std::size_t dd = dv; dd < d; ++dd) tail[j] += qh[dd] * kh[j * a.k_stride + dd];
+            }
+            dots += V::load_aligned(tail);
+          }
+          (dots * V(a.scale)).store_aligned(s + h * kKeyBlock + j0);
         }
       }
       for (std::size_t h = 0; h < a.heads; ++h) {
@@ -433,18 +506,46 @@ void attention_decode(const DecodeArgs& a) {
         }
         for (std::size_t dd = dv; dd < d; ++dd) o[dd] *= alpha[h];
       }
-      for (std::size_t j = 0; j < nk; ++j) {
-        const float* vj = a.v + (k0 + j) * a.v_stride;
+      // After V's block, the next K block (its rows past this block's end).
+      const float* kn = a.k + (k0 + nk) * a.k_stride;
+      const std::size_t ahead = k0 + nk < end ? std::min(kKeyBlock, end - k0 - nk) : 0;
+      for (std::size_t j0 = 0; j0 < nk; j0 += kVk) {
+        const std::size_t g = std::min(kVk, nk - j0);
+        prefetch_decode_rows(vb, a.v_stride, nk, kn, a.k_stride, j0 + kVk,
+                             std::min(j0 + 2 * kVk, nk + ahead));
         for (std::size_t h = 0; h < a.heads; ++h) {
-          const float p = s[h * kKeyBlock + j];
           float* o = part + h * rec + 16;
-          const float* vh = vj + h / a.kv_group * d;
-          const V vp(p);
-          for (std::size_t dd = 0; dd < dv; dd += kW) {
-            madd<Arch>(vp, V::load_unaligned(vh + dd), V::load_aligned(o + dd))
-                .store_aligned(o + dd);
+          const float* vh = vb + j0 * a.v_stride + h / a.kv_group * d;
+          const float* p = s + h * kKeyBlock + j0;
+          std::size_t dd = 0;
+          if (g == kVk) {
+            for (; dd + 4 * kW <= dv; dd += 4 * kW) {
+              V acc[4];
+#pragma GCC unroll 4
+              for (std::size_t c = 0; c < 4; ++c) acc[c] = V::load_aligned(o + dd + c * kW);
+#pragma GCC unroll 8
+              for (std::size_t j = 0; j < kVk; ++j) {
+                const V pj(p[j]);
+#pragma GCC unroll 4
+                for (std::size_t c = 0; c < 4; ++c) {
+                  acc[c] =
+                      madd<Arch>(pj, V::load_unaligned(vh + j * a.v_stride + dd + c * kW), acc[c]);
+                }
+              }
+#pragma GCC unroll 4
+              for (std::size_t c = 0; c < 4; ++c) acc[c].store_aligned(o + dd + c * kW);
+            }
           }
-          for (std::size_t dd = dv; dd < d; ++dd) o[dd] += p * vh[dd];
+          for (; dd < dv; dd += kW) {
+            V acc = V::load_aligned(o + dd);
+            for (std::size_t j = 0; j < g; ++j) {
+              acc = madd<Arch>(V(p[j]), V::load_unaligned(vh + j * a.v_stride + dd), acc);
+            }
+            acc.store_aligned(o + dd);
+          }
+          for (; dd < d; ++dd) {
+            for (std::size_t j = 0; j < g; ++j) o[dd] += p[j] * vh[j * a.v_stride + dd];
+          }
         }
       }
     }
