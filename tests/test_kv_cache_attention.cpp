@@ -3,11 +3,13 @@
 // that repeats K/V heads, relative error <= 1e-6, bitwise across thread counts); ragged batches
 // equal each sequence alone; grouped-query and multi-query heads; bf16/f16 storage within its
 // stated bound; refused calls leave the cache as it was. CTest runs this once per ISA.
+#include <cfloat>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "common.hpp"
+#include "half.hpp"
 
 using namespace simdattn;
 using test::kPaths;
@@ -352,5 +354,62 @@ TEST_CASE("cache attention: refused calls name the values and leave the cache as
       scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
     });
+  }
+}
+
+TEST_CASE("cache attention: every bf16 and f16 value reads back exactly in the kernel",
+          "[kv_cache][attention]") {
+  // One-hot keys: key j = 30 e_j and query head h = 30 e_h give scores 900 (j == h) and 0, so
+  // softmax puts weight exactly 1 on key h and the output of head h is V row h as the kernel
+  // converted it. 16 query heads share one K/V head: 16 rows of 64 values per call.
+  const std::size_t h = 16, d = 64;
+  Options o;
+  o.scale = 1.0f;
+  for (KvStorage storage : {KvStorage::bf16, KvStorage::f16}) {
+    auto to_float = [&](std::uint16_t x) {
+      return storage == KvStorage::bf16 ? detail::bf16_to_float(x) : detail::f16_to_float(x);
+    };
+    std::vector<float> finite, special;
+    for (std::uint32_t x = 0; x < 0x10000u; ++x) {
+      const float f = to_float(static_cast<std::uint16_t>(x));
+      (std::isfinite(f) ? finite : special).push_back(f);
+    }
+    finite.resize((finite.size() + h * d - 1) / (h * d) * (h * d), 0.0f);
+    std::vector<float> keys(h * d, 0.0f), query(h * d, 0.0f), zeros(d, 0.0f);
+    for (std::size_t j = 0; j < h; ++j) keys[j * d + j] = query[j * d + j] = 30.0f;
+    std::size_t mismatches = 0;
+    for (std::size_t first = 0; first < finite.size(); first += h * d) {
+      KvCache cache(test::cache_config(1, 1, d, storage));
+      const SequenceId id = cache.add_sequence();
+      cache.append({id}, {keys.data(), 1, h, 1, d}, {finite.data() + first, 1, h, 1, d});
+      std::vector<float> out(h * d);
+      scaled_dot_product_attention(cache, {id}, {query.data(), 1, 1, h, d},
+                                   {zeros.data(), 1, 1, 1, d}, {zeros.data(), 1, 1, 1, d},
+                                   {out.data(), 1, 1, h, d}, o);
+      // Exact; -0 comes out as +0 (0 + 1 x -0), and a float subnormal (a bf16 below 2^-126)
+      // as 0: the kernels run with denormals flushed.
+      for (std::size_t i = 0; i < h * d; ++i) {
+        const float want = finite[first + i];
+        mismatches += !(out[i] == want || (std::fabs(want) < FLT_MIN && out[i] == 0.0f));
+      }
+    }
+    // Infinities and NaNs, one key and the new token with equal scores: 0.5 v + 0.5 x 0 keeps
+    // the sign of an infinity and a NaN a NaN.
+    special.resize((special.size() + d - 1) / d * d, NAN);
+    for (std::size_t first = 0; first < special.size(); first += d) {
+      KvCache cache(test::cache_config(1, 1, d, storage));
+      const SequenceId id = cache.add_sequence();
+      cache.append({id}, {zeros.data(), 1, 1, 1, d}, {special.data() + first, 1, 1, 1, d});
+      std::vector<float> out(d);
+      scaled_dot_product_attention(cache, {id}, {zeros.data(), 1, 1, 1, d},
+                                   {zeros.data(), 1, 1, 1, d}, {zeros.data(), 1, 1, 1, d},
+                                   {out.data(), 1, 1, 1, d}, o);
+      for (std::size_t i = 0; i < d; ++i) {
+        const float want = special[first + i];
+        mismatches += std::isnan(want) ? !std::isnan(out[i]) : out[i] != want;
+      }
+    }
+    INFO("storage " << kv_storage_name(storage));
+    CHECK(mismatches == 0);
   }
 }
