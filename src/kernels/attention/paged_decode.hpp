@@ -114,12 +114,54 @@ std::enable_if_t<std::is_same_v<Arch, xsimd::sse2>, Vec<Arch>> load_elems(const 
                                     _mm_andnot_si128(is_sub, normal));
   return _mm_castsi128_ps(_mm_or_si128(bits, sign));
 }
+#else
+/// Any other ISA: the scalar conversions of every other path, through a buffer.
+template <class Arch>
+Vec<Arch> load_elems(const Bf16* p) {
+  alignas(64) float f[kWidth<Arch>];
+  for (std::size_t i = 0; i < kWidth<Arch>; ++i) {
+    const std::uint32_t bits = static_cast<std::uint32_t>(p[i].bits) << 16;
+    std::memcpy(&f[i], &bits, sizeof(float));
+  }
+  return Vec<Arch>::load_aligned(f);
+}
+template <class Arch>
+Vec<Arch> load_elems(const F16* p) {
+  alignas(64) float f[kWidth<Arch>];
+  for (std::size_t i = 0; i < kWidth<Arch>; ++i) {
+    const std::uint32_t h = p[i].bits, sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu;
+    const std::uint32_t m = h & 0x3ffu;
+    std::uint32_t bits = sign | ((e == 0x1f ? 0xffu : e + 112u) << 23) | (m << 13);
+    if (e == 0) {  // zero or subnormal: m x 2^-24, exact in float
+      const float x = static_cast<float>(m) * 5.9604645e-8f;
+      std::memcpy(&bits, &x, sizeof bits);
+      bits |= sign;
+    }
+    std::memcpy(&f[i], &bits, sizeof(float));
+  }
+  return Vec<Arch>::load_aligned(f);
+}
 #endif
 
-/// s[r][j] = scale * sum_d q[r][d] K^T[d][j] for kR rows and kV vectors of keys.
+/// Asks for the cache lines of [p, p + kBytes) ahead of their use (p == nullptr: nothing).
+/// The next key block of a task lies in another block of the pool, a jump the hardware
+/// prefetchers do not follow; each micro-kernel prefetches the rows of the next block that
+/// match the rows it reads, one block (16 KiB of keys and 16 KiB of values at f32, D = 64)
+/// ahead.
+template <std::size_t kBytes>
+inline void prefetch_bytes(const void* p) {
+  if (p == nullptr) return;
+#pragma GCC unroll 8
+  for (std::size_t b = 0; b < kBytes; b += 64) {
+    __builtin_prefetch(static_cast<const char*>(p) + b, 0, 3);
+  }
+}
+
+/// s[r][j] = scale * sum_d q[r][d] K^T[d][j] for kR rows and kV vectors of keys; the same
+/// columns of the next block's K^T (next, or nullptr) are prefetched.
 template <class Arch, class E, std::size_t kR, std::size_t kV>
 void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
-                         std::size_t d, float scale, float* s) {
+                         std::size_t d, float scale, float* s, const E* next) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kV];
@@ -129,6 +171,7 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
     for (std::size_t c = 0; c < kV; ++c) acc[r][c] = V(0.0f);
   }
   for (std::size_t dd = 0; dd < d; ++dd) {
+    prefetch_bytes<kV * kW * sizeof(E)>(next == nullptr ? nullptr : next + dd * kt_stride);
     V k[kV];
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kV; ++c) k[c] = load_elems<Arch>(kt + dd * kt_stride + c * kW);
@@ -147,10 +190,11 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
   }
 }
 
-/// o[r][c0, c0 + kC W) = alpha[r] o[r] + sum_{j < nkeys} p[r][j] v[j] for kR rows.
+/// o[r][c0, c0 + kC W) = alpha[r] o[r] + sum_{j < nkeys} p[r][j] v[j] for kR rows; the same
+/// columns of the next block's V rows (next, or nullptr) are prefetched.
 template <class Arch, class E, std::size_t kR, std::size_t kC>
 void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
-                          const float* alpha, float* o, std::size_t o_stride) {
+                          const float* alpha, float* o, std::size_t o_stride, const E* next) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kC];
@@ -161,6 +205,7 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
     for (std::size_t c = 0; c < kC; ++c) acc[r][c] = V::load_aligned(o + r * o_stride + c * kW) * a;
   }
   for (std::size_t j = 0; j < nkeys; ++j) {
+    prefetch_bytes<kC * kW * sizeof(E)>(next == nullptr ? nullptr : next + j * v_stride);
     V vv[kC];
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kC; ++c) vv[c] = load_elems<Arch>(v + j * v_stride + c * kW);
@@ -247,14 +292,25 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
     const E* block = pool + a.blocks[k0 / a.block_tokens] * block_elems;
     const E* kt = block + a.key_offset / sizeof(E) + in_block;
     const E* vb = block + a.value_offset / sizeof(E) + in_block * a.row_elems;
+    // The next key block of the task, to prefetch while this one is computed.
+    const E* next_kt = nullptr;
+    const E* next_vb = nullptr;
+    if (k0 + kKeyBlock < end) {
+      const std::size_t k1 = k0 + kKeyBlock, in1 = k1 % a.block_tokens;
+      const E* b1 = pool + a.blocks[k1 / a.block_tokens] * block_elems;
+      next_kt = b1 + a.key_offset / sizeof(E) + in1;
+      next_vb = b1 + a.value_offset / sizeof(E) + in1 * a.row_elems;
+    }
     // Keys past the block's end belong to no one (or to another sequence): the whole 64-key
     // tile is computed and the scores past nk hidden below.
     for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kScoreRows) {
       const std::size_t nr = std::min(Tile::kScoreRows, rows - r0);
       for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
+        // The first row group streams the keys in; the others find them in L1.
+        const E* next = r0 == 0 && next_kt != nullptr ? next_kt + j0 : nullptr;
         with_rows<Tile::kScoreRows>(nr, [&](auto r) {
           paged_score_ukernel<Arch, E, decltype(r)::value, Tile::kScoreVecs>(
-              q + r0 * d, d, kt + j0, a.block_tokens, d, a.scale, s + r0 * kKeyBlock + j0);
+              q + r0 * d, d, kt + j0, a.block_tokens, d, a.scale, s + r0 * kKeyBlock + j0, next);
         });
       }
     }
@@ -270,16 +326,19 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
       const std::size_t nr = std::min(Tile::kOutRows, rows - r0);
       float* o = a.partial + r0 * rec + 16;
       std::size_t c0 = 0;
+      auto next = [&](std::size_t c) {
+        return r0 == 0 && next_vb != nullptr ? next_vb + c : nullptr;
+      };
       for (; c0 + Tile::kOutVecs * kW <= dv; c0 += Tile::kOutVecs * kW) {
         with_rows<Tile::kOutRows>(nr, [&](auto r) {
           paged_output_ukernel<Arch, E, decltype(r)::value, Tile::kOutVecs>(
-              s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec);
+              s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec, next(c0));
         });
       }
       for (; c0 < dv; c0 += kW) {
         with_rows<Tile::kOutRows>(nr, [&](auto r) {
           paged_output_ukernel<Arch, E, decltype(r)::value, 1>(
-              s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec);
+              s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec, next(c0));
         });
       }
     }
