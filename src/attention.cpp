@@ -1,5 +1,5 @@
-// scaled_dot_product_attention(): validation, then the attention driver on the kernels the
-// call's options choose.
+// scaled_dot_product_attention() and its training form that also writes the log-sum-exp:
+// validation, then the attention driver on the kernels the call's options choose.
 #include "simdattn/attention.hpp"
 
 #include <algorithm>
@@ -8,6 +8,7 @@
 
 #include "driver/attention.hpp"
 #include "isa/registry.hpp"
+#include "simdattn/training.hpp"
 #include "validate.hpp"
 
 namespace simdattn {
@@ -26,19 +27,18 @@ std::vector<float> alibi_slopes(std::size_t heads) {
   return s;
 }
 
-void scaled_dot_product_attention(const ConstHeadsView& query, const ConstHeadsView& keys,
-                                  const ConstHeadsView& values, const HeadsView<float>& out,
-                                  const Mask& mask, const Options& options) {
-  const char* where = "scaled_dot_product_attention";
+namespace {
+
+// Both forms of the forward: validation, then the driver. `lse_view` is null for the plain form.
+void attention_forward(const char* where, const ConstHeadsView& query, const ConstHeadsView& keys,
+                       const ConstHeadsView& values, const HeadsView<float>& out,
+                       const LseView<float>* lse_view, const Mask& mask, const Options& options) {
   const auto q = detail::resolve_heads(where, "query", query);
   const auto k = detail::resolve_heads(where, "keys", keys);
   const auto v = detail::resolve_heads(where, "values", values);
   const auto o = detail::resolve_heads(where, "out", out);
   auto same = [&](const char* what, std::size_t a, std::size_t b, const char* an, const char* bn) {
-    if (a != b) {
-      detail::fail(where, std::string(what) + " differ: " + an + " has " + std::to_string(a) +
-                              ", " + bn + " has " + std::to_string(b));
-    }
+    detail::check_same(where, what, a, b, an, bn);
   };
   same("batch sizes N", q.n, k.n, "query", "keys");
   same("batch sizes N", q.n, v.n, "query", "values");
@@ -69,7 +69,19 @@ void scaled_dot_product_attention(const ConstHeadsView& query, const ConstHeadsV
   }
   std::vector<detail::ByteRange> inputs = detail::option_inputs(mask, options, q.n, k.l);
   detail::check_apart(where, {o.data, out_bytes, "out"}, inputs);
+  float* lse = nullptr;
+  if (lse_view != nullptr) {
+    detail::check_lse(where, lse_view->data, lse_view->n, lse_view->h, lse_view->l, q);
+    lse = lse_view->data;
+    std::vector<detail::ByteRange> read = inputs;
+    read.push_back({q.data, detail::extent_bytes(q), "query"});
+    read.push_back({k.data, detail::extent_bytes(k), "keys"});
+    read.push_back({v.data, detail::extent_bytes(v), "values"});
+    read.push_back({o.data, out_bytes, "out"});
+    detail::check_apart(where, {lse, q.n * q.h * q.l * sizeof(float), "lse"}, read);
+  }
   if (weights) {
+    if (lse != nullptr) inputs.push_back({lse, q.n * q.h * q.l * sizeof(float), "lse"});
     inputs.push_back({q.data, detail::extent_bytes(q), "query"});
     inputs.push_back({k.data, detail::extent_bytes(k), "keys"});
     inputs.push_back({v.data, detail::extent_bytes(v), "values"});
@@ -87,8 +99,26 @@ void scaled_dot_product_attention(const ConstHeadsView& query, const ConstHeadsV
   p.rule = std::move(rule);
   p.scale = scale;
   p.policy = options.masked_rows;
+  p.lse = lse;
   if (weights) p.weights = {options.weights.data, options.weights.average_heads};
   detail::run_attention(table, p, threads);
+}
+
+}  // namespace
+
+void scaled_dot_product_attention(const ConstHeadsView& query, const ConstHeadsView& keys,
+                                  const ConstHeadsView& values, const HeadsView<float>& out,
+                                  const Mask& mask, const Options& options) {
+  attention_forward("scaled_dot_product_attention", query, keys, values, out, nullptr, mask,
+                    options);
+}
+
+void scaled_dot_product_attention_forward(const ConstHeadsView& query, const ConstHeadsView& keys,
+                                          const ConstHeadsView& values, const HeadsView<float>& out,
+                                          const LseView<float>& lse, const Mask& mask,
+                                          const Options& options) {
+  attention_forward("scaled_dot_product_attention_forward", query, keys, values, out, &lse, mask,
+                    options);
 }
 
 }  // namespace simdattn

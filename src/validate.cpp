@@ -306,6 +306,24 @@ void check_apart(const char* where, const ByteRange& output, const std::vector<B
   }
 }
 
+void check_same(const char* where, const char* what, std::size_t a, std::size_t b, const char* an,
+                const char* bn) {
+  if (a != b) {
+    fail(where, std::string(what) + " differ: " + an + " has " + std::to_string(a) + ", " + bn +
+                    " has " + std::to_string(b));
+  }
+}
+
+void check_lse(const char* where, const float* data, std::size_t n, std::size_t h, std::size_t l,
+               const Heads<const float>& q) {
+  if (data == nullptr) fail(where, "lse.data is null");
+  if (n != q.n || h != q.h || l != q.l) {
+    fail(where, "lse has shape [" + std::to_string(n) + ", " + std::to_string(h) + ", " +
+                    std::to_string(l) + "], [N, H, Lq] = [" + std::to_string(q.n) + ", " +
+                    std::to_string(q.h) + ", " + std::to_string(q.l) + "] is needed");
+  }
+}
+
 bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
   const auto pa = reinterpret_cast<std::uintptr_t>(a);
   const auto pb = reinterpret_cast<std::uintptr_t>(b);

@@ -75,6 +75,14 @@ std::vector<ByteRange> option_inputs(const Mask& mask, const Options& options, s
 /// Throws, naming both, if `output` overlaps any of `inputs`.
 void check_apart(const char* where, const ByteRange& output, const std::vector<ByteRange>& inputs);
 
+/// An error "<what> differ: <an> has <a>, <bn> has <b>" unless a == b.
+void check_same(const char* where, const char* what, std::size_t a, std::size_t b, const char* an,
+                const char* bn);
+
+/// Checks a log-sum-exp buffer: data not null, shape [N, H, Lq] of the query `q`.
+void check_lse(const char* where, const float* data, std::size_t n, std::size_t h, std::size_t l,
+               const Heads<const float>& q);
+
 /// True if the byte ranges [a, a + a_bytes) and [b, b + b_bytes) overlap.
 bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes);
 

@@ -1,9 +1,12 @@
 // The backward pass. First the oracle itself (src/reference/backward.hpp in double) against
 // central finite differences of the double forward, on tiny sizes with every mask kind and both
 // fully-masked-row policies; then the library's gradients against the oracle.
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -196,11 +199,9 @@ TEST_CASE("backward oracle: the log-sum-exp reproduces the forward", "[backward]
                             k = random_doubles(n * lk * h * d, 22),
                             v = random_doubles(n * lk * h * d, 23);
   std::vector<double> lse(n * h * lq), out(q.size());
-  reference::attention_lse<double>(cheads(q, n, lq, h, d), cheads(k, n, lk, h, d), rule, scale,
-                                   lse.data());
   reference::attention<double>(cheads(q, n, lq, h, d), cheads(k, n, lk, h, d),
                                cheads(v, n, lk, h, d), heads(out, n, lq, h, d), rule, scale,
-                               MaskedRows::zeros);
+                               MaskedRows::zeros, lse.data());
   for (std::size_t b = 0; b < n; ++b) {
     for (std::size_t hh = 0; hh < h; ++hh) {
       for (std::size_t i = 0; i < lq; ++i) {
@@ -426,4 +427,251 @@ TEST_CASE("backward oracle: equals PyTorch autograd on the gradient fixtures",
     close(dw[i], fx.d_weight[i], "d weight " + std::to_string(i));
     if (!fx.d_bias[i].empty()) close(db[i], fx.d_bias[i], "d bias " + std::to_string(i));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The library's core backward against the oracle.
+
+namespace {
+
+// One backward problem: random inputs, and the output and log-sum-exp of the library's training
+// forward (the optimized path of the ISA under test).
+struct CoreCase {
+  std::size_t n, lq, lk, h, d, hkv;
+  test::MaskCase mc;
+  Options options;
+  std::vector<std::uint8_t> padding;  // options.key_padding's bytes, if any
+  std::vector<float> q, k, v, out, d_out, lse;
+
+  // hkv: K/V heads (grouped when below h); window and key padding when asked.
+  CoreCase(std::size_t n_, std::size_t lq_, std::size_t lk_, std::size_t h_, std::size_t d_,
+           test::MaskKind kind, MaskedRows policy, std::uint64_t seed, std::size_t hkv_ = 0,
+           std::size_t window = 0, bool key_padding = false)
+      : n(n_),
+        lq(lq_),
+        lk(lk_),
+        h(h_),
+        d(d_),
+        hkv(hkv_ == 0 ? h_ : hkv_),
+        mc(test::make_mask(kind, n_, h_, lq_, lk_, seed)) {
+    options.causal = mc.causal;
+    options.masked_rows = policy;
+    if (window != 0) {
+      if (options.causal == Causal::none) options.causal = Causal::bottom_right;
+      options.window = window;
+    }
+    if (key_padding) {
+      padding.assign(n * lk, 0);
+      for (std::size_t b = 0; b < n; ++b) {
+        for (std::size_t key = lk - lk / (b + 3); key < lk; ++key) padding[b * lk + key] = 1;
+      }
+      options.key_padding = {padding.data(), n, lk};
+    }
+    q = test::random_normal(n * lq * h * d, seed + 1);
+    k = test::random_normal(n * lk * hkv * d, seed + 2);
+    v = test::random_normal(n * lk * hkv * d, seed + 3);
+    d_out = test::random_normal(n * lq * h * d, seed + 4);
+    out.resize(q.size());
+    lse.resize(n * h * lq);
+    scaled_dot_product_attention_forward(qv(), kv(k), kv(v), {out.data(), n, lq, h, d},
+                                         {lse.data(), n, h, lq}, mc.mask, options);
+  }
+  ConstHeadsView qv() const { return {q.data(), n, lq, h, d}; }
+  ConstHeadsView kv(const std::vector<float>& x) const { return {x.data(), n, lk, hkv, d}; }
+  detail::MaskRule rule() const {
+    detail::MaskRule r{mc.mask, options.causal, lq, lk};
+    r.window = options.window.value_or(0);
+    r.key_padding = options.key_padding;
+    return r;
+  }
+
+  // The oracle's gradients, [dq, dk, dv].
+  std::array<std::vector<double>, 3> oracle() const {
+    const auto qd = test::to_double(q), kd = test::to_double(k), vd = test::to_double(v),
+               gd = test::to_double(d_out);
+    std::array<std::vector<double>, 3> g{std::vector<double>(q.size()),
+                                         std::vector<double>(k.size()),
+                                         std::vector<double>(v.size())};
+    reference::attention_backward<double>(
+        cheads(qd, n, lq, h, d), cheads(kd, n, lk, hkv, d), cheads(vd, n, lk, hkv, d),
+        cheads(gd, n, lq, h, d), heads(g[0], n, lq, h, d), heads(g[1], n, lk, hkv, d),
+        heads(g[2], n, lk, hkv, d), rule(), test::resolved_scale(options, d), options.masked_rows);
+    return g;
+  }
+
+  // The library's gradients, [dq, dk, dv], with `threads` and `path`.
+  std::array<std::vector<float>, 3> run(Path path, int threads) const {
+    std::array<std::vector<float>, 3> g{std::vector<float>(q.size(), NAN),
+                                        std::vector<float>(k.size(), NAN),
+                                        std::vector<float>(v.size(), NAN)};
+    Options o = options;
+    o.path = path;
+    o.threads = threads;
+    scaled_dot_product_attention_backward(qv(), kv(k), kv(v), {out.data(), n, lq, h, d},
+                                          {d_out.data(), n, lq, h, d}, {lse.data(), n, h, lq},
+                                          {g[0].data(), n, lq, h, d}, {g[1].data(), n, lk, hkv, d},
+                                          {g[2].data(), n, lk, hkv, d}, mc.mask, o);
+    return g;
+  }
+};
+
+const char* const kGradNames[3] = {"dQ", "dK", "dV"};
+
+void check_core_case(const CoreCase& c, const std::string& what) {
+  const auto ref = c.oracle();
+  for (Path path : test::kPaths) {
+    const auto one = c.run(path, 1);
+    for (int i = 0; i < 3; ++i) {
+      test::check_close(one[i].data(), ref[i],
+                        what + " " + test::path_name(path) + " " + kGradNames[i]);
+    }
+    if (path == Path::optimized) {
+      const auto two = c.run(path, 2);
+      for (int i = 0; i < 3; ++i) {
+        INFO(what << " " << kGradNames[i] << ": threads 1 and 2 bitwise");
+        CHECK(std::memcmp(one[i].data(), two[i].data(), one[i].size() * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("backward: the core's gradients match the oracle on odd sizes, every mask kind",
+          "[backward]") {
+  const std::size_t d = GENERATE(1, 3, 15, 17);
+  const std::size_t lq = GENERATE(1, 2, 7, 33);
+  const std::size_t lk = GENERATE(1, 2, 7, 33);
+  const test::MaskKind kind =
+      GENERATE(from_range(std::begin(test::kAllMaskKinds), std::end(test::kAllMaskKinds)));
+  const MaskedRows policy = GENERATE(MaskedRows::uniform, MaskedRows::zeros);
+  const CoreCase c(2, lq, lk, 3, d, kind, policy, 100 + d + lq * 7 + lk * 13);
+  std::ostringstream what;
+  what << "ISA " << isa_name(active_isa()) << " D=" << d << " Lq=" << lq << " Lk=" << lk << " mask "
+       << test::mask_kind_name(kind) << (policy == MaskedRows::uniform ? " uniform" : " zeros");
+  check_core_case(c, what.str());
+}
+
+TEST_CASE("backward: the core's gradients over several key and query blocks", "[backward]") {
+  // Lengths past one key block (64) and one query block (48) with tails; N x H below and above
+  // the task count that splits heads into key chunks; head_dim 64 runs rows in place.
+  struct Shape {
+    std::size_t n, lq, lk, h, d;
+  };
+  const Shape shape =
+      GENERATE(Shape{1, 100, 130, 2, 64}, Shape{2, 130, 100, 4, 64}, Shape{1, 97, 97, 1, 17},
+               Shape{2, 64, 200, 4, 32}, Shape{1, 200, 64, 3, 15});
+  const test::MaskKind kind =
+      GENERATE(from_range(std::begin(test::kAllMaskKinds), std::end(test::kAllMaskKinds)));
+  const CoreCase c(shape.n, shape.lq, shape.lk, shape.h, shape.d, kind, MaskedRows::uniform, 77);
+  std::ostringstream what;
+  what << "ISA " << isa_name(active_isa()) << " N=" << shape.n << " Lq=" << shape.lq
+       << " Lk=" << shape.lk << " H=" << shape.h << " D=" << shape.d << " mask "
+       << test::mask_kind_name(kind);
+  check_core_case(c, what.str());
+}
+
+TEST_CASE("backward: grouped K/V heads, sliding window and key padding", "[backward]") {
+  struct Shape {
+    std::size_t n, lq, lk, h, hkv, d, window;
+    bool padding;
+  };
+  const Shape s =
+      GENERATE(Shape{2, 70, 130, 4, 2, 16, 0, false}, Shape{1, 33, 33, 6, 1, 17, 0, false},
+               Shape{2, 100, 100, 2, 2, 32, 20, false}, Shape{1, 130, 90, 4, 2, 15, 7, false},
+               Shape{3, 40, 70, 2, 1, 16, 0, true}, Shape{2, 97, 97, 4, 4, 64, 50, true});
+  const test::MaskKind kind = GENERATE(test::MaskKind::none, test::MaskKind::causal_top_left,
+                                       test::MaskKind::fully_masked_rows);
+  const MaskedRows policy = GENERATE(MaskedRows::uniform, MaskedRows::zeros);
+  const CoreCase c(s.n, s.lq, s.lk, s.h, s.d, kind, policy, 31, s.hkv, s.window, s.padding);
+  std::ostringstream what;
+  what << "ISA " << isa_name(active_isa()) << " N=" << s.n << " Lq=" << s.lq << " Lk=" << s.lk
+       << " H=" << s.h << " H_kv=" << s.hkv << " D=" << s.d << " window " << s.window
+       << (s.padding ? " key padding" : "") << " mask " << test::mask_kind_name(kind)
+       << (policy == MaskedRows::uniform ? " uniform" : " zeros");
+  check_core_case(c, what.str());
+}
+
+TEST_CASE("training forward: the same output as the plain call, and the oracle's log-sum-exp",
+          "[backward]") {
+  const std::size_t n = 2, h = 3;
+  const std::size_t d = GENERATE(1, 15, 64);
+  const std::size_t lq = GENERATE(1, 7, 100);
+  const std::size_t lk = GENERATE(2, 33, 130);
+  const test::MaskKind kind =
+      GENERATE(from_range(std::begin(test::kAllMaskKinds), std::end(test::kAllMaskKinds)));
+  INFO("ISA " << isa_name(active_isa()) << " D=" << d << " Lq=" << lq << " Lk=" << lk << " mask "
+              << test::mask_kind_name(kind));
+  const test::MaskCase mc = test::make_mask(kind, n, h, lq, lk, 5);
+  Options options;
+  options.causal = mc.causal;
+  const auto q = test::random_normal(n * lq * h * d, 61),
+             k = test::random_normal(n * lk * h * d, 62),
+             v = test::random_normal(n * lk * h * d, 63);
+  const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
+      vv{v.data(), n, lk, h, d};
+  std::vector<double> ref_lse(n * h * lq), ref_out(q.size());
+  const auto qd = test::to_double(q), kd = test::to_double(k), vd = test::to_double(v);
+  reference::attention<double>(
+      cheads(qd, n, lq, h, d), cheads(kd, n, lk, h, d), cheads(vd, n, lk, h, d),
+      heads(ref_out, n, lq, h, d), detail::MaskRule{mc.mask, mc.causal, lq, lk},
+      test::resolved_scale(options, d), options.masked_rows, ref_lse.data());
+  for (Path path : test::kPaths) {
+    options.path = path;
+    std::vector<float> plain(q.size()), out(q.size()), lse(n * h * lq, 1234.0f);
+    scaled_dot_product_attention(qv, kv, vv, {plain.data(), n, lq, h, d}, mc.mask, options);
+    scaled_dot_product_attention_forward(qv, kv, vv, {out.data(), n, lq, h, d},
+                                         {lse.data(), n, h, lq}, mc.mask, options);
+    INFO("path " << test::path_name(path));
+    CHECK(std::memcmp(plain.data(), out.data(), out.size() * sizeof(float)) == 0);
+    double worst = 0;
+    for (std::size_t i = 0; i < lse.size(); ++i) {
+      if (std::isinf(ref_lse[i])) {
+        CHECK(lse[i] == -INFINITY);
+      } else {
+        worst =
+            std::max(worst, std::fabs(lse[i] - ref_lse[i]) / std::max(1.0, std::fabs(ref_lse[i])));
+      }
+    }
+    CHECK(worst < 1e-6);
+  }
+}
+
+TEST_CASE("backward: bad arguments throw std::invalid_argument naming them", "[backward][errors]") {
+  using Catch::Matchers::Message;
+  const std::size_t n = 1, lq = 3, lk = 4, h = 2, d = 2;
+  std::vector<float> q(n * lq * h * d, 0.5f), k(n * lk * h * d, 0.25f), v(k), out(q), go(q),
+      lse(n * h * lq, 0.0f), dq(q.size()), dk(k.size()), dv(k.size());
+  const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
+      vv{v.data(), n, lk, h, d}, ov{out.data(), n, lq, h, d}, gov{go.data(), n, lq, h, d};
+  const ConstLseView lv{lse.data(), n, h, lq};
+  const HeadsView<float> dqv{dq.data(), n, lq, h, d}, dkv{dk.data(), n, lk, h, d},
+      dvv{dv.data(), n, lk, h, d};
+  auto call = [&](const ConstHeadsView& q_, const ConstHeadsView& o_, const ConstLseView& l_,
+                  const HeadsView<float>& dq_, const HeadsView<float>& dk_) {
+    scaled_dot_product_attention_backward(q_, kv, vv, o_, gov, l_, dq_, dk_, dvv);
+  };
+  REQUIRE_NOTHROW(call(qv, ov, lv, dqv, dkv));
+  const std::string w = "simdattn::scaled_dot_product_attention_backward: ";
+  CHECK_THROWS_MATCHES(call(qv, ov, ConstLseView{nullptr, n, h, lq}, dqv, dkv),
+                       std::invalid_argument, Message(w + "lse.data is null"));
+  CHECK_THROWS_MATCHES(call(qv, ov, ConstLseView{lse.data(), n, h, lq + 1}, dqv, dkv),
+                       std::invalid_argument,
+                       Message(w + "lse has shape [1, 2, 4], [N, H, Lq] = [1, 2, 3] is needed"));
+  CHECK_THROWS_MATCHES(call(qv, ConstHeadsView{out.data(), n, lq - 1, h, d}, lv, dqv, dkv),
+                       std::invalid_argument,
+                       Message(w + "query lengths Lq differ: query has 3, out has 2"));
+  CHECK_THROWS_MATCHES(call(qv, ov, lv, HeadsView<float>{dq.data(), n, lq, h, d + 1}, dkv),
+                       std::invalid_argument,
+                       Message(w + "head_dim D differ: query has 2, d_query has 3"));
+  CHECK_THROWS_MATCHES(call(qv, ov, lv, dqv, HeadsView<float>{nullptr, n, lk, h, d}),
+                       std::invalid_argument, Message(w + "d_keys.data is null"));
+  // A gradient may not overlap an input or another gradient.
+  CHECK_THROWS_MATCHES(call(qv, ov, lv, HeadsView<float>{go.data(), n, lq, h, d}, dkv),
+                       std::invalid_argument, Message(w + "d_query overlaps d_out"));
+  CHECK_THROWS_MATCHES(call(qv, ov, lv, dqv, HeadsView<float>{dv.data(), n, lk, h, d}),
+                       std::invalid_argument, Message(w + "d_values overlaps d_keys"));
+  CHECK_THROWS_MATCHES(
+      call(qv, ov, ConstLseView{reinterpret_cast<const float*>(dq.data()), n, h, lq}, dqv, dkv),
+      std::invalid_argument, Message(w + "d_query overlaps lse"));
 }

@@ -6,5 +6,6 @@
 #include "simdattn/kv_cache.hpp"
 #include "simdattn/multi_head_attention.hpp"
 #include "simdattn/safetensors.hpp"
+#include "simdattn/training.hpp"
 #include "simdattn/types.hpp"
 #include "simdattn/version.hpp"

@@ -13,6 +13,8 @@ enum class ScratchSlot {
   lse,          ///< rows' log-sum-exp when only the attention weights need them
   weights,      ///< a weights task's packed keys and score rows
   gathered,     ///< a cached sequence's keys and values as float, for the tile path
+  backward,     ///< the attention backward's per-row statistics and dQ partial sums
+  gradients,    ///< the module backward's activation gradients and transposed copies
   kCount
 };
 

@@ -98,6 +98,40 @@ struct PagedTileFor<4> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;
 };
 
+// ---- attention backward --------------------------------------------------------------------
+
+/// Query rows per step of the backward kernel: its probability and dS tiles are
+/// kBackwardRows x kKeyBlock (12 KiB each). A multiple of every ISA's row tile, so only the
+/// last block of a sequence has a row tail.
+inline constexpr std::size_t kBackwardRows = 48;
+/// The backward's tasks are (batch, K/V head, chunk of key blocks), the chunks chosen from the
+/// shape alone (never the thread count) so that results do not depend on it. With at least
+/// this many (batch, K/V head) pairs a task takes every key block of its head and owns its dQ
+/// rows; with fewer, heads are cut into chunks whose dQ contributions go to separate buffers
+/// (at most this many times dQ), summed in chunk order. 8: both cores of this machine busy
+/// under dynamic scheduling (s2048 has exactly 8 heads).
+inline constexpr std::size_t kBackwardMinTasks = 8;
+
+/// The backward micro-kernel's register tile for vectors of kW floats: kRows x kVecs
+/// accumulators, rows broadcast from a tile or a row, kVecs vectors loaded per step.
+template <std::size_t kW>
+struct BackwardTileFor;
+/// AVX-512: 6 x 4 = 24 zmm accumulators + 4 loads + 1 broadcast; 4 vectors = 64 keys or D = 64.
+template <>
+struct BackwardTileFor<16> {
+  static constexpr std::size_t kRows = 6, kVecs = 4;
+};
+/// AVX2: 6 x 2 = 12 ymm + 2 loads + 1 broadcast (15 of 16).
+template <>
+struct BackwardTileFor<8> {
+  static constexpr std::size_t kRows = 6, kVecs = 2;
+};
+/// SSE2: 4 x 2, as the forward's output tile.
+template <>
+struct BackwardTileFor<4> {
+  static constexpr std::size_t kRows = 4, kVecs = 2;
+};
+
 // ---- projection GEMM -----------------------------------------------------------------------
 
 /// Output columns per packed weight panel: one 64-byte row per k, read as one zmm, two ymm or
@@ -164,6 +198,13 @@ static_assert(AttentionTileFor<4>::kQueryVecs * 4 <= kMaxQueryGroup);
 static_assert(kMaxQueryGroup % (AttentionTileFor<16>::kQueryVecs * 16) == 0);
 static_assert(kMaxQueryGroup % (AttentionTileFor<8>::kQueryVecs * 8) == 0);
 static_assert(kMaxQueryGroup % (AttentionTileFor<4>::kQueryVecs * 4) == 0);
+// Backward row blocks are whole row tiles; key blocks whole key tiles.
+static_assert(kBackwardRows % BackwardTileFor<16>::kRows == 0 &&
+              kBackwardRows % BackwardTileFor<8>::kRows == 0 &&
+              kBackwardRows % BackwardTileFor<4>::kRows == 0);
+static_assert(kKeyBlock % (BackwardTileFor<16>::kVecs * 16) == 0 &&
+              kKeyBlock % (BackwardTileFor<8>::kVecs * 8) == 0 &&
+              kKeyBlock % (BackwardTileFor<4>::kVecs * 4) == 0);
 // Decode slices are whole key blocks, and the output loop's steps tile a block.
 static_assert(kDecodeSlice % kKeyBlock == 0);
 // Paged slices are whole key blocks, and a key block is whole score tiles of every width.

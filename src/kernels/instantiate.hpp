@@ -6,6 +6,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "isa/registry.hpp"
+#include "kernels/attention/backward.hpp"
 #include "kernels/attention/flash.hpp"
 #include "kernels/attention/paged_decode.hpp"
 #include "kernels/gemm/gemm.hpp"
@@ -48,6 +49,7 @@ constexpr KernelTable make_table(Isa isa) {
                      &attention_tiles<Arch>,
                      &attention_decode<Arch>,
                      &paged_attention<Arch>,
+                     &attention_backward<Arch>,
                      &exp_array<Arch>,
                      &exp2_array<Arch>};
 }

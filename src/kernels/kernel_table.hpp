@@ -135,6 +135,7 @@ struct PagedAttentionArgs {
 inline std::size_t paged_scratch_floats(std::size_t d) {
   return (kPagedMaxRows * d + 15) / 16 * 16 + kPagedMaxRows * kKeyBlock + 3 * kPagedMaxRows + 64;
 }
+struct BackwardArgs;  // kernels/attention/backward_args.hpp
 
 struct KernelTable {
   Isa isa;
@@ -142,6 +143,7 @@ struct KernelTable {
   void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
   void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
   void (*paged_attention)(const PagedAttentionArgs& args);  // over a KvCache, one slice
+  void (*attention_backward)(const BackwardArgs& args);     // one key block of one (batch, head)
   /// y[i] = exp(x[i]) with the kernels' vector exp: a hook for the tests of its accuracy.
   void (*exp)(const float* x, float* y, std::size_t n);
   /// y[i] = 2^x[i] for x[i] <= 0 with the tile path's exp2 (exp2.hpp), likewise.

@@ -31,38 +31,6 @@ inline bool visible_key(const detail::MaskRule& rule, std::size_t b, std::size_t
   return kernels::key_visible(rule.for_head(b, hh), i, key);
 }
 
-/// lse[(b * q.h + hh) * q.l + i] = log(sum over the keys visible to row i of
-/// exp(scale * q_i . k_key)), computed stably (max first); -inf for a row with no visible key.
-/// Query head hh reads key head hh / (q.h / k.h).
-template <class T>
-void attention_lse(const Heads<const T>& q, const Heads<const T>& k, const detail::MaskRule& rule,
-                   T scale, T* lse) {
-  const std::size_t group = q.h / k.h;
-  std::vector<T> s(k.l);
-  for (std::size_t b = 0; b < q.n; ++b) {
-    for (std::size_t hh = 0; hh < q.h; ++hh) {
-      for (std::size_t i = 0; i < q.l; ++i) {
-        const T* qi = q.at(b, i, hh);
-        T m = -std::numeric_limits<T>::infinity();
-        for (std::size_t key = 0; key < k.l; ++key) {
-          if (!visible_key(rule, b, hh, i, key)) continue;
-          const T* kk = k.at(b, key, hh / group);
-          T dot = 0;
-          for (std::size_t dd = 0; dd < q.d; ++dd) dot += qi[dd] * kk[dd];
-          s[key] = dot * scale;
-          if (s[key] > m || std::isnan(s[key])) m = s[key];
-        }
-        T sum = 0;
-        for (std::size_t key = 0; key < k.l; ++key) {
-          if (visible_key(rule, b, hh, i, key)) sum += std::exp(s[key] - m);
-        }
-        lse[(b * q.h + hh) * q.l + i] =
-            m == -std::numeric_limits<T>::infinity() ? m : m + std::log(sum);
-      }
-    }
-  }
-}
-
 /// Gradients of attention() (reference.hpp) for the output gradient d_out ([n, lq, h, d] like the
 /// output): overwrites d_q, d_k and d_v. Query head hh reads key/value head hh / (q.h / k.h), so
 /// the gradient of a shared key/value head sums over the query heads of its group, in order.
