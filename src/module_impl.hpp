@@ -26,10 +26,6 @@ struct OwnedPacked {
   PackedWeight view;
 };
 
-/// Checks an [N, L, E] tensor argument: data not null, no zero size, embedding size e, sizes
-/// whose product fits; errors name `where` and `name`.
-void check_tensor(const char* where, const char* name, const ConstTensorView& t, std::size_t e);
-
 /// The bias's data, or nullptr for an absent (empty) bias.
 inline const float* bias_or_null(const std::vector<float>& b) {
   return b.empty() ? nullptr : b.data();

@@ -24,9 +24,8 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
   const std::size_t e = m.e, heads = m.heads, kvh = m.kv_heads, d = m.head_dim();
   const std::size_t kv_e = m.kv_e(), row = e + 2 * kv_e;
   KvCache::Impl& c = detail::KvCacheAccess::impl(cache);
-  detail::check_tensor(where, "x", x, e);
-  const ConstTensorView out_c{out.data, out.n, out.l, out.e};
-  detail::check_tensor(where, "out", out_c, e);
+  detail::require_dense(where, "x", detail::check_tensor(where, "x", x, e));
+  detail::require_dense(where, "out", detail::check_tensor(where, "out", out, e));
   if (out.n != x.n || out.l != x.l) {
     detail::fail(where, "out has shape " + detail::shape_string(out.n, out.l, out.e) +
                             ", x needs " + detail::shape_string(x.n, x.l, e));

@@ -240,31 +240,6 @@ const std::vector<float>& MultiHeadAttention::bias(Projection p) const {
   return impl_->bias[detail::projection_index("MultiHeadAttention", p)];
 }
 
-namespace detail {
-
-void check_tensor(const char* where, const char* name, const ConstTensorView& t, std::size_t e) {
-  if (t.data == nullptr) fail(where, std::string(name) + ".data is null");
-  if (t.n == 0 || t.l == 0 || t.e == 0) {
-    fail(where, std::string(name) + " has a zero size: " + shape_string(t.n, t.l, t.e));
-  }
-  if (t.e != e) {
-    fail(where, std::string(name) + " has embedding size " + std::to_string(t.e) + " (shape " +
-                    shape_string(t.n, t.l, t.e) + "), the module has embed_size " +
-                    std::to_string(e));
-  }
-  checked_mul(where, name, t.n, t.l, t.e);
-}
-
-}  // namespace detail
-
-namespace {
-
-std::size_t bytes_of(const ConstTensorView& t) {
-  return t.n * t.l * t.e * sizeof(float);
-}
-
-}  // namespace
-
 namespace {
 
 detail::WeightsOut<float> weights_out(const Options& o) {
@@ -273,6 +248,8 @@ detail::WeightsOut<float> weights_out(const Options& o) {
 
 // A validated forward() call.
 struct ForwardCall {
+  detail::Rows<const float> values, keys, query;
+  detail::Rows<float> out;
   std::size_t n, lq, lk, heads, d;
   float scale;
   int threads;
@@ -283,11 +260,10 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
                           const ConstTensorView& values, const ConstTensorView& keys,
                           const ConstTensorView& query, const Mask& mask,
                           const TensorView<float>& out, const Options& options) {
-  detail::check_tensor(where, "values", values, e);
-  detail::check_tensor(where, "keys", keys, e);
-  detail::check_tensor(where, "query", query, e);
-  const ConstTensorView out_c{out.data, out.n, out.l, out.e};
-  detail::check_tensor(where, "out", out_c, e);
+  const auto v = detail::check_tensor(where, "values", values, e);
+  const auto k = detail::check_tensor(where, "keys", keys, e);
+  const auto q = detail::check_tensor(where, "query", query, e);
+  const auto o = detail::check_tensor(where, "out", out, e);
   if (keys.n != values.n || keys.l != values.l) {
     detail::fail(where, "keys " + detail::shape_string(keys.n, keys.l, keys.e) + " and values " +
                             detail::shape_string(values.n, values.l, values.e) +
@@ -306,21 +282,23 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
   const bool weights = detail::check_weights(where, options, n, heads, lq, lk);
   const float scale = detail::resolve_scale(where, options, d);
   const int threads = detail::resolve_threads(where, options);
-  const std::size_t out_bytes = bytes_of(out_c);
-  for (const ConstTensorView* in : {&values, &keys, &query}) {
-    if (detail::overlaps(out.data, out_bytes, in->data, bytes_of(*in))) {
+  // Byte ranges from each view's first element to its last.
+  const std::size_t out_bytes = o.extent() * sizeof(float);
+  auto bytes = [](const detail::Rows<const float>& r) { return r.extent() * sizeof(float); };
+  for (const detail::Rows<const float>* in : {&v, &k, &q}) {
+    if (detail::overlaps(o.data, out_bytes, in->data, bytes(*in))) {
       detail::fail(where,
                    "out overlaps an input (values, keys or query): in-place forward is "
                    "not supported");
     }
   }
   std::vector<detail::ByteRange> inputs = detail::option_inputs(mask, options, n, lk);
-  detail::check_apart(where, {out.data, out_bytes, "out"}, inputs);
+  detail::check_apart(where, {o.data, out_bytes, "out"}, inputs);
   if (weights) {
-    inputs.push_back({values.data, bytes_of(values), "values"});
-    inputs.push_back({keys.data, bytes_of(keys), "keys"});
-    inputs.push_back({query.data, bytes_of(query), "query"});
-    inputs.push_back({out.data, out_bytes, "out"});
+    inputs.push_back({v.data, bytes(v), "values"});
+    inputs.push_back({k.data, bytes(k), "keys"});
+    inputs.push_back({q.data, bytes(q), "query"});
+    inputs.push_back({o.data, out_bytes, "out"});
     detail::check_apart(
         where, {options.weights.data, options.weights.size * sizeof(float), "options.weights"},
         inputs);
@@ -333,7 +311,7 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
     detail::fail(where, "the scratch of 4 activations of " + std::to_string(largest) +
                             " floats overflows size_t");
   }
-  return {n, lq, lk, heads, d, scale, threads, std::move(rule)};
+  return {v, k, q, o, n, lq, lk, heads, d, scale, threads, std::move(rule)};
 }
 
 }  // namespace
@@ -341,6 +319,7 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
 void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,
                                  const ConstTensorView& query, const Mask& mask,
                                  const TensorView<float>& out, const Options& options) const {
+  using detail::RowOrder;
   const char* where = "MultiHeadAttention::forward";
   const Impl& m = *impl_;
   const std::size_t e = m.e;
@@ -349,8 +328,23 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
   const std::size_t n = c.n, lq = c.lq, lk = c.lk, heads = c.heads, d = c.d;
   const std::size_t kvh = m.kv_heads, kv_e = m.kv_e();
   const std::size_t q_size = n * lq * e, kv_size = n * lk * kv_e;
+  // Copies of inputs in an unusual layout, and the result before it goes to such an out
+  // (module_layout.hpp); empty for the dense layouts.
+  std::vector<float> v_copy, k_copy, q_copy, out_copy;
+  const bool out_direct = c.out.batch_major() || (table != nullptr && c.out.sequence_major());
+  if (!out_direct) out_copy.resize(q_size);
+  float* const result = out_direct ? out.data : out_copy.data();
+  const RowOrder out_order =
+      c.out.sequence_major() && out_direct ? RowOrder::sequence_major : RowOrder::batch_major;
 
   if (table == nullptr) {
+    // The reference reads and writes batch-major buffers.
+    const float* v = detail::as_matrix(c.values, v_copy, true).data;
+    const float* k =
+        c.keys.same_layout(c.values) ? v : detail::as_matrix(c.keys, k_copy, true).data;
+    const float* q = c.query.same_layout(c.values) ? v
+                     : c.query.same_layout(c.keys) ? k
+                                                   : detail::as_matrix(c.query, q_copy, true).data;
     using detail::bias_or_null;
     reference::Weights<float> w{m.weight[0].data(),      m.weight[1].data(),
                                 m.weight[2].data(),      m.weight[3].data(),
@@ -359,55 +353,63 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
     w.kv_heads = kvh;
     float* scratch = detail::thread_scratch(detail::ScratchSlot::activations,
                                             reference::multi_head_attention_scratch(n, lq, lk, e));
-    reference::multi_head_attention<float>(values.data, keys.data, query.data, n, lk, lq, e, heads,
-                                           w, c.rule, c.scale, options.masked_rows, out.data,
-                                           scratch, weights_out(options));
+    reference::multi_head_attention<float>(v, k, q, n, lk, lq, e, heads, w, c.rule, c.scale,
+                                           options.masked_rows, result, scratch,
+                                           weights_out(options));
+    if (!out_direct) detail::scatter_rows(result, c.out);
     return;
   }
 
-  // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call.
+  // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call. Each
+  // projection runs on its input's rows in memory order and keeps their layout.
   const std::size_t qkv_size = n * lq * (e + 2 * kv_e);  // self-attention: [N, L, E + 2 kv_e]
   const std::size_t projected = std::max(qkv_size, q_size + 2 * kv_size);
   float* scratch = detail::thread_scratch(detail::ScratchSlot::activations, projected + q_size);
-  const bool self = values.data == keys.data && keys.data == query.data && lq == lk;
-  const bool shared_kv = !self && values.data == keys.data;
+  const bool self = c.values.same_layout(c.keys) && c.keys.same_layout(c.query);
+  const bool shared_kv = !self && c.values.same_layout(c.keys);
+  const detail::Matrix x = detail::as_matrix(c.query, q_copy);
   detail::AttentionProblem p;
   if (self) {
     // One GEMM against [Wq; Wk; Wv]: each row of x is read once for all three projections.
     const std::size_t row = e + 2 * kv_e;
-    detail::run_linear(*table, query.data, n * lq, m.packed_qkv.view,
-                       detail::bias_or_null(m.bias_qkv), scratch, row, c.threads);
-    p.q = {scratch, n, lq, heads, d, row, lq * row};
-    p.k = {scratch + e, n, lk, kvh, d, row, lk * row};
-    p.v = {scratch + e + kv_e, n, lk, kvh, d, row, lk * row};
+    detail::run_linear(*table, x.data, n * lq, m.packed_qkv.view, detail::bias_or_null(m.bias_qkv),
+                       scratch, row, c.threads);
+    p.q = detail::heads_in<const float>(scratch, x.order, n, lq, heads, d, row);
+    p.k = detail::heads_in<const float>(scratch + e, x.order, n, lk, kvh, d, row);
+    p.v = detail::heads_in<const float>(scratch + e + kv_e, x.order, n, lk, kvh, d, row);
   } else {
     float* kv = scratch + q_size;
-    detail::run_linear(*table, query.data, n * lq, m.packed[0].view,
-                       detail::bias_or_null(m.bias[0]), scratch, e, c.threads);
+    detail::run_linear(*table, x.data, n * lq, m.packed[0].view, detail::bias_or_null(m.bias[0]),
+                       scratch, e, c.threads);
+    p.q = detail::heads_in<const float>(scratch, x.order, n, lq, heads, d, e);
+    const detail::Matrix km = detail::as_matrix(c.keys, k_copy);
     if (shared_kv) {
-      detail::run_linear(*table, keys.data, n * lk, m.packed_kv.view,
-                         detail::bias_or_null(m.bias_kv), kv, 2 * kv_e, c.threads);
-      p.k = {kv, n, lk, kvh, d, 2 * kv_e, lk * 2 * kv_e};
-      p.v = {kv + kv_e, n, lk, kvh, d, 2 * kv_e, lk * 2 * kv_e};
+      detail::run_linear(*table, km.data, n * lk, m.packed_kv.view, detail::bias_or_null(m.bias_kv),
+                         kv, 2 * kv_e, c.threads);
+      p.k = detail::heads_in<const float>(kv, km.order, n, lk, kvh, d, 2 * kv_e);
+      p.v = detail::heads_in<const float>(kv + kv_e, km.order, n, lk, kvh, d, 2 * kv_e);
     } else {
-      detail::run_linear(*table, keys.data, n * lk, m.packed[1].view,
-                         detail::bias_or_null(m.bias[1]), kv, kv_e, c.threads);
-      detail::run_linear(*table, values.data, n * lk, m.packed[2].view,
-                         detail::bias_or_null(m.bias[2]), kv + kv_size, kv_e, c.threads);
-      p.k = {kv, n, lk, kvh, d, kv_e, lk * kv_e};
-      p.v = {kv + kv_size, n, lk, kvh, d, kv_e, lk * kv_e};
+      const detail::Matrix vm = detail::as_matrix(c.values, v_copy);
+      detail::run_linear(*table, km.data, n * lk, m.packed[1].view, detail::bias_or_null(m.bias[1]),
+                         kv, kv_e, c.threads);
+      detail::run_linear(*table, vm.data, n * lk, m.packed[2].view, detail::bias_or_null(m.bias[2]),
+                         kv + kv_size, kv_e, c.threads);
+      p.k = detail::heads_in<const float>(kv, km.order, n, lk, kvh, d, kv_e);
+      p.v = detail::heads_in<const float>(kv + kv_size, vm.order, n, lk, kvh, d, kv_e);
     }
-    p.q = {scratch, n, lq, heads, d, e, lq * e};
   }
+  // The heads' output in out's layout, so that the output projection writes out's rows in
+  // memory order.
   float* attn = scratch + projected;
-  p.out = {attn, n, lq, heads, d, e, lq * e};
+  p.out = detail::heads_in<float>(attn, out_order, n, lq, heads, d, e);
   p.rule = c.rule;
   p.scale = c.scale;
   p.policy = options.masked_rows;
   p.weights = weights_out(options);
   detail::run_attention(table, p, c.threads);
-  detail::run_linear(*table, attn, n * lq, m.packed[3].view, m.bias[3].data(), out.data, e,
+  detail::run_linear(*table, attn, n * lq, m.packed[3].view, m.bias[3].data(), result, e,
                      c.threads);
+  if (!out_direct) detail::scatter_rows(result, c.out);
 }
 
 Tensor MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,

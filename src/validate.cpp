@@ -96,6 +96,64 @@ int resolve_threads(const char* where, const Options& options) {
   return options.threads == 0 ? std::min(omp_get_max_threads(), kMaxThreads) : options.threads;
 }
 
+namespace {
+
+std::size_t checked_add(const char* where, const char* what, std::size_t a, std::size_t b) {
+  if (b > std::numeric_limits<std::size_t>::max() - a) {
+    fail(where, std::string(what) + " overflows: " + std::to_string(a) + " + " + std::to_string(b) +
+                    " does not fit in size_t");
+  }
+  return a + b;
+}
+
+template <class T>
+Rows<T> check_tensor_impl(const char* where, const char* name, const TensorView<T>& t,
+                          std::size_t e) {
+  if (t.data == nullptr) fail(where, std::string(name) + ".data is null");
+  if (t.n == 0 || t.l == 0 || t.e == 0) {
+    fail(where, std::string(name) + " has a zero size: " + shape_string(t.n, t.l, t.e));
+  }
+  if (t.e != e) {
+    fail(where, std::string(name) + " has embedding size " + std::to_string(t.e) + " (shape " +
+                    shape_string(t.n, t.l, t.e) + "), the module has embed_size " +
+                    std::to_string(e));
+  }
+  checked_mul(where, name, t.n, t.l, t.e);
+  Rows<T> r{t.data, t.n, t.l, t.e, t.row_stride, t.batch_stride};
+  if (r.row_stride == 0) r.row_stride = e;
+  if (r.batch_stride == 0) r.batch_stride = checked_mul(where, name, t.l, r.row_stride);
+  // The last element's offset, and with it every other, must fit (4 bytes of headroom, as for
+  // the sizes).
+  const std::size_t last =
+      checked_add(where, name, checked_mul(where, name, t.n - 1, r.batch_stride),
+                  checked_add(where, name, checked_mul(where, name, t.l - 1, r.row_stride), e));
+  checked_mul(where, name, last, sizeof(float));
+  // Rows nested one way or the other; the products below are at most `last`.
+  const bool batch_outer = (t.l == 1 || r.row_stride >= e) &&
+                           (t.n == 1 || r.batch_stride >= (t.l - 1) * r.row_stride + e);
+  const bool sequence_outer = (t.n == 1 || r.batch_stride >= e) &&
+                              (t.l == 1 || r.row_stride >= (t.n - 1) * r.batch_stride + e);
+  if (!batch_outer && !sequence_outer) {
+    fail(where, std::string(name) + ".row_stride " + std::to_string(r.row_stride) +
+                    " and batch_stride " + std::to_string(r.batch_stride) +
+                    " make the rows of [N, L, E] = " + shape_string(t.n, t.l, t.e) +
+                    " overlap (a zero stride reads as dense)");
+  }
+  return r;
+}
+
+}  // namespace
+
+Rows<const float> check_tensor(const char* where, const char* name,
+                               const TensorView<const float>& t, std::size_t e) {
+  return check_tensor_impl(where, name, t, e);
+}
+
+Rows<float> check_tensor(const char* where, const char* name, const TensorView<float>& t,
+                         std::size_t e) {
+  return check_tensor_impl(where, name, t, e);
+}
+
 void check_mask(const char* where, const Mask& mask, std::size_t n, std::size_t h, std::size_t lq,
                 std::size_t lk) {
   if (mask.data == nullptr) return;

@@ -27,6 +27,48 @@ float resolve_scale(const char* where, const Options& options, std::size_t head_
 /// is resolve_scale's, options.isa the registry's.
 int resolve_threads(const char* where, const Options& options);
 
+/// A checked TensorView with its strides resolved (a zero stride means dense): row (b, i)
+/// starts at data + b * batch_stride + i * row_stride, and no two rows overlap.
+template <class T>
+struct Rows {
+  T* data = nullptr;
+  std::size_t n = 0, l = 0, e = 0, row_stride = 0, batch_stride = 0;
+
+  T* row(std::size_t b, std::size_t i) const { return data + b * batch_stride + i * row_stride; }
+  /// Floats from the first element to the last, inclusive: the range overlap checks compare.
+  std::size_t extent() const { return (n - 1) * batch_stride + (l - 1) * row_stride + e; }
+  /// One contiguous [n, l, e] block (the default layout).
+  bool batch_major() const {
+    return (l == 1 || row_stride == e) && (n == 1 || batch_stride == l * e);
+  }
+  /// One contiguous [l, n, e] block (PyTorch's batch_first=False).
+  bool sequence_major() const {
+    return (n == 1 || batch_stride == e) && (l == 1 || row_stride == n * e);
+  }
+  bool same_layout(const Rows& o) const {
+    return data == o.data && n == o.n && l == o.l && e == o.e && row_stride == o.row_stride &&
+           batch_stride == o.batch_stride;
+  }
+};
+
+/// Checks a TensorView `name` of a module with embed size e: data not null, no zero size,
+/// embedding size e, sizes and strides whose offsets fit, rows that do not overlap.
+Rows<const float> check_tensor(const char* where, const char* name,
+                               const TensorView<const float>& t, std::size_t e);
+Rows<float> check_tensor(const char* where, const char* name, const TensorView<float>& t,
+                         std::size_t e);
+
+/// Refuses a checked view that is not one row-major [n, l, e] block, for an entry point that
+/// takes no other layout.
+template <class T>
+void require_dense(const char* where, const char* name, const Rows<T>& r) {
+  if (!r.batch_major()) {
+    fail(where, std::string(name) + " must be a row-major [N, L, E] view (row_stride and " +
+                    "batch_stride 0), got row_stride " + std::to_string(r.row_stride) +
+                    " and batch_stride " + std::to_string(r.batch_stride));
+  }
+}
+
 /// Checks that a mask (if any) broadcasts over [n, h, lq, lk].
 void check_mask(const char* where, const Mask& mask, std::size_t n, std::size_t h, std::size_t lq,
                 std::size_t lk);

@@ -94,7 +94,9 @@ class MultiHeadAttention {
   /// The tutorial's forward(values, keys, query, mask), writing into the caller's buffer.
   /// values and keys: [N, Lk, E]; query: [N, Lq, E]; out: [N, Lq, E] (no allocation for it).
   /// Self-attention passes one tensor three times; cross-attention a query of another length.
-  /// The mask is [N|1, H|1, Lq|1, Lk|1] (see Mask). `out` must not overlap any input.
+  /// The mask is [N|1, H|1, Lq|1, Lk|1] (see Mask). `out` must not overlap any input. Each
+  /// view may have its own strides (TensorView): sequence_first() takes PyTorch's
+  /// batch_first=False [L, N, E] buffers as they are.
   /// Throws std::invalid_argument naming the argument and the values on any mismatch.
   void forward(const ConstTensorView& values, const ConstTensorView& keys,
                const ConstTensorView& query, const Mask& mask, const TensorView<float>& out,
@@ -120,7 +122,8 @@ class MultiHeadAttention {
   /// the score modifications of Options are not supported (see kv_cache.hpp).
   /// Throws std::invalid_argument, with the cache unchanged, on a shape mismatch, a cache of
   /// other heads or head_dim, ids.size() != N, an unknown or repeated id, T = 0, too few free
-  /// blocks, a top-left causal option, or `out` overlapping x.
+  /// blocks, a top-left causal option, x or out with strides other than row-major, or `out`
+  /// overlapping x.
   void step(KvCache& cache, const std::vector<SequenceId>& ids, const ConstTensorView& x,
             const TensorView<float>& out, const Options& options = {}) const;
   /// Convenience form returning a new [N, T, E] tensor.

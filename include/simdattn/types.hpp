@@ -162,15 +162,29 @@ inline constexpr int kMaxThreads = 1024;
 /// The tutorial's scale, 1/sqrt(embed_size).
 float tutorial_scale(std::size_t embed_size);
 
-/// A row-major [n, l, e] float tensor in the caller's memory (no ownership, no strides).
+/// An [n, l, e] float tensor in the caller's memory (no ownership): element (b, i, k) is at
+/// data[b * batch_stride + i * row_stride + k]. A zero stride means dense (row_stride = e,
+/// batch_stride = l * row_stride), so {data, n, l, e} is a row-major [n, l, e] buffer. Rows must
+/// not overlap: batch-major strides (row_stride >= e, batch_stride >= the rows of a batch) or
+/// sequence-major ones (batch_stride >= e, row_stride >= the batches of a position), such as
+/// PyTorch's batch_first=False layout, a contiguous [l, n, e] buffer: see sequence_first().
 template <class T>
 struct TensorView {
   T* data = nullptr;
   std::size_t n = 0;
   std::size_t l = 0;
   std::size_t e = 0;
+  std::size_t row_stride = 0;
+  std::size_t batch_stride = 0;
 };
 using ConstTensorView = TensorView<const float>;
+
+/// A contiguous [l, n, e] buffer (PyTorch's batch_first=False: sequence first) as an [n, l, e]
+/// view, without a copy: row_stride = n * e, batch_stride = e.
+template <class T>
+TensorView<T> sequence_first(T* data, std::size_t l, std::size_t n, std::size_t e) {
+  return {data, n, l, e, n * e, e};
+}
 
 /// An [n, l, h, d] view of attention heads: element (b, i, j, k) is at
 /// data[b * batch_stride + i * row_stride + j * head_stride + k]. A zero stride means dense:
