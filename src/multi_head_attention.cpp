@@ -12,6 +12,7 @@
 #include "isa/registry.hpp"
 #include "kernels/gemm/pack.hpp"
 #include "module_impl.hpp"
+#include "module_layout.hpp"
 #include "random.hpp"
 #include "reference/reference.hpp"
 #include "validate.hpp"
