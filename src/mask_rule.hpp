@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "kernels/attention/score_mods.hpp"
@@ -25,15 +26,28 @@ struct MaskRule {
   float softcap = 0.0f;          // 0: none
   std::vector<float> alibi{};    // slopes per query head; empty: no ALiBi
   const float* sinks = nullptr;  // one per query head, or nullptr
+  /// A call that computes one block of a larger problem (a rank's slice of a sequence against
+  /// another rank's keys, a chunk of a prompt) reads the whole problem's mask: its head 0, query
+  /// row 0 and key 0 are the mask's head `mask_head0`, row `mask_row0` and column `mask_col0`
+  /// (where a mask dimension broadcasts, the offset does not apply). The variants above have no
+  /// such offsets: a block call uses mask and causal only.
+  std::size_t mask_head0 = 0;
+  std::size_t mask_row0 = 0;
+  std::size_t mask_col0 = 0;
+  /// Set: the causal offset itself (key k visible to row i iff k <= i + offset), for such a
+  /// block: the first query's global position minus the first key's, plus the whole problem's
+  /// alignment offset. Unset: the alignment's offset for lq, lk (0, or lk - lq).
+  std::optional<std::ptrdiff_t> causal_offset = std::nullopt;
 
   /// The mask's row for (batch b, head h, query i): lk bytes (or 1 when mask.lk == 1),
   /// or nullptr without a mask.
   const std::uint8_t* mask_row(std::size_t b, std::size_t h, std::size_t i) const {
     if (mask.data == nullptr) return nullptr;
     const std::size_t mb = mask.n == 1 ? 0 : b;
-    const std::size_t mh = mask.h == 1 ? 0 : h;
-    const std::size_t mi = mask.lq == 1 ? 0 : i;
-    return mask.data + ((mb * mask.h + mh) * mask.lq + mi) * mask.lk;
+    const std::size_t mh = mask.h == 1 ? 0 : h + mask_head0;
+    const std::size_t mi = mask.lq == 1 ? 0 : i + mask_row0;
+    const std::size_t mk = mask.lk == 1 ? 0 : mask_col0;
+    return mask.data + ((mb * mask.h + mh) * mask.lq + mi) * mask.lk + mk;
   }
   /// Mask rows of consecutive heads are this far apart (0 when the mask broadcasts over heads).
   std::size_t mask_head_stride() const {
@@ -56,7 +70,8 @@ struct MaskRule {
     r.lk = lk;
     r.causal = causal != Causal::none;
     // Bottom-right: k <= i + Lk - Lq. Sizes are far below 2^63, so the difference is exact.
-    r.offset = causal == Causal::bottom_right
+    r.offset = causal_offset ? *causal_offset
+               : causal == Causal::bottom_right
                    ? static_cast<std::ptrdiff_t>(lk) - static_cast<std::ptrdiff_t>(lq)
                    : 0;
     r.mask = mask_row(b, h, 0);

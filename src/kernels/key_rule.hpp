@@ -30,7 +30,9 @@ struct KeyRule {
   bool causal = false;
   std::ptrdiff_t offset = 0;  // causal: key k visible to row i iff k <= i + offset
   // Keep-mask: row i at mask + i * mask_row_stride (stride 0 when the mask broadcasts over
-  // queries); mask_lk is lk, or 1 when it broadcasts over keys. nullptr: no mask.
+  // queries), key k at row[k]; mask_lk is 1 when it broadcasts over keys (row[0] for every key),
+  // else the mask's row length (lk, or more when the call reads a block of a larger mask).
+  // nullptr: no mask.
   const std::uint8_t* mask = nullptr;
   std::size_t mask_row_stride = 0;
   std::size_t mask_lk = 0;

@@ -44,4 +44,17 @@ void masked_row_answer(MaskedRows policy, const float* v, std::size_t v_stride, 
   }
 }
 
+void merge_masked_answers(const float* o, std::size_t o_stride, const std::size_t* keys,
+                          std::size_t parts, std::size_t d, float* out) {
+  std::fill(out, out + d, 0.0f);
+  double total = 0;
+  for (std::size_t s = 0; s < parts; ++s) total += static_cast<double>(keys[s]);
+  for (std::size_t s = 0; s < parts; ++s) {
+    if (keys[s] == 0) continue;
+    const float w = static_cast<float>(static_cast<double>(keys[s]) / total);
+    const float* os = o + s * o_stride;
+    for (std::size_t dd = 0; dd < d; ++dd) out[dd] += w * os[dd];
+  }
+}
+
 }  // namespace simdattn::kernels

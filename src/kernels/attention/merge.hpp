@@ -33,4 +33,11 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
 void masked_row_answer(MaskedRows policy, const float* v, std::size_t v_stride, std::size_t lk,
                        std::size_t d, float* out);
 
+/// The uniform masked-row answer over the union of several parts' keys from each part's answer
+/// over its own keys[s] keys (the average of its values, o + s * o_stride): the key-count-weighted
+/// average, sum_s (keys[s] / sum keys) o_s, in the order given. Equal to masked_row_answer over
+/// all the keys up to rounding; for a row that sees no key of any part (a split sequence).
+void merge_masked_answers(const float* o, std::size_t o_stride, const std::size_t* keys,
+                          std::size_t parts, std::size_t d, float* out);
+
 }  // namespace simdattn::kernels
