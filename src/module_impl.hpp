@@ -9,7 +9,10 @@
 
 #include "aligned_buffer.hpp"
 #include "driver/linear.hpp"
+#include "kernels/kernel_table.hpp"
 #include "simdattn/multi_head_attention.hpp"
+#include "validate.hpp"
+#include "views.hpp"
 
 namespace simdattn {
 namespace detail {
@@ -30,6 +33,34 @@ struct OwnedPacked {
 inline const float* bias_or_null(const std::vector<float>& b) {
   return b.empty() ? nullptr : b.data();
 }
+
+/// forward()'s [N, L, E] tensors, each checked against embed_size e (validate.hpp's
+/// check_tensor), with keys and values of one shape, one batch size and out shaped like the
+/// query. Shared with the sequence-parallel forward.
+struct ForwardTensors {
+  Rows<const float> values, keys, query;
+  Rows<float> out;
+};
+ForwardTensors check_forward_tensors(const char* where, std::size_t e,
+                                     const ConstTensorView& values, const ConstTensorView& keys,
+                                     const ConstTensorView& query, const TensorView<float>& out);
+/// Refuses an out that overlaps values, keys or query (no in-place forward).
+void check_forward_overlaps(const char* where, const ForwardTensors& t);
+/// The scratch holds at most 4 activations. Shapes whose own byte counts fit can still make
+/// that count overflow: an error before any allocation, never a wrapped-around small buffer
+/// (both paths crashed on such shapes).
+void check_activations_fit(const char* where, std::size_t n, std::size_t lq, std::size_t lk,
+                           std::size_t e);
+
+/// The projected query, keys and values of one forward, as heads views into a scratch, in the
+/// row order of the inputs they came from (module_layout.hpp).
+struct ProjectedInputs {
+  Heads<const float> q, k, v;
+};
+/// Batch-major copies of inputs in a layout the projections cannot read in memory order.
+struct InputCopies {
+  std::vector<float> values, keys, query;
+};
 
 }  // namespace detail
 
@@ -53,6 +84,20 @@ struct MultiHeadAttention::Impl {
   /// Out features of projection i (0..3).
   std::size_t out_features(int i) const { return i == 1 || i == 2 ? kv_e() : e; }
 
+  /// Floats of scratch project_inputs() needs for [n, lq, E] queries and [n, lk, E] keys.
+  std::size_t projection_floats(std::size_t n, std::size_t lq, std::size_t lk) const;
+  /// Q = query Wq^T + bq, K = keys Wk^T + bk, V = values Wv^T + bv into `scratch`: one GEMM
+  /// against [Wq; Wk; Wv] for self-attention (one view for all three), one against [Wk; Wv]
+  /// when keys and values are one view; each on its input's rows in memory order (batch- or
+  /// sequence-major; other layouts are copied to `copies` first). table nullptr: the
+  /// reference's linear layers on batch-major rows.
+  detail::ProjectedInputs project_inputs(const kernels::KernelTable* table,
+                                         const detail::ForwardTensors& t, float* scratch,
+                                         int threads, detail::InputCopies& copies) const;
+  /// out = attn Wo^T + bo for `rows` rows of E floats.
+  void project_output(const kernels::KernelTable* table, const float* attn, std::size_t rows,
+                      float* out, int threads) const;
+
   /// Recomputes every packed copy and concatenated bias.
   void repack();
   /// Replaces weight i and the packed copies that contain it. Everything that can throw
@@ -63,4 +108,12 @@ struct MultiHeadAttention::Impl {
   Impl clone() const;
 };
 
+namespace detail {
+
+/// How the library's other components (the sequence-parallel forward) reach a module's state.
+struct ModuleAccess {
+  static const MultiHeadAttention::Impl& impl(const MultiHeadAttention& m) { return *m.impl_; }
+};
+
+}  // namespace detail
 }  // namespace simdattn

@@ -249,8 +249,7 @@ detail::WeightsOut<float> weights_out(const Options& o) {
 
 // A validated forward() call.
 struct ForwardCall {
-  detail::Rows<const float> values, keys, query;
-  detail::Rows<float> out;
+  detail::ForwardTensors t;
   std::size_t n, lq, lk, heads, d;
   float scale;
   int threads;
@@ -261,58 +260,30 @@ ForwardCall check_forward(const char* where, std::size_t e, std::size_t heads,
                           const ConstTensorView& values, const ConstTensorView& keys,
                           const ConstTensorView& query, const Mask& mask,
                           const TensorView<float>& out, const Options& options) {
-  const auto v = detail::check_tensor(where, "values", values, e);
-  const auto k = detail::check_tensor(where, "keys", keys, e);
-  const auto q = detail::check_tensor(where, "query", query, e);
-  const auto o = detail::check_tensor(where, "out", out, e);
-  if (keys.n != values.n || keys.l != values.l) {
-    detail::fail(where, "keys " + detail::shape_string(keys.n, keys.l, keys.e) + " and values " +
-                            detail::shape_string(values.n, values.l, values.e) +
-                            " must have the same shape");
-  }
-  if (query.n != keys.n) {
-    detail::fail(where, "batch sizes differ: query has N = " + std::to_string(query.n) +
-                            ", keys and values have N = " + std::to_string(keys.n));
-  }
-  if (out.n != query.n || out.l != query.l) {
-    detail::fail(where, "out has shape " + detail::shape_string(out.n, out.l, out.e) +
-                            ", the query needs " + detail::shape_string(query.n, query.l, e));
-  }
+  const detail::ForwardTensors t =
+      detail::check_forward_tensors(where, e, values, keys, query, out);
   const std::size_t n = query.n, lq = query.l, lk = keys.l, d = e / heads;
   detail::MaskRule rule = detail::resolve_rule(where, mask, options, n, heads, lq, lk);
   const bool weights = detail::check_weights(where, options, n, heads, lq, lk);
   const float scale = detail::resolve_scale(where, options, d);
   const int threads = detail::resolve_threads(where, options);
+  detail::check_forward_overlaps(where, t);
   // Byte ranges from each view's first element to its last.
-  const std::size_t out_bytes = o.extent() * sizeof(float);
+  const std::size_t out_bytes = t.out.extent() * sizeof(float);
   auto bytes = [](const detail::Rows<const float>& r) { return r.extent() * sizeof(float); };
-  for (const detail::Rows<const float>* in : {&v, &k, &q}) {
-    if (detail::overlaps(o.data, out_bytes, in->data, bytes(*in))) {
-      detail::fail(where,
-                   "out overlaps an input (values, keys or query): in-place forward is "
-                   "not supported");
-    }
-  }
   std::vector<detail::ByteRange> inputs = detail::option_inputs(mask, options, n, lk);
-  detail::check_apart(where, {o.data, out_bytes, "out"}, inputs);
+  detail::check_apart(where, {t.out.data, out_bytes, "out"}, inputs);
   if (weights) {
-    inputs.push_back({v.data, bytes(v), "values"});
-    inputs.push_back({k.data, bytes(k), "keys"});
-    inputs.push_back({q.data, bytes(q), "query"});
-    inputs.push_back({o.data, out_bytes, "out"});
+    inputs.push_back({t.values.data, bytes(t.values), "values"});
+    inputs.push_back({t.keys.data, bytes(t.keys), "keys"});
+    inputs.push_back({t.query.data, bytes(t.query), "query"});
+    inputs.push_back({t.out.data, out_bytes, "out"});
     detail::check_apart(
         where, {options.weights.data, options.weights.size * sizeof(float), "options.weights"},
         inputs);
   }
-  // The scratch holds at most 4 activations. Shapes whose own byte counts fit can still make
-  // that count overflow: an error before any allocation, never a wrapped-around small buffer
-  // (both paths crashed on such shapes). The factor 2 leaves room for the scratch's rounding.
-  const std::size_t largest = std::max(n * lq * e, n * lk * e);
-  if (largest > std::numeric_limits<std::size_t>::max() / (4 * 2 * sizeof(float))) {
-    detail::fail(where, "the scratch of 4 activations of " + std::to_string(largest) +
-                            " floats overflows size_t");
-  }
-  return {v, k, q, o, n, lq, lk, heads, d, scale, threads, std::move(rule)};
+  detail::check_activations_fit(where, n, lq, lk, e);
+  return {t, n, lq, lk, heads, d, scale, threads, std::move(rule)};
 }
 
 }  // namespace
@@ -327,78 +298,51 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
   const ForwardCall c = check_forward(where, e, m.heads, values, keys, query, mask, out, options);
   const kernels::KernelTable* table = detail::kernels_for(where, options);
   const std::size_t n = c.n, lq = c.lq, lk = c.lk, heads = c.heads, d = c.d;
-  const std::size_t kvh = m.kv_heads, kv_e = m.kv_e();
-  const std::size_t q_size = n * lq * e, kv_size = n * lk * kv_e;
+  const std::size_t q_size = n * lq * e;
   // Copies of inputs in an unusual layout, and the result before it goes to such an out
   // (module_layout.hpp); empty for the dense layouts.
-  std::vector<float> v_copy, k_copy, q_copy, out_copy;
-  const bool out_direct = c.out.batch_major() || (table != nullptr && c.out.sequence_major());
+  detail::InputCopies copies;
+  std::vector<float> out_copy;
+  const bool out_direct = c.t.out.batch_major() || (table != nullptr && c.t.out.sequence_major());
   if (!out_direct) out_copy.resize(q_size);
   float* const result = out_direct ? out.data : out_copy.data();
   const RowOrder out_order =
-      c.out.sequence_major() && out_direct ? RowOrder::sequence_major : RowOrder::batch_major;
+      c.t.out.sequence_major() && out_direct ? RowOrder::sequence_major : RowOrder::batch_major;
 
   if (table == nullptr) {
     // The reference reads and writes batch-major buffers.
-    const float* v = detail::as_matrix(c.values, v_copy, true).data;
+    const auto& t = c.t;
+    const float* v = detail::as_matrix(t.values, copies.values, true).data;
     const float* k =
-        c.keys.same_layout(c.values) ? v : detail::as_matrix(c.keys, k_copy, true).data;
-    const float* q = c.query.same_layout(c.values) ? v
-                     : c.query.same_layout(c.keys) ? k
-                                                   : detail::as_matrix(c.query, q_copy, true).data;
+        t.keys.same_layout(t.values) ? v : detail::as_matrix(t.keys, copies.keys, true).data;
+    const float* q = t.query.same_layout(t.values) ? v
+                     : t.query.same_layout(t.keys)
+                         ? k
+                         : detail::as_matrix(t.query, copies.query, true).data;
     using detail::bias_or_null;
     reference::Weights<float> w{m.weight[0].data(),      m.weight[1].data(),
                                 m.weight[2].data(),      m.weight[3].data(),
                                 bias_or_null(m.bias[0]), bias_or_null(m.bias[1]),
                                 bias_or_null(m.bias[2]), m.bias[3].data()};
-    w.kv_heads = kvh;
+    w.kv_heads = m.kv_heads;
     float* scratch = detail::thread_scratch(detail::ScratchSlot::activations,
                                             reference::multi_head_attention_scratch(n, lq, lk, e));
     reference::multi_head_attention<float>(v, k, q, n, lk, lq, e, heads, w, c.rule, c.scale,
                                            options.masked_rows, result, scratch,
                                            weights_out(options));
-    if (!out_direct) detail::scatter_rows(result, c.out);
+    if (!out_direct) detail::scatter_rows(result, t.out);
     return;
   }
 
   // Scratch: projected Q, K, V and the heads' concatenated output, reused call after call. Each
   // projection runs on its input's rows in memory order and keeps their layout.
-  const std::size_t qkv_size = n * lq * (e + 2 * kv_e);  // self-attention: [N, L, E + 2 kv_e]
-  const std::size_t projected = std::max(qkv_size, q_size + 2 * kv_size);
+  const std::size_t projected = m.projection_floats(n, lq, lk);
   float* scratch = detail::thread_scratch(detail::ScratchSlot::activations, projected + q_size);
-  const bool self = c.values.same_layout(c.keys) && c.keys.same_layout(c.query);
-  const bool shared_kv = !self && c.values.same_layout(c.keys);
-  const detail::Matrix x = detail::as_matrix(c.query, q_copy);
+  const detail::ProjectedInputs in = m.project_inputs(table, c.t, scratch, c.threads, copies);
   detail::AttentionProblem p;
-  if (self) {
-    // One GEMM against [Wq; Wk; Wv]: each row of x is read once for all three projections.
-    const std::size_t row = e + 2 * kv_e;
-    detail::run_linear(*table, x.data, n * lq, m.packed_qkv.view, detail::bias_or_null(m.bias_qkv),
-                       scratch, row, c.threads);
-    p.q = detail::heads_in<const float>(scratch, x.order, n, lq, heads, d, row);
-    p.k = detail::heads_in<const float>(scratch + e, x.order, n, lk, kvh, d, row);
-    p.v = detail::heads_in<const float>(scratch + e + kv_e, x.order, n, lk, kvh, d, row);
-  } else {
-    float* kv = scratch + q_size;
-    detail::run_linear(*table, x.data, n * lq, m.packed[0].view, detail::bias_or_null(m.bias[0]),
-                       scratch, e, c.threads);
-    p.q = detail::heads_in<const float>(scratch, x.order, n, lq, heads, d, e);
-    const detail::Matrix km = detail::as_matrix(c.keys, k_copy);
-    if (shared_kv) {
-      detail::run_linear(*table, km.data, n * lk, m.packed_kv.view, detail::bias_or_null(m.bias_kv),
-                         kv, 2 * kv_e, c.threads);
-      p.k = detail::heads_in<const float>(kv, km.order, n, lk, kvh, d, 2 * kv_e);
-      p.v = detail::heads_in<const float>(kv + kv_e, km.order, n, lk, kvh, d, 2 * kv_e);
-    } else {
-      const detail::Matrix vm = detail::as_matrix(c.values, v_copy);
-      detail::run_linear(*table, km.data, n * lk, m.packed[1].view, detail::bias_or_null(m.bias[1]),
-                         kv, kv_e, c.threads);
-      detail::run_linear(*table, vm.data, n * lk, m.packed[2].view, detail::bias_or_null(m.bias[2]),
-                         kv + kv_size, kv_e, c.threads);
-      p.k = detail::heads_in<const float>(kv, km.order, n, lk, kvh, d, kv_e);
-      p.v = detail::heads_in<const float>(kv + kv_size, vm.order, n, lk, kvh, d, kv_e);
-    }
-  }
+  p.q = in.q;
+  p.k = in.k;
+  p.v = in.v;
   // The heads' output in out's layout, so that the output projection writes out's rows in
   // memory order.
   float* attn = scratch + projected;
@@ -408,9 +352,8 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
   p.policy = options.masked_rows;
   p.weights = weights_out(options);
   detail::run_attention(table, p, c.threads);
-  detail::run_linear(*table, attn, n * lq, m.packed[3].view, m.bias[3].data(), result, e,
-                     c.threads);
-  if (!out_direct) detail::scatter_rows(result, c.out);
+  m.project_output(table, attn, n * lq, result, c.threads);
+  if (!out_direct) detail::scatter_rows(result, c.t.out);
 }
 
 Tensor MultiHeadAttention::forward(const ConstTensorView& values, const ConstTensorView& keys,

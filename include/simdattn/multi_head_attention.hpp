@@ -9,6 +9,9 @@
 #include "simdattn/types.hpp"
 
 namespace simdattn {
+namespace detail {
+struct ModuleAccess;
+}
 
 /// The four linear layers of the module, named by what they project.
 /// Tutorial names: queries, keys, values, fc_out.
@@ -133,6 +136,7 @@ class MultiHeadAttention {
   struct Impl;  // weights and their packed copies; defined in the library
 
  private:
+  friend struct detail::ModuleAccess;  // the library's own components, see module_impl.hpp
   std::unique_ptr<Impl> impl_;
 };
 

@@ -15,6 +15,7 @@ enum class ScratchSlot {
   gathered,     ///< a cached sequence's keys and values as float, for the tile path
   backward,     ///< the attention backward's per-row statistics and dQ partial sums
   gradients,    ///< the module backward's activation gradients and transposed copies
+  sequence_parallel,  ///< simdattn_mpi's slices in flight, running merges and exchange buffers
   kCount
 };
 
