@@ -1,0 +1,228 @@
+// simdattn::mpi::scaled_dot_product_attention under mpirun -np P (CTest runs P = 1, 2, 3, 4):
+// each rank's rows equal the same rows of the single-process result within 1e-6 relative, for
+// every mask kind, both layouts, both schedules, grouped K/V heads, uneven slices and slices of
+// one row; and for a fixed P the result is bitwise the same at 1 and 2 threads.
+#include <algorithm>
+#include <string>
+
+#include "mpi_test.hpp"
+
+namespace simdattn::test::mpi {
+namespace {
+
+// Relative Frobenius error against the single-process result. Both results are float
+// computations in different orders; where the single-process result itself is further than
+// 5e-7 from exact (the double oracle), as at L = 700, they may differ by its error twice over:
+// that case allows 2e-6 and every case must be as accurate as the single-process result.
+constexpr double kTol = 1e-6;
+
+struct Shape {
+  const char* name;
+  std::size_t n, lq, lk, h, hkv, d;
+  std::vector<std::size_t> q_lengths, k_lengths;  // per rank; empty: an even split
+  double tol = kTol;
+};
+
+// The shapes: self-attention, cross-attention (Lq != Lk, where the two causal alignments
+// differ), grouped K/V heads, odd head sizes, one row per rank, uneven slices, and rows enough
+// for several kernel calls per step.
+std::vector<Shape> shapes() {
+  const std::size_t p = static_cast<std::size_t>(ranks());
+  std::vector<std::size_t> uneven_q, uneven_k;
+  for (std::size_t s = 0; s < p; ++s) {
+    uneven_q.push_back(1 + (7 * s + 3) % 11);
+    uneven_k.push_back(1 + (5 * s + 8) % 13);
+  }
+  std::vector<std::size_t> ones(p, 1);
+  return {
+      {"self N=2 L=37 H=4 D=16", 2, 37, 37, 4, 4, 16, {}, {}},
+      {"cross Lq=29 Lk=45 D=3", 1, 29, 45, 2, 2, 3, {}, {}},
+      {"cross Lq=45 Lk=29 D=17", 2, 45, 29, 2, 2, 17, {}, {}},
+      {"GQA H=8 H_kv=4 D=15", 1, 40, 40, 8, 4, 15, {}, {}},
+      {"GQA H=4 H_kv=1 D=8", 1, 23, 31, 4, 1, 8, {}, {}},
+      {"one row per rank", 2, p, p, 4, 4, 8, ones, ones},
+      {"uneven slices", 1, 0, 0, 4, 4, 8, uneven_q, uneven_k},
+      {"L=700 (several kernel calls per step)", 1, 700, 700, 2, 2, 32, {}, {}, 2e-6},
+  };
+}
+
+std::size_t sum(const std::vector<std::size_t>& v) {
+  std::size_t s = 0;
+  for (std::size_t x : v) s += x;
+  return s;
+}
+
+// Runs one case on every rank and checks it against the single-process result; returns the
+// rank's output (threads as given) for the bitwise comparison across thread counts.
+// The reference results of a case: the single-process result, its error against the double
+// oracle, and the oracle.
+struct Expected {
+  std::vector<float> whole;
+  std::vector<double> exact;
+  double whole_error = 0;
+  double tol = kTol;
+};
+
+Expected expected(const Problem& pr, const Options& options, double tol) {
+  Expected e;
+  e.whole = single_process(pr, options);
+  e.exact = oracle(pr, options);
+  double diff = 0, ref = 0;
+  for (std::size_t i = 0; i < e.exact.size(); ++i) {
+    diff += (e.whole[i] - e.exact[i]) * (e.whole[i] - e.exact[i]);
+    ref += e.exact[i] * e.exact[i];
+  }
+  e.whole_error = std::sqrt(diff / ref);
+  e.tol = tol;
+  return e;
+}
+
+std::vector<float> run_case(const Problem& pr, const std::vector<std::size_t>& q_lengths,
+                            const std::vector<std::size_t>& k_lengths,
+                            simdattn::mpi::Options options, const Expected& ex,
+                            const std::string& what) {
+  const int r = rank();
+  const auto q_segs = simdattn::mpi::segments(options.layout, q_lengths, r);
+  const auto k_segs = simdattn::mpi::segments(options.layout, k_lengths, r);
+  const std::size_t lq = q_lengths[static_cast<std::size_t>(r)];
+  const std::size_t lk = k_lengths[static_cast<std::size_t>(r)];
+  const auto q = take_rows(pr.q, pr.n, pr.lq, pr.h * pr.d, q_segs);
+  const auto k = take_rows(pr.k, pr.n, pr.lk, pr.hkv * pr.d, k_segs);
+  const auto v = take_rows(pr.v, pr.n, pr.lk, pr.hkv * pr.d, k_segs);
+  const auto mask_bytes = take_mask_rows(pr.mask, q_segs, lq);
+  Mask mask = pr.mask.mask;
+  if (mask.data != nullptr) {
+    mask.data = mask_bytes.data();
+    if (mask.lq != 1) mask.lq = lq;
+  }
+  options.causal = pr.mask.causal;
+  std::vector<float> out(pr.n * lq * pr.h * pr.d, -7.0f);
+  simdattn::mpi::scaled_dot_product_attention(
+      MPI_COMM_WORLD, {q.data(), pr.n, lq, pr.h, pr.d}, {k.data(), pr.n, lk, pr.hkv, pr.d},
+      {v.data(), pr.n, lk, pr.hkv, pr.d}, {out.data(), pr.n, lq, pr.h, pr.d}, mask, options);
+  const Comparison c = compare_rows(out, ex.whole, pr.n, pr.lq, pr.h * pr.d, q_segs);
+  const Comparison exact = compare_rows(out, ex.exact, pr.n, pr.lq, pr.h * pr.d, q_segs);
+  INFO(what << ": relative error " << c.rel << " against one process; against exact " << exact.rel
+            << " (one process: " << ex.whole_error << ")");
+  CHECK(c.rel <= ex.tol);
+  CHECK(exact.rel <= 1.25 * ex.whole_error + 1e-7);
+  if (options.schedule == Schedule::ulysses) {
+    // The same kernel over the same rows as one process: nothing to round differently.
+    CHECK(c.bitwise);
+  }
+  return out;
+}
+
+bool ulysses_applies(const Problem& pr) {
+  const auto p = static_cast<std::size_t>(ranks());
+  return pr.hkv % p == 0 && (pr.mask.mask.data == nullptr || pr.mask.mask.lq == 1);
+}
+
+}  // namespace
+
+TEST_CASE("mpi: every mask kind, layout and schedule equals the single-process result", "[mpi]") {
+  const std::vector<Shape> all = shapes();
+  for (std::size_t si = 0; si < all.size(); ++si) {
+    const Shape& shape = all[si];
+    // Thread counts 1 and 2 (bitwise equal) on every third shape; 2 alone elsewhere, which
+    // keeps the suite quick on an oversubscribed machine.
+    const std::vector<int> thread_counts =
+        si % 3 == 0 ? std::vector<int>{1, 2} : std::vector<int>{2};
+    for (MaskKind kind : kAllMaskKinds) {
+      // The masked-row policy matters where rows can see no key.
+      std::vector<MaskedRows> policies{MaskedRows::uniform};
+      if (kind == MaskKind::fully_masked_rows || kind == MaskKind::causal_bottom_right) {
+        policies.push_back(MaskedRows::zeros);
+      }
+      for (Layout layout : {Layout::contiguous, Layout::zigzag}) {
+        const auto q_lengths = lengths_of(layout, shape.lq, shape.q_lengths);
+        const auto k_lengths = lengths_of(layout, shape.lk, shape.k_lengths);
+        const Problem pr(shape.n, sum(q_lengths), sum(k_lengths), shape.h, shape.hkv, shape.d,
+                         kind);
+        for (MaskedRows policy : policies) {
+          simdattn::mpi::Options options;
+          options.layout = layout;
+          options.masked_rows = policy;
+          options.scale = 0.37f;
+          options.causal = pr.mask.causal;
+          const Expected ex = expected(pr, options, shape.tol);
+          for (Schedule schedule : {Schedule::ring, Schedule::ulysses}) {
+            if (schedule == Schedule::ulysses && !ulysses_applies(pr)) continue;
+            options.schedule = schedule;
+            const std::string what = std::string(shape.name) + ", mask " + mask_kind_name(kind) +
+                                     ", " + (layout == Layout::zigzag ? "zigzag" : "contiguous") +
+                                     ", " + (schedule == Schedule::ring ? "ring" : "ulysses") +
+                                     (policy == MaskedRows::zeros ? ", zeros" : ", uniform");
+            std::vector<float> first;
+            for (int threads : thread_counts) {
+              options.threads = threads;
+              const auto out = run_case(pr, q_lengths, k_lengths, options, ex, what);
+              if (first.empty()) {
+                first = out;
+                continue;
+              }
+              INFO(what << ": threads 1 and 2");
+              CHECK(all_ranks(std::memcmp(first.data(), out.data(), out.size() * 4) == 0));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("mpi: the naive path (the reference kernels) on every rank", "[mpi]") {
+  const Problem pr(2, 19 * static_cast<std::size_t>(ranks()), 13, 4, 2, 5,
+                   MaskKind::causal_bottom_right);
+  simdattn::mpi::Options options;
+  options.path = Path::naive;
+  options.layout = Layout::zigzag;
+  options.causal = pr.mask.causal;
+  run_case(pr, lengths_of(Layout::zigzag, pr.lq, {}), lengths_of(Layout::zigzag, pr.lk, {}),
+           options, expected(pr, options, kTol), "naive path, causal bottom-right, Lq > Lk");
+}
+
+TEST_CASE("mpi: the ring skips the causal future, zig-zag balances it", "[mpi]") {
+  const int p = ranks(), r = rank();
+  const Problem pr(1, 16 * static_cast<std::size_t>(p), 16 * static_cast<std::size_t>(p), 2, 2, 8,
+                   MaskKind::causal_top_left);
+  for (Layout layout : {Layout::contiguous, Layout::zigzag}) {
+    simdattn::mpi::Options options;
+    options.layout = layout;
+    options.schedule = Schedule::ring;
+    simdattn::mpi::Timings timings;
+    options.timings = &timings;
+    run_case(pr, lengths_of(layout, pr.lq, {}), lengths_of(layout, pr.lk, {}), options,
+             expected(pr, options, kTol), "timings");
+    const auto computed =
+        std::count(timings.step_computed.begin(), timings.step_computed.end(), true);
+    CHECK(timings.schedule == Schedule::ring);
+    CHECK(timings.steps == p);
+    CHECK(timings.step_compute_seconds.size() == static_cast<std::size_t>(p));
+    CHECK(timings.bytes_sent == static_cast<std::size_t>(p - 1) * 2 * 16 * 2 * 8 * sizeof(float));
+    // Contiguous: rank r sees the slices of ranks 0 .. r only. Zig-zag: every slice has keys
+    // before one of the rank's chunks, so every step computes.
+    CHECK(computed == (layout == Layout::contiguous ? r + 1 : p));
+  }
+}
+
+TEST_CASE("mpi: the automatic schedule follows the documented rule", "[mpi]") {
+  const std::size_t p = static_cast<std::size_t>(ranks());
+  // H = H_kv = 2P: all-to-all moves fewer bytes for P > 2. H = 2P, H_kv = P/... : GQA with
+  // group 2 needs P > 3.
+  for (std::size_t group : {1, 2}) {
+    const std::size_t hkv = p, h = hkv * group;
+    const Problem pr(1, 3 * p, 3 * p, h, hkv, 4, MaskKind::none);
+    simdattn::mpi::Options options;
+    simdattn::mpi::Timings timings;
+    options.timings = &timings;
+    run_case(pr, lengths_of(Layout::contiguous, pr.lq, {}),
+             lengths_of(Layout::contiguous, pr.lk, {}), options, expected(pr, options, kTol),
+             "automatic");
+    const bool ulysses = p > 1 + group;
+    INFO("P = " << p << ", H / H_kv = " << group);
+    CHECK((timings.schedule == Schedule::ulysses) == ulysses);
+  }
+}
+
+}  // namespace simdattn::test::mpi

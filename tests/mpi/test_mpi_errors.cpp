@@ -1,0 +1,185 @@
+// Errors of simdattn::mpi are collective: a bad argument on one rank, or arguments that differ
+// between ranks, raise the same std::invalid_argument on every rank (naming the rank), before
+// any data moves; a correct call right after works, so nothing was left in flight.
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include "mpi_test.hpp"
+
+namespace simdattn::test::mpi {
+namespace {
+
+constexpr std::size_t kN = 1, kL = 5, kH = 4, kD = 8;
+
+// One rank's well-formed share: kL rows of kH heads of kD.
+struct Share {
+  std::vector<float> q = random_normal(kN * kL * kH * kD, 21);
+  std::vector<float> k = random_normal(kN * kL * kH * kD, 22);
+  std::vector<float> v = random_normal(kN * kL * kH * kD, 23);
+  std::vector<float> out = std::vector<float>(kN * kL * kH * kD);
+  std::vector<std::uint8_t> mask = std::vector<std::uint8_t>(kL * kL * 8, 1);
+  ConstHeadsView qv() const { return {q.data(), kN, kL, kH, kD}; }
+  ConstHeadsView kv() const { return {k.data(), kN, kL, kH, kD}; }
+  ConstHeadsView vv() const { return {v.data(), kN, kL, kH, kD}; }
+  HeadsView<float> ov() { return {out.data(), kN, kL, kH, kD}; }
+};
+
+// The message every rank got, or "" if the call did not throw std::invalid_argument; checks
+// that all ranks got the same one.
+std::string collective_error(const std::function<void()>& call) {
+  std::string message;
+  try {
+    call();
+  } catch (const std::invalid_argument& e) {
+    message = e.what();
+  }
+  // Same length and same bytes everywhere.
+  unsigned long long mine[2] = {message.size(), std::hash<std::string>{}(message)}, lo[2], hi[2];
+  MPI_Allreduce(mine, lo, 2, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(mine, hi, 2, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+  INFO("rank " << rank() << ": " << message);
+  CHECK((lo[0] == hi[0] && lo[1] == hi[1]));
+  return message;
+}
+
+// A correct call on every rank after an error: it must complete and give finite numbers.
+void works_afterwards() {
+  Share s;
+  simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov());
+  bool finite = true;
+  for (float x : s.out) finite = finite && std::isfinite(x);
+  CHECK(all_ranks(finite));
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][errors]") {
+  const int bad = ranks() - 1;  // the last rank; rank 0 when alone
+  Share s;
+  const std::string null_query = collective_error([&] {
+    ConstHeadsView q = s.qv();
+    if (rank() == bad) q.data = nullptr;
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, s.kv(), s.vv(), s.ov());
+  });
+  CHECK(null_query == "simdattn::mpi::scaled_dot_product_attention: rank " + std::to_string(bad) +
+                          ": query.data is null");
+  works_afterwards();
+
+  const std::string threads = collective_error([&] {
+    simdattn::mpi::Options options;
+    options.threads = rank() == bad ? -1 : 1;
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(), {},
+                                                options);
+  });
+  CHECK(contains(threads, "rank " + std::to_string(bad) + ": options.threads must be >= 0"));
+
+  const std::string heads = collective_error([&] {
+    ConstHeadsView k = s.kv(), v = s.vv();
+    k.h = v.h = 3;  // does not divide H = 4
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), k, v, s.ov());
+  });
+  CHECK(contains(heads, "rank 0: shapes do not fit"));
+  works_afterwards();
+}
+
+TEST_CASE("mpi errors: ranks that disagree raise the same error on all", "[mpi][errors]") {
+  const int p = ranks();
+  Share s;
+  if (p > 1) {
+    const std::string d = collective_error([&] {
+      ConstHeadsView q = s.qv(), k = s.kv(), v = s.vv();
+      HeadsView<float> o = s.ov();
+      if (rank() == 1) q.d = k.d = v.d = o.d = kD / 2;
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, o);
+    });
+    CHECK(d ==
+          "simdattn::mpi::scaled_dot_product_attention: head_dim D differs between ranks: "
+          "rank 0 has 8, rank 1 has 4");
+    const std::string causal = collective_error([&] {
+      simdattn::mpi::Options options;
+      options.causal = rank() == p - 1 ? Causal::top_left : Causal::none;
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                  {}, options);
+    });
+    CHECK(contains(causal, "options.causal differs between ranks"));
+    const std::string has_mask = collective_error([&] {
+      Mask mask{s.mask.data(), 1, 1, 1, kL * static_cast<std::size_t>(p)};
+      if (rank() == 1) mask = {};
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                  mask);
+    });
+    CHECK(contains(has_mask, "whether a mask is given"));
+  }
+  // The mask's columns are the global keys: Lk of one rank is wrong for every P > 1.
+  const std::string mask_shape = collective_error([&] {
+    const Mask mask{s.mask.data(), 1, 1, kL, kL + 1};
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                mask);
+  });
+  CHECK(contains(mask_shape,
+                 "rank 0: mask of shape [1, 1, 5, 6] does not broadcast to "
+                 "[N, H, L_r, Lk] = [1, 4, 5, " +
+                     std::to_string(kL * static_cast<std::size_t>(p)) + "]"));
+  works_afterwards();
+}
+
+TEST_CASE("mpi errors: a forced all-to-all that cannot run says why", "[mpi][errors]") {
+  const int p = ranks();
+  Share s;
+  simdattn::mpi::Options options;
+  options.schedule = simdattn::mpi::Schedule::ulysses;
+  if (kH % static_cast<std::size_t>(p) != 0) {
+    const std::string heads = collective_error([&] {
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                  {}, options);
+    });
+    CHECK(heads ==
+          "simdattn::mpi::scaled_dot_product_attention: options.schedule = ulysses "
+          "needs the key/value heads H_kv (4) to be a multiple of the ranks (" +
+              std::to_string(p) + ")");
+  }
+  if (p > 1 && kH % static_cast<std::size_t>(p) == 0) {
+    const std::string rows = collective_error([&] {
+      const Mask mask{s.mask.data(), 1, 1, kL, kL * static_cast<std::size_t>(p)};
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                  mask, options);
+    });
+    CHECK(contains(rows, "needs a mask without per-query rows"));
+    const std::string differ = collective_error([&] {
+      std::vector<std::uint8_t> bytes(kL * static_cast<std::size_t>(p), 1);
+      if (rank() == 1) bytes[0] = 0;
+      const Mask mask{bytes.data(), 1, 1, 1, bytes.size()};
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                  mask, options);
+    });
+    CHECK(contains(differ, "needs the same mask on every rank; rank 1's differs"));
+  }
+  works_afterwards();
+}
+
+TEST_CASE("mpi: segments of the layouts", "[mpi]") {
+  using simdattn::mpi::even_split;
+  using simdattn::mpi::segments;
+  // Zig-zag over 3 ranks, 12 positions: chunks of 2; rank r holds chunks r and 5 - r.
+  const auto z1 = even_split(Layout::zigzag, 12, 3, 1);
+  REQUIRE(z1.size() == 2);
+  CHECK((z1[0].local_begin == 0 && z1[0].global_begin == 2 && z1[0].length == 2));
+  CHECK((z1[1].local_begin == 2 && z1[1].global_begin == 8 && z1[1].length == 2));
+  // 13 positions: chunk 0 has 3 rows, so rank 0 holds 3 + 2 (its late chunk is the last).
+  const auto z0 = even_split(Layout::zigzag, 13, 3, 0);
+  CHECK((z0[0].length == 3 && z0[1].global_begin == 11 && z0[1].length == 2));
+  // Contiguous, uneven: prefix sums.
+  const auto c = segments(Layout::contiguous, {4, 1, 7}, 2);
+  CHECK((c.size() == 1 && c[0].global_begin == 5 && c[0].length == 7));
+  // One row per rank under zig-zag: the early chunk alone.
+  CHECK(even_split(Layout::zigzag, 3, 3, 2).size() == 1);
+  CHECK_THROWS_AS(even_split(Layout::contiguous, 2, 3, 0), std::invalid_argument);
+  CHECK_THROWS_AS(segments(Layout::contiguous, {4, 0}, 0), std::invalid_argument);
+}
+
+}  // namespace simdattn::test::mpi
