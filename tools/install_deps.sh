@@ -3,12 +3,15 @@
 # only those that are missing: nothing is touched (not even `apt-get update`) when all are present.
 # Run as root (or with sudo available). Extra package names may be given as arguments.
 #
+# OpenMPI (libopenmpi-dev, openmpi-bin) serves the optional simdattn_mpi component, its tests
+# and bench_mpi; the core library builds without it (-DSIMDATTN_MPI=OFF).
+#
 # PyTorch (python3-torch) is deliberately not here: only tools/make_golden.py and the optional
 # peer benchmark use it, and the committed fixtures make it unnecessary for tests.
 set -euo pipefail
 
 packages=(g++ cmake make libxsimd-dev catch2 libbenchmark-dev nlohmann-json3-dev python3
-          python3-matplotlib "$@")
+          python3-matplotlib libopenmpi-dev openmpi-bin "$@")
 
 missing=()
 for p in "${packages[@]}"; do

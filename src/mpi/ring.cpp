@@ -12,16 +12,18 @@
 #include "driver/parallel.hpp"
 #include "driver/scratch.hpp"
 #include "kernels/attention/merge.hpp"
+#include "kernels/blocking.hpp"
 #include "mpi/plan.hpp"
 
 namespace simdattn::detail::mpi {
 namespace {
 
 // Query rows per kernel call. Between calls the rank polls its transfers (MPI_Testall), which
-// lets MPI's progress engine start a large message's rendezvous early in the step. 256 rows
-// against a 2048-key slice at E = 1024 are 2 GFLOP, about 10 ms on one core of the reference
-// machine: several polls per step, and blocks large enough to keep every thread busy.
-constexpr std::size_t kPollRows = 256;
+// lets MPI's progress engine start a large message's rendezvous early in the step. The driver's
+// task size: a block of these rows is one task per head, as in one process, so blocking costs
+// no extra packing of K and V. Against a 2048-key slice at E = 1024 a block is 2 GFLOP, about
+// 10 ms on one core of the reference machine: several polls per step.
+constexpr std::size_t kPollRows = kernels::kMaxTaskRows;
 
 // Merges and the final copy touch each output float a few times: below this many floats they
 // run on the calling thread (waking the OpenMP team costs about a microsecond, 16 Ki floats of

@@ -76,7 +76,17 @@ TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][er
     simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(), {},
                                                 options);
   });
-  CHECK(contains(threads, "rank " + std::to_string(bad) + ": options.threads must be >= 0"));
+  CHECK(contains(threads, "rank " + std::to_string(bad) + ": options.threads must be in"));
+
+  const std::string schedule = collective_error([&] {
+    simdattn::mpi::Options options;
+    if (rank() == bad) options.schedule = static_cast<simdattn::mpi::Schedule>(7);
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(), {},
+                                                options);
+  });
+  CHECK(contains(schedule, "rank " + std::to_string(bad) +
+                               ": options.schedule has the unknown value 7 (automatic, ring, "
+                               "ulysses)"));
 
   const std::string heads = collective_error([&] {
     ConstHeadsView k = s.kv(), v = s.vv();
