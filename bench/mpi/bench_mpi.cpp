@@ -3,7 +3,7 @@
 // per-step compute and wait times, bytes per step and the link's bandwidth for one step's bytes.
 //
 //   mpirun -np 2 build/release/bench/bench_mpi --l=4096 --e=1024 --h=16 --threads=1
-//   mpirun -np 1 build/release/bench/bench_mpi --l=4096 --threads=2 --baseline
+//   mpirun -np 1 --bind-to none build/release/bench/bench_mpi --l=4096 --threads=2 --baseline
 //
 // FLOPs per call: 4 N Lq Lk E (halved when causal), as bench_attention counts them
 // (bench/README.md). Times are medians over --reps calls after --warmup calls; a call's time is
@@ -43,7 +43,9 @@ struct Config {
                "usage: mpirun -np P bench_mpi [--n=1] [--l=4096] [--lk=L] [--e=1024] [--h=16]\n"
                "  [--hkv=H] [--causal] [--layout=contiguous|zigzag]\n"
                "  [--schedule=automatic|ring|ulysses] [--threads=1] [--reps=5] [--warmup=1]\n"
-               "  [--baseline] [--no-link]\n",
+               "  [--baseline] [--no-link]\n"
+               "--baseline (1 rank): time simdattn::scaled_dot_product_attention, the one-process\n"
+               "call, which is what simdattn::mpi runs at P = 1\n",
                bad);
   MPI_Abort(MPI_COMM_WORLD, 2);
   std::exit(2);
@@ -159,7 +161,10 @@ int main(int argc, char** argv) {
   options.timings = &timings;
   std::vector<double> call, compute, wait, computed_steps;
   Schedule ran = Schedule::ring;
-  for (int rep = 0; rep < c.warmup + c.reps; ++rep) {
+  // One rank runs the one-process call (simdattn::mpi does the same at P = 1): with
+  // --baseline, time only simdattn::scaled_dot_product_attention.
+  const int mpi_calls = c.baseline && p == 1 ? 0 : c.warmup + c.reps;
+  for (int rep = 0; rep < mpi_calls; ++rep) {
     MPI_Barrier(MPI_COMM_WORLD);
     simdattn::mpi::scaled_dot_product_attention(
         MPI_COMM_WORLD, {q.data(), c.n, lq, c.h, d}, {k.data(), c.n, lk, c.hkv, d},
@@ -222,6 +227,7 @@ int main(int argc, char** argv) {
     baseline_s = median(times);
   }
 
+  if (call.empty()) call.push_back(baseline_s);
   if (r == 0) {
     const double flops = 4.0 * c.n * c.l * c.lk * c.e * (c.causal ? 0.5 : 1.0);
     const double t = median(call);
@@ -231,16 +237,18 @@ int main(int argc, char** argv) {
         p, c.threads, c.n, c.l, c.lk, c.e, c.h, c.hkv, c.causal ? "top_left" : "none",
         c.layout == Layout::zigzag ? "zigzag" : "contiguous",
         ran == Schedule::ulysses ? "ulysses" : "ring", simdattn::isa_name(simdattn::active_isa()));
-    std::printf(
-        "  call: median %.2f ms (min %.2f, max %.2f over %d), %.1f GFLOP/s in all, %.1f "
-        "per rank\n",
-        t * 1e3, *std::min_element(call.begin(), call.end()) * 1e3,
-        *std::max_element(call.begin(), call.end()) * 1e3, c.reps, flops / t / 1e9,
-        flops / t / 1e9 / p);
-    std::printf(
-        "  per step (slowest rank, median): compute %.2f ms over %.0f computing steps, "
-        "wait %.3f ms; %.2f MB of K/V per step\n",
-        median(compute) * 1e3, median(computed_steps), median(wait) * 1e3, step_bytes / 1e6);
+    if (mpi_calls > 0) {
+      std::printf(
+          "  call: median %.2f ms (min %.2f, max %.2f over %d), %.1f GFLOP/s in all, %.1f "
+          "per rank\n",
+          t * 1e3, *std::min_element(call.begin(), call.end()) * 1e3,
+          *std::max_element(call.begin(), call.end()) * 1e3, c.reps, flops / t / 1e9,
+          flops / t / 1e9 / p);
+      std::printf(
+          "  per step (slowest rank, median): compute %.2f ms over %.0f computing steps, "
+          "wait %.3f ms; %.2f MB of K/V per step\n",
+          median(compute) * 1e3, median(computed_steps), median(wait) * 1e3, step_bytes / 1e6);
+    }
     if (link_s > 0) {
       std::printf("  link: one step's %.2f MB around the ring alone in %.3f ms = %.2f GB/s\n",
                   step_bytes / 1e6, link_s * 1e3, step_bytes / link_s / 1e9);

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "driver/scratch.hpp"
+#include "driver/attention.hpp"
 #include "isa/registry.hpp"
 #include "module_impl.hpp"
 #include "module_layout.hpp"
@@ -202,8 +203,32 @@ Plan checked_plan(const char* where, MPI_Comm comm, LocalCall& call, const Check
   return agree(where, comm, mine, message);
 }
 
+// One rank holds the whole sequence in order (under either layout): the one-process call.
+void run_alone(const LocalCall& call, Timings* timings) {
+  const double start = MPI_Wtime();
+  AttentionProblem p;
+  p.q = call.q;
+  p.k = call.k;
+  p.v = call.v;
+  p.out = call.out;
+  p.rule = MaskRule{call.mask, call.causal, call.q.l, call.k.l};
+  p.scale = call.scale;
+  p.policy = call.policy;
+  run_attention(call.table, p, call.threads);
+  if (timings != nullptr) {
+    const double t = MPI_Wtime() - start;
+    timings->steps = 1;
+    timings->compute_seconds = t;
+    timings->step_compute_seconds = {t};
+    timings->step_wait_seconds = {0.0};
+    timings->step_computed = {true};
+  }
+}
+
 void run_schedule(const Plan& plan, const LocalCall& call, Timings* timings) {
-  if (plan.schedule == Schedule::ulysses) {
+  if (plan.ranks == 1) {
+    run_alone(call, timings);
+  } else if (plan.schedule == Schedule::ulysses) {
     run_ulysses(plan, call, timings);
   } else {
     run_ring(plan, call, timings);

@@ -3,6 +3,7 @@
 // Each rank holds its rows of the zig-zag layout; the output is checked against one process.
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <simdattn/mpi.hpp>
@@ -31,10 +32,8 @@ int main(int argc, char** argv) {
   for (const auto& s : segments) rows += s.length;
   simdattn::Tensor mine(1, rows, embed);
   for (const auto& s : segments) {
-    for (std::size_t i = 0; i < s.length; ++i) {
-      for (std::size_t k = 0; k < embed; ++k)
-        mine.at(0, s.local_begin + i, k) = x.at(0, s.global_begin + i, k);
-    }
+    std::copy_n(x.data() + s.global_begin * embed, s.length * embed,
+                mine.data() + s.local_begin * embed);
   }
   const simdattn::Tensor out =
       simdattn::mpi::forward(attention, MPI_COMM_WORLD, mine, mine, mine, {}, options);
