@@ -156,14 +156,7 @@ CacheCallOptions check_cache_options(const char* where, const Options& options,
          "options.causal is top_left: attention over a cache is always causal with bottom-right "
          "alignment (use none or bottom_right)");
   }
-  const char* unsupported = options.softcap            ? "options.softcap"
-                            : options.bias.data        ? "options.bias"
-                            : options.alibi.enabled    ? "options.alibi"
-                            : options.window           ? "options.window"
-                            : options.sinks.data       ? "options.sinks"
-                            : options.key_padding.data ? "options.key_padding"
-                            : options.weights.data     ? "options.weights"
-                                                       : nullptr;
+  const char* unsupported = first_variant_option(options);
   if (unsupported != nullptr) {
     fail(where, std::string(unsupported) + " is set: attention over a KvCache does not support it");
   }

@@ -312,6 +312,17 @@ MaskRule resolve_rule(const char* where, const Mask& mask, const Options& option
   return rule;
 }
 
+const char* first_variant_option(const Options& options) {
+  return options.softcap            ? "options.softcap"
+         : options.bias.data        ? "options.bias"
+         : options.alibi.enabled    ? "options.alibi"
+         : options.window           ? "options.window"
+         : options.sinks.data       ? "options.sinks"
+         : options.key_padding.data ? "options.key_padding"
+         : options.weights.data     ? "options.weights"
+                                    : nullptr;
+}
+
 bool check_weights(const char* where, const Options& options, std::size_t n, std::size_t h,
                    std::size_t lq, std::size_t lk) {
   const AttentionWeights& w = options.weights;

@@ -100,6 +100,10 @@ std::size_t extent_bytes(const Heads<T>& x) {
 MaskRule resolve_rule(const char* where, const Mask& mask, const Options& options, std::size_t n,
                       std::size_t h, std::size_t lq, std::size_t lk);
 
+/// The first score modification or extra output set in `options` ("options.softcap", ...,
+/// "options.weights"), or nullptr: for entry points that support none of them.
+const char* first_variant_option(const Options& options);
+
 /// Checks options.weights (if any) against [n, h, lq, lk]; true if the caller wants weights.
 bool check_weights(const char* where, const Options& options, std::size_t n, std::size_t h,
                    std::size_t lq, std::size_t lk);

@@ -7,8 +7,8 @@
 #include <string>
 #include <utility>
 
-#include "driver/scratch.hpp"
 #include "driver/attention.hpp"
+#include "driver/scratch.hpp"
 #include "isa/registry.hpp"
 #include "module_impl.hpp"
 #include "module_layout.hpp"
@@ -122,6 +122,10 @@ void check_options_and_mask(const char* where, const simdattn::mpi::Options& opt
                     std::to_string(static_cast<int>(options.schedule)) +
                     " (automatic, ring, ulysses)");
   }
+  if (const char* unsupported = first_variant_option(options)) {
+    fail(where, std::string(unsupported) +
+                    " is set: simdattn::mpi supports a mask and causal attention only");
+  }
   if (mask.data != nullptr) {
     if (mask.n == 0 || mask.h == 0 || mask.lq == 0 || mask.lk == 0) {
       fail(where, "mask has a zero size: " + shape_string(mask.n, mask.h, mask.lq, mask.lk));
@@ -159,9 +163,10 @@ LocalCall check_core(const char* where, const ConstHeadsView& query, const Const
                     "H_kv dividing H)");
   }
   // The schedules move a row's heads as one block: [N, L, H, D] views only.
-  const std::pair<const char*, std::size_t> head_strides[] = {
-      {"query", q.heads_apart()}, {"keys", k.heads_apart()}, {"values", v.heads_apart()},
-      {"out", o.heads_apart()}};
+  const std::pair<const char*, std::size_t> head_strides[] = {{"query", q.heads_apart()},
+                                                              {"keys", k.heads_apart()},
+                                                              {"values", v.heads_apart()},
+                                                              {"out", o.heads_apart()}};
   for (const auto& [name, hs] : head_strides) {
     if (hs != q.d) {
       fail(where, std::string(name) + ".head_stride is " + std::to_string(hs) +
@@ -296,7 +301,8 @@ void forward(const MultiHeadAttention& module, MPI_Comm comm, const ConstTensorV
   if (options.timings != nullptr) *options.timings = Timings{};
   dm::or_abort(where, plan, [&] {
     detail::InputCopies copies;
-    const detail::ProjectedInputs in = m.project_inputs(call.table, t, scratch, call.threads, copies);
+    const detail::ProjectedInputs in =
+        m.project_inputs(call.table, t, scratch, call.threads, copies);
     call.q = in.q;
     call.k = in.k;
     call.v = in.v;

@@ -95,6 +95,28 @@ TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][er
   });
   CHECK(contains(heads, "rank 0: shapes do not fit"));
   works_afterwards();
+
+  // Options of the one-process call that the schedules do not apply: refused, never ignored.
+  const std::string variant = collective_error([&] {
+    simdattn::mpi::Options options;
+    options.causal = Causal::top_left;
+    if (rank() == bad) options.window = 2;
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(), {},
+                                                options);
+  });
+  CHECK(variant == "simdattn::mpi::scaled_dot_product_attention: rank " + std::to_string(bad) +
+                       ": options.window is set: simdattn::mpi supports a mask and causal "
+                       "attention only");
+
+  const std::string head_stride = collective_error([&] {
+    std::vector<float> heads_first(kN * kH * kL * kD);
+    ConstHeadsView q = s.qv();
+    if (rank() == bad) q = {heads_first.data(), kN, kL, kH, kD, kD, kH * kL * kD, kL * kD};
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, s.kv(), s.vv(), s.ov());
+  });
+  CHECK(contains(head_stride, "rank " + std::to_string(bad) + ": query.head_stride is " +
+                                  std::to_string(kL * kD) + ": simdattn::mpi takes [N, L, H, D]"));
+  works_afterwards();
 }
 
 TEST_CASE("mpi errors: ranks that disagree raise the same error on all", "[mpi][errors]") {

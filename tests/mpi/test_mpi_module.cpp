@@ -1,5 +1,6 @@
 // simdattn::mpi::forward: the module with local projections and the attention core over the
 // ranks equals the single-process module on the whole sequence.
+#include <algorithm>
 #include <string>
 
 #include "mpi_test.hpp"
@@ -55,6 +56,45 @@ TEST_CASE("mpi::forward equals MultiHeadAttention::forward on the whole sequence
       INFO(c.name << ", " << path_name(path) << ": relative error " << cmp.rel);
       CHECK(cmp.rel <= 1e-6);
     }
+  }
+}
+
+TEST_CASE("mpi::forward: grouped K/V heads and sequence-first views", "[mpi]") {
+  const std::size_t e = 32, heads = 4, n = 2;
+  const std::size_t p = static_cast<std::size_t>(ranks()), l = 5 * p + 1;
+  const MultiHeadAttention module(e, heads, KvHeads{2}, 7);
+  const auto x = random_normal(n * l * e, 41);
+  for (Path path : kPaths) {
+    simdattn::mpi::Options options;
+    options.causal = Causal::top_left;
+    options.layout = Layout::zigzag;
+    options.path = path;
+    std::vector<float> whole(n * l * e);
+    module.forward({x.data(), n, l, e}, {x.data(), n, l, e}, {x.data(), n, l, e}, {},
+                   {whole.data(), n, l, e}, options);
+
+    const auto segs = simdattn::mpi::even_split(options.layout, l, ranks(), rank());
+    const auto lx = take_rows(x, n, l, e, segs);
+    const std::size_t lq = lx.size() / (n * e);
+    // The rank's rows as [L_r, N, E] buffers (PyTorch's batch_first=False).
+    std::vector<float> xs(lx.size()), outs(lx.size());
+    for (std::size_t b = 0; b < n; ++b) {
+      for (std::size_t i = 0; i < lq; ++i) {
+        std::copy_n(&lx[(b * lq + i) * e], e, &xs[(i * n + b) * e]);
+      }
+    }
+    const ConstTensorView xv = sequence_first(static_cast<const float*>(xs.data()), lq, n, e);
+    simdattn::mpi::forward(module, MPI_COMM_WORLD, xv, xv, xv, {},
+                           sequence_first(outs.data(), lq, n, e), options);
+    std::vector<float> out(lx.size());
+    for (std::size_t b = 0; b < n; ++b) {
+      for (std::size_t i = 0; i < lq; ++i) {
+        std::copy_n(&outs[(i * n + b) * e], e, &out[(b * lq + i) * e]);
+      }
+    }
+    const Comparison cmp = compare_rows(out, whole, n, l, e, segs);
+    INFO(path_name(path) << ": relative error " << cmp.rel);
+    CHECK(cmp.rel <= 1e-6);
   }
 }
 
