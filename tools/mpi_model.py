@@ -4,7 +4,7 @@ transfer times of the ring, the link bandwidth that hides the transfers, and the
 efficiency at P ranks for given links; also the Ulysses all-to-all for comparison.
 
     tools/mpi_model.py                          # the tables of docs/sequence_parallel.md
-    tools/mpi_model.py --check --rate 184 --link 8.0 --l 4096 --e 1024 --ranks 2 4 --cores 2
+    tools/mpi_model.py --check --rate 132 --link 7.0 --l 4096 --e 1024 --ranks 2 4 --cores 2
 
 Ring, per rank and step (P steps; the transfer of step t + 1's slice overlaps step t):
     compute   F = 4 (L/P)^2 E FLOPs            (causal with the zig-zag layout: half)
