@@ -1,5 +1,7 @@
 // The attention core's training forward and backward pass: validation, then the backward
 // driver (statistics, tasks, threads, scratch) over the kernels of the active ISA.
+#include "driver/attention_backward.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -22,9 +24,6 @@
 namespace simdattn {
 namespace detail {
 namespace {
-
-using CHeads = Heads<const float>;
-using MHeads = Heads<float>;
 
 // Row length of the tasks' packed Q, dOut and dQ copies: head_dim rounded up to every ISA's
 // vector width.
@@ -49,15 +48,19 @@ void pack_rows(const float* src, std::size_t stride, std::size_t l, std::size_t 
 
 }  // namespace
 
-/// The attention core's backward on resolved views; see training.hpp for the semantics.
-struct BackwardProblem {
-  CHeads q, k, v, out, d_out;
-  const float* lse = nullptr;  // [N, Hq, Lq]
-  MHeads d_q, d_k, d_v;
-  MaskRule rule;
-  float scale = 1.0f;
-  MaskedRows policy = MaskedRows::uniform;
-};
+void check_backward_options(const char* where, const Options& options) {
+  const char* option = options.softcap         ? "options.softcap"
+                       : options.bias.data     ? "options.bias"
+                       : options.alibi.enabled ? "options.alibi"
+                       : options.sinks.data    ? "options.sinks"
+                       : options.weights.data  ? "options.weights"
+                                               : nullptr;
+  if (option != nullptr) {
+    fail(where, std::string(option) +
+                    " is not supported by the backward pass (masks, causal, window, "
+                    "key_padding and grouped K/V heads are)");
+  }
+}
 
 void run_attention_backward(const kernels::KernelTable* table, const BackwardProblem& p,
                             int threads) {
@@ -209,21 +212,6 @@ void same_shape(const char* where, const char* name, const detail::Heads<T>& x,
   detail::check_same(where, "head_dim D", ref.d, x.d, ref_name, name);
 }
 
-// The score modifications the backward does not differentiate yet: an error naming the first.
-void check_no_score_mods(const char* where, const Options& options) {
-  const char* option = options.softcap         ? "options.softcap"
-                       : options.bias.data     ? "options.bias"
-                       : options.alibi.enabled ? "options.alibi"
-                       : options.sinks.data    ? "options.sinks"
-                       : options.weights.data  ? "options.weights"
-                                               : nullptr;
-  if (option != nullptr) {
-    detail::fail(where, std::string(option) +
-                            " is not supported by the backward pass (masks, causal, window, "
-                            "key_padding and grouped K/V heads are)");
-  }
-}
-
 }  // namespace
 
 void scaled_dot_product_attention_backward(const ConstHeadsView& query, const ConstHeadsView& keys,
@@ -259,7 +247,7 @@ void scaled_dot_product_attention_backward(const ConstHeadsView& query, const Co
   same_shape(where, "d_keys", gk, "keys", k, "key lengths Lk");
   same_shape(where, "d_values", gv, "keys", k, "key lengths Lk");
   detail::check_lse(where, lse.data, lse.n, lse.h, lse.l, q);
-  check_no_score_mods(where, options);
+  detail::check_backward_options(where, options);
   detail::MaskRule rule = detail::resolve_rule(where, mask, options, q.n, q.h, q.l, k.l);
   const float scale = detail::resolve_scale(where, options, q.d);
   const int threads = detail::resolve_threads(where, options);

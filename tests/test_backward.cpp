@@ -675,3 +675,247 @@ TEST_CASE("backward: bad arguments throw std::invalid_argument naming them", "[b
       call(qv, ov, ConstLseView{reinterpret_cast<const float*>(dq.data()), n, h, lq}, dqv, dkv),
       std::invalid_argument, Message(w + "d_query overlaps lse"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The module's backward: against PyTorch autograd (the fixtures) and the double oracle.
+
+namespace {
+
+// Largest error over the largest reference magnitude: the parity criterion (<= 1e-5). A
+// gradient that is zero in exact arithmetic (the key bias's: it adds one constant to a row of
+// scores; anything through the scores with a single key, where P = 1) is float rounding on both
+// sides: its error is measured against `scale`, the gradients' magnitude, instead.
+double relative_error(const std::vector<float>& got, const std::vector<double>& want,
+                      double scale) {
+  REQUIRE(got.size() == want.size());
+  double diff = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) diff = std::max(diff, std::fabs(got[i] - want[i]));
+  const double ref = max_abs(want);
+  return diff / (ref > 1e-6 * scale ? ref : scale);
+}
+
+std::vector<float> tensor_data(const Tensor& t) {
+  return std::vector<float>(t.data(), t.data() + t.size());
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+bool bitwise_equal(const Gradients& a, const Gradients& b) {
+  bool same = bitwise_equal(tensor_data(a.query), tensor_data(b.query)) &&
+              bitwise_equal(tensor_data(a.keys), tensor_data(b.keys)) &&
+              bitwise_equal(tensor_data(a.values), tensor_data(b.values));
+  for (Projection p : kProjections) {
+    same = same && bitwise_equal(a.weight(p), b.weight(p)) && bitwise_equal(a.bias(p), b.bias(p));
+  }
+  return same;
+}
+
+}  // namespace
+
+TEST_CASE("module backward: equals PyTorch autograd on the gradient fixtures (float32)",
+          "[backward][golden]") {
+  const std::string name =
+      GENERATE(from_range(std::begin(kGradientCases), std::end(kGradientCases)));
+  const Path path = GENERATE(from_range(std::begin(test::kPaths), std::end(test::kPaths)));
+  INFO("fixture " << name << ", ISA " << isa_name(active_isa()) << ", " << test::path_name(path));
+  const GradientFixture fx(name);
+  const ConstTensorView values{fx.values_data(), fx.n, fx.lk, fx.e};
+  const ConstTensorView keys{fx.keys_data(), fx.n, fx.lk, fx.e};
+  const ConstTensorView query{fx.query_data(), fx.n, fx.lq, fx.e};
+  const ConstTensorView d_out{fx.d_out.data(), fx.n, fx.lq, fx.e};
+  Options options = fx.options;
+  options.path = path;
+  options.threads = 1;
+  Gradients g;
+  fx.module.backward(values, keys, query, d_out, g, fx.mask, options);
+  double scale = 0;  // the largest weight gradient element: the gradients' scale
+  for (const std::vector<double>& w : fx.d_weight) scale = std::max(scale, max_abs(w));
+  auto check = [&](const std::vector<float>& got, const std::vector<double>& want,
+                   const std::string& what) {
+    const double err = relative_error(got, want, scale);
+    INFO(what << ": max error / max |autograd| = " << err << " (max |autograd| " << max_abs(want)
+              << ", gradients' scale " << scale << ")");
+    CHECK(err <= 1e-5);
+  };
+  // An input passed as several arguments: each of those fields holds autograd's sum.
+  check(tensor_data(g.query), fx.d_input.at("query"), "d query");
+  const std::vector<double>& d_values =
+      fx.inputs == "self" ? fx.d_input.at("query") : fx.d_input.at("values");
+  const std::vector<double>& d_keys = fx.inputs == "distinct" ? fx.d_input.at("keys") : d_values;
+  check(tensor_data(g.values), d_values, "d values");
+  check(tensor_data(g.keys), d_keys, "d keys");
+  for (int i = 0; i < 4; ++i) {
+    check(g.weight(kProjections[i]), fx.d_weight[i], "d weight " + std::to_string(i));
+    if (!fx.d_bias[i].empty()) {
+      check(g.bias(kProjections[i]), fx.d_bias[i], "d bias " + std::to_string(i));
+    } else {
+      CHECK(g.bias(kProjections[i]).empty());
+    }
+  }
+  if (path == Path::optimized) {
+    Gradients two;
+    options.threads = 2;
+    fx.module.backward(values, keys, query, d_out, two, fx.mask, options);
+    INFO("threads 1 and 2 bitwise");
+    CHECK(bitwise_equal(g, two));
+  }
+}
+
+TEST_CASE("module backward: matches the double oracle (aliasing, biases, masks, odd sizes)",
+          "[backward]") {
+  struct Shape {
+    std::size_t e, heads;
+  };
+  const Shape shape = GENERATE(Shape{3, 3}, Shape{15, 1}, Shape{34, 2});
+  const std::size_t lq = GENERATE(1, 7, 33);
+  const std::size_t lk = GENERATE(1, 7, 33);
+  const std::string inputs = GENERATE("self", "shared_kv", "keys_is_query", "distinct");
+  if (inputs != "distinct" && inputs != "shared_kv" && lq != lk) return;
+  const test::MaskKind kind =
+      GENERATE(test::MaskKind::none, test::MaskKind::causal_top_left,
+               test::MaskKind::causal_bottom_right, test::MaskKind::fully_masked_rows);
+  const std::size_t e = shape.e, n = 2;
+  const std::uint64_t seed = 7 + e * 3 + lq * 5 + lk * 11;
+  MultiHeadAttention m(e, shape.heads, seed);
+  m.set_bias(Projection::query, test::random_normal(e, seed + 1));
+  m.set_bias(Projection::value, test::random_normal(e, seed + 2));
+  m.set_bias(Projection::output, test::random_normal(e, seed + 3));
+  const auto q = test::random_normal(n * lq * e, seed + 4);
+  const auto k = test::random_normal(n * lk * e, seed + 5);
+  const auto v = test::random_normal(n * lk * e, seed + 6);
+  const auto d_out = test::random_normal(n * lq * e, seed + 7);
+  const ConstTensorView query{q.data(), n, lq, e};
+  const ConstTensorView keys =
+      inputs == "self" || inputs == "keys_is_query" ? query : ConstTensorView{k.data(), n, lk, e};
+  const ConstTensorView values = inputs == "self"        ? query
+                                 : inputs == "shared_kv" ? keys
+                                                         : ConstTensorView{v.data(), n, lk, e};
+  const test::MaskCase mc = test::make_mask(kind, n, shape.heads, lq, lk, seed + 8);
+  Options options;
+  options.causal = mc.causal;
+
+  // The oracle, each use separately, then summed over the uses of each tensor.
+  std::vector<double> w[4], b[4], dw[4], db[4];
+  for (int i = 0; i < 4; ++i) {
+    w[i] = test::to_double(m.weight(kProjections[i]));
+    b[i] = test::to_double(m.bias(kProjections[i]));
+    dw[i].resize(e * e);
+    db[i].resize(b[i].size());
+  }
+  auto ptr = [](std::vector<double>& x) { return x.empty() ? nullptr : x.data(); };
+  const auto vd = test::to_double(values.data, n * lk * e);
+  const auto kd = test::to_double(keys.data, n * lk * e);
+  const auto qd = test::to_double(q.data(), q.size());
+  const auto gd = test::to_double(d_out);
+  std::vector<double> dv(vd.size()), dk(kd.size()), dq(qd.size());
+  detail::MaskRule rule{mc.mask, options.causal, lq, lk};
+  reference::multi_head_attention_backward<double>(
+      vd.data(), kd.data(), qd.data(), n, lk, lq, e, shape.heads,
+      reference::Weights<double>{w[0].data(), w[1].data(), w[2].data(), w[3].data(), ptr(b[0]),
+                                 ptr(b[1]), ptr(b[2]), ptr(b[3])},
+      rule, test::resolved_scale(options, e / shape.heads), options.masked_rows, gd.data(),
+      dv.data(), dk.data(), dq.data(),
+      reference::WeightGradients<double>{dw[0].data(), dw[1].data(), dw[2].data(), dw[3].data(),
+                                         ptr(db[0]), ptr(db[1]), ptr(db[2]), ptr(db[3])});
+  std::vector<double> want_q = dq, want_k = dk, want_v = dv;
+  for (std::size_t i = 0; i < want_q.size(); ++i) {
+    if (inputs == "self") want_q[i] += dk[i] + dv[i];
+    if (inputs == "keys_is_query") want_q[i] += dk[i];
+  }
+  if (inputs == "self") want_k = want_v = want_q;
+  if (inputs == "keys_is_query") want_k = want_q;
+  if (inputs == "shared_kv") {
+    for (std::size_t i = 0; i < want_k.size(); ++i) want_k[i] += dv[i];
+    want_v = want_k;
+  }
+
+  // A gradient that is zero in exact arithmetic (with Lk = 1, P = 1: nothing flows through the
+  // scores) holds float rounding: checked against the weight gradients' scale instead.
+  double scale = 0;
+  for (const std::vector<double>& x : dw) scale = std::max(scale, max_abs(x));
+  auto check = [&](const float* got, const std::vector<double>& want, const std::string& what) {
+    if (max_abs(want) > 1e-6 * scale) {
+      test::check_close(got, want, what);
+      return;
+    }
+    double diff = 0;
+    for (std::size_t i = 0; i < want.size(); ++i)
+      diff = std::max(diff, std::fabs(got[i] - want[i]));
+    INFO(what << ": zero in exact arithmetic, max error " << diff << " of scale " << scale);
+    CHECK(diff <= 1e-5 * scale);
+  };
+  std::ostringstream what;
+  what << "ISA " << isa_name(active_isa()) << " E=" << e << " H=" << shape.heads << " Lq=" << lq
+       << " Lk=" << lk << " " << inputs << " mask " << test::mask_kind_name(kind);
+  for (Path path : test::kPaths) {
+    Options o = options;
+    o.path = path;
+    o.threads = 1;
+    Gradients g;
+    m.backward(values, keys, query, {d_out.data(), n, lq, e}, g, mc.mask, o);
+    const std::string p = what.str() + " " + test::path_name(path);
+    check(g.query.data(), want_q, p + " d query");
+    check(g.keys.data(), want_k, p + " d keys");
+    check(g.values.data(), want_v, p + " d values");
+    for (int i = 0; i < 4; ++i) {
+      check(g.weight(kProjections[i]).data(), dw[i], p + " dW" + std::to_string(i));
+      if (!db[i].empty()) {
+        check(g.bias(kProjections[i]).data(), db[i], p + " db" + std::to_string(i));
+      }
+    }
+    CHECK(g.bias(Projection::key).empty());
+    if (path == Path::optimized) {
+      Gradients two;
+      o.threads = 2;
+      m.backward(values, keys, query, {d_out.data(), n, lq, e}, two, mc.mask, o);
+      INFO(p << ": threads 1 and 2 bitwise");
+      CHECK(bitwise_equal(g, two));
+    }
+  }
+}
+
+TEST_CASE("module backward: bad arguments throw std::invalid_argument naming them",
+          "[backward][errors]") {
+  const std::size_t e = 8, n = 1, l = 4;
+  const MultiHeadAttention m(e, 2, 1);
+  const auto x = test::random_normal(n * l * e, 2);
+  const auto d_out = test::random_normal(n * l * e, 3);
+  const ConstTensorView xv{x.data(), n, l, e};
+  Gradients g;
+  auto message = [&](auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const std::invalid_argument& err) {
+      return err.what();
+    }
+    return "no exception";
+  };
+  CHECK_THAT(message([&] {
+               m.backward(xv, xv, xv, {d_out.data(), n, l - 1, e}, g);
+             }),
+             Catch::Matchers::Contains("d_out has shape"));
+  CHECK_THAT(message([&] {
+               m.backward(xv, xv, xv, {nullptr, n, l, e}, g);
+             }),
+             Catch::Matchers::Contains("d_out"));
+  Options softcap;
+  softcap.softcap = 30.0f;
+  CHECK_THAT(message([&] {
+               m.backward(xv, xv, xv, {d_out.data(), n, l, e}, g, {}, softcap);
+             }),
+             Catch::Matchers::Contains("options.softcap"));
+  const MultiHeadAttention gqa(e, 2, KvHeads{1}, 1);
+  CHECK_THAT(message([&] {
+               gqa.backward(xv, xv, xv, {d_out.data(), n, l, e}, g);
+             }),
+             Catch::Matchers::Contains("kv_heads"));
+  // An input inside the gradients' own storage would be overwritten while it is read.
+  m.backward(xv, xv, xv, {d_out.data(), n, l, e}, g);
+  const ConstTensorView inside{g.query.data(), n, l, e};
+  CHECK_THAT(message([&] {
+               m.backward(inside, inside, inside, {d_out.data(), n, l, e}, g);
+             }),
+             Catch::Matchers::Contains("grads"));
+}

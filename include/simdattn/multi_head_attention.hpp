@@ -24,6 +24,7 @@ struct KvHeads {
 };
 
 class KvCache;
+class Gradients;
 using SequenceId = std::uint64_t;
 
 /// Multi-head attention as the tutorial's `SelfAttention(embed_size, heads)`:
@@ -132,6 +133,21 @@ class MultiHeadAttention {
   /// Convenience form returning a new [N, T, E] tensor.
   Tensor step(KvCache& cache, const std::vector<SequenceId>& ids, const ConstTensorView& x,
               const Options& options = {}) const;
+
+  /// The backward pass (training): the gradients of a loss with respect to every weight and
+  /// bias and to the inputs, given d_out = dLoss/dout for out = forward(values, keys, query,
+  /// mask, options) with the same arguments (the parameters unchanged since). See Gradients
+  /// (training.hpp) for where each goes; an input passed more than once (self-attention) gets
+  /// the sum of its gradients, as autograd gives them. Recomputes the forward's activations
+  /// (projections, heads' output, row log-sum-exp) rather than keeping them between the calls,
+  /// then runs the attention core's backward and the projections' gradients on the forward's
+  /// packed GEMM; results are bitwise equal for every thread count.
+  /// Throws std::invalid_argument as forward() does (d_out must be [N, Lq, E]), for grouped K/V
+  /// heads (kv_heads < heads: not supported yet), and for the Options that the attention
+  /// core's backward refuses (score modifications, attention weights out).
+  void backward(const ConstTensorView& values, const ConstTensorView& keys,
+                const ConstTensorView& query, const ConstTensorView& d_out, Gradients& grads,
+                const Mask& mask = {}, const Options& options = {}) const;
 
   struct Impl;  // weights and their packed copies; defined in the library
 

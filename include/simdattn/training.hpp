@@ -14,7 +14,9 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
+#include "simdattn/multi_head_attention.hpp"
 #include "simdattn/types.hpp"
 
 namespace simdattn {
@@ -67,5 +69,22 @@ void scaled_dot_product_attention_backward(const ConstHeadsView& query, const Co
                                            const HeadsView<float>& d_keys,
                                            const HeadsView<float>& d_values, const Mask& mask = {},
                                            const Options& options = {});
+
+/// The gradients of MultiHeadAttention::backward(), reused call after call (storage kept when
+/// the shapes repeat). values, keys, query: dLoss/d(the tensor passed as that argument),
+/// [N, Lk, E] or [N, Lq, E]; when one tensor is passed as several arguments (same data, same
+/// shape), each of those fields holds the sum over all its uses (self-attention: the three
+/// fields are equal). weight(p) is shaped like the module's weight(p), bias(p) like bias(p)
+/// (empty when the module has no such bias).
+class Gradients {
+ public:
+  Tensor values, keys, query;
+  const std::vector<float>& weight(Projection p) const;
+  const std::vector<float>& bias(Projection p) const;
+
+ private:
+  friend class MultiHeadAttention;
+  std::vector<float> weight_[4], bias_[4];
+};
 
 }  // namespace simdattn
