@@ -18,7 +18,9 @@
   X(sweep,   0.2,  "E x H x L, both ops and paths: 480 benchmarks, tens of minutes")        \
   X(full,    0.2,  "grid and sweep")                                                        \
   X(memory,  0.2,  "peak resident memory of sdpa at L = 16384 (run it in its own process)") \
-  X(stream,  0.2,  "decoding with a KvCache: core and module steps at Lk = 4096, generation")
+  X(stream,  0.2,  "decoding with a KvCache: core and module steps at Lk = 4096, generation") \
+  X(train,   0.2,  "training: the core's backward, forward + backward at s2048 and bert")     \
+  X(train_memory, 0.2, "peak resident memory of forward + backward at L = 16384 (own process)")
 // clang-format on
 
 namespace bench {
