@@ -63,6 +63,40 @@ def blas_library():
     return "unknown"
 
 
+def tutorial_modules(torch):
+    """The tutorial's SelfAttention module class and its attention core, on the caller's torch
+    (imported there, so that a missing torch is reported as such)."""
+
+    class TutorialSelfAttention(torch.nn.Module):
+        """The tutorial's SelfAttention, with E -> E projections as in simdattn's DESIGN.md."""
+
+        def __init__(self, embed_size, heads):
+            super().__init__()
+            self.embed_size, self.heads = embed_size, heads
+            self.head_dim = embed_size // heads
+            self.values = torch.nn.Linear(embed_size, embed_size, bias=False)
+            self.keys = torch.nn.Linear(embed_size, embed_size, bias=False)
+            self.queries = torch.nn.Linear(embed_size, embed_size, bias=False)
+            self.fc_out = torch.nn.Linear(embed_size, embed_size)
+
+        def forward(self, values, keys, query, mask):
+            n, lq, lk = query.shape[0], query.shape[1], keys.shape[1]
+            v = self.values(values).reshape(n, lk, self.heads, self.head_dim)
+            k = self.keys(keys).reshape(n, lk, self.heads, self.head_dim)
+            q = self.queries(query).reshape(n, lq, self.heads, self.head_dim)
+            out = attention_core(q, k, v, mask, 1.0 / self.head_dim ** 0.5)
+            return self.fc_out(out.reshape(n, lq, self.embed_size))
+
+    def attention_core(q, k, v, mask, scale):
+        energy = torch.einsum("nqhd,nkhd->nhqk", [q, k])
+        if mask is not None:
+            energy = energy.masked_fill(mask == 0, float("-1e20"))
+        attention = torch.softmax(energy * scale, dim=3)
+        return torch.einsum("nhql,nlhd->nqhd", [attention, v])
+
+    return TutorialSelfAttention, attention_core
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/peers.json",
@@ -92,32 +126,7 @@ def main():
     if unknown:
         parser.error("unknown case(s) %s; GRID cases: %s" % (unknown, [g[0] for g in GRID]))
 
-    class TutorialSelfAttention(torch.nn.Module):
-        """The tutorial's SelfAttention, with E -> E projections as in simdattn's DESIGN.md."""
-
-        def __init__(self, embed_size, heads):
-            super().__init__()
-            self.embed_size, self.heads = embed_size, heads
-            self.head_dim = embed_size // heads
-            self.values = torch.nn.Linear(embed_size, embed_size, bias=False)
-            self.keys = torch.nn.Linear(embed_size, embed_size, bias=False)
-            self.queries = torch.nn.Linear(embed_size, embed_size, bias=False)
-            self.fc_out = torch.nn.Linear(embed_size, embed_size)
-
-        def forward(self, values, keys, query, mask):
-            n, lq, lk = query.shape[0], query.shape[1], keys.shape[1]
-            v = self.values(values).reshape(n, lk, self.heads, self.head_dim)
-            k = self.keys(keys).reshape(n, lk, self.heads, self.head_dim)
-            q = self.queries(query).reshape(n, lq, self.heads, self.head_dim)
-            out = attention_core(q, k, v, mask, 1.0 / self.head_dim ** 0.5)
-            return self.fc_out(out.reshape(n, lq, self.embed_size))
-
-    def attention_core(q, k, v, mask, scale):
-        energy = torch.einsum("nqhd,nkhd->nhqk", [q, k])
-        if mask is not None:
-            energy = energy.masked_fill(mask == 0, float("-1e20"))
-        attention = torch.softmax(energy * scale, dim=3)
-        return torch.einsum("nhql,nlhd->nqhd", [attention, v])
+    TutorialSelfAttention, attention_core = tutorial_modules(torch)
 
     def time_ms(call):
         """(median ms per call, measurements taken)."""

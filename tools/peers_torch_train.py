@@ -30,6 +30,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers_torch import tutorial_modules  # noqa: E402  (the same module and core)
+
 # name, N, L, E, H, causal: bench_attention's grid shapes that the train set times.
 CASES = [
     ("s2048", 1, 2048, 512, 8, False),
@@ -71,30 +74,7 @@ def main():
               "    sudo apt-get install python3-torch", file=sys.stderr)
         return 3
 
-    class TutorialSelfAttention(torch.nn.Module):
-        def __init__(self, embed_size, heads):
-            super().__init__()
-            self.embed_size, self.heads = embed_size, heads
-            self.head_dim = embed_size // heads
-            self.values = torch.nn.Linear(embed_size, embed_size, bias=False)
-            self.keys = torch.nn.Linear(embed_size, embed_size, bias=False)
-            self.queries = torch.nn.Linear(embed_size, embed_size, bias=False)
-            self.fc_out = torch.nn.Linear(embed_size, embed_size)
-
-        def forward(self, values, keys, query, mask):
-            n, lq, lk = query.shape[0], query.shape[1], keys.shape[1]
-            v = self.values(values).reshape(n, lk, self.heads, self.head_dim)
-            k = self.keys(keys).reshape(n, lk, self.heads, self.head_dim)
-            q = self.queries(query).reshape(n, lq, self.heads, self.head_dim)
-            out = attention_core(q, k, v, mask, 1.0 / self.head_dim ** 0.5)
-            return self.fc_out(out.reshape(n, lq, self.embed_size))
-
-    def attention_core(q, k, v, mask, scale):
-        energy = torch.einsum("nqhd,nkhd->nhqk", [q, k])
-        if mask is not None:
-            energy = energy.masked_fill(mask == 0, float("-1e20"))
-        attention = torch.softmax(energy * scale, dim=3)
-        return torch.einsum("nhql,nlhd->nqhd", [attention, v])
+    TutorialSelfAttention, attention_core = tutorial_modules(torch)
 
     def median_ms(call):
         call()
