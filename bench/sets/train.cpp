@@ -3,7 +3,7 @@
 //   train/optimized/backward/<case>/...  scaled_dot_product_attention_backward alone (the
 //                                        training forward ran once before), s2048 and bert
 //   train/optimized/step/<case>/...      the training forward (log-sum-exp out) + the backward
-//   train/optimized/memory/...           (train_memory) forward + backward once at L = 16384,
+//   train/optimized/memory/N:1/...      (train_memory) forward + backward once at L = 16384,
 //                                        E = 512, H = 8, with the process's peak resident memory
 //
 // FLOPs: the forward is sdpa's 4 N Lq Lk E (halved when causal: bench/README.md); the backward
@@ -114,8 +114,10 @@ long peak_rss_kib() {
 
 std::string name_of(const char* part, const Shape& s, int threads) {
   std::string name = benchmark_name(Op::sdpa, Path::optimized, s, threads);
-  // sdpa/optimized/<case>/... -> train/optimized/<part>/<case>/...
-  return "train/optimized/" + std::string(part) + name.substr(name.find('/', 5));
+  // sdpa/optimized/<case>/... -> train/optimized/<part>/<case>/... (the memory case: its name)
+  const std::string rest = name.substr(name.find('/', 5));
+  return "train/optimized/" + std::string(part) +
+         (s.name == part ? rest.substr(rest.find('/', 1)) : rest);
 }
 
 void add_timed(const Shape& s, int threads, bool step) {
