@@ -20,7 +20,8 @@
   X(memory,  0.2,  "peak resident memory of sdpa at L = 16384 (run it in its own process)") \
   X(stream,  0.2,  "decoding with a KvCache: core and module steps at Lk = 4096, generation") \
   X(train,   0.2,  "training: the core's backward, forward + backward at s2048 and bert")     \
-  X(train_memory, 0.2, "peak resident memory of forward + backward at L = 16384 (own process)")
+  X(train_memory, 0.2, "peak resident memory of forward + backward at L = 16384 (own process)") \
+  X(variants, 0.2, "bias, ALiBi, softcap, sinks, padding, window, weights, layouts vs plain")
 // clang-format on
 
 namespace bench {

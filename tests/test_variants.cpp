@@ -138,7 +138,9 @@ Variant make_variant(Kind kind, std::size_t n, std::size_t h, std::size_t lq, st
       break;
     case Kind::alibi_given:
       x.name = "ALiBi, given slopes";
-      x.slopes = test::random_normal(h, seed + 3, 0.5f);
+      // Slopes shrink with the keys' span: slope x distance up to a few tens, not hundreds (a
+      // score of 500 in float is 3e-5 off, the output about 1e-5: conditioning, not the code).
+      x.slopes = test::random_normal(h, seed + 3, 0.5f * std::min(1.0f, 33.0f / lk));
       x.options.alibi = Alibi{true, PerHead{x.slopes.data(), h}};
       break;
     case Kind::softcap:
@@ -384,6 +386,42 @@ TEST_CASE("variants: windows 1, 7, 64 and longer than L, both alignments, with m
                 test::check_close(run_threads(p, m.mask, o, path).data(), ref.out, "vs oracle");
               }
             }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("variants: the fused kernels over many key blocks, row tasks and decode slices",
+          "[variants][window][kernels]") {
+  // Large enough that the kernels run in parallel (work above the serial limit), that a row
+  // task covers several key blocks of 64 keys and a head several row tasks of <= 256 rows
+  // (Lq = 300), and that a decode step covers several slices of 512 keys (Lk = 1100): windows
+  // that skip blocks and slices, start inside them, or cover everything.
+  struct Shape {
+    std::size_t lq, lk, h, d, dv;
+  };
+  for (const Shape& s : {Shape{300, 300, 4, 17, 15}, Shape{77, 300, 4, 17, 17},
+                         Shape{1, 1100, 8, 33, 31}, Shape{3, 1100, 8, 33, 33}}) {
+    const Problem p(2, s.lq, s.lk, s.h, 2, s.d, s.dv, 500 + s.lq + s.d);
+    for (Kind kind : kKinds) {
+      const bool windowed = needs_causal(kind);
+      for (std::size_t w : {1, 7, 64, 600, 2000}) {
+        if (!windowed && w != 1) continue;  // one run of each kind without a window
+        for (Causal causal : {Causal::none, Causal::top_left, Causal::bottom_right}) {
+          if (windowed && causal == Causal::none) continue;
+          for (test::MaskKind mk : {test::MaskKind::none, test::MaskKind::full}) {
+            if (mk == test::MaskKind::full && causal == Causal::top_left) continue;
+            test::MaskCase m = test::make_mask(mk, p.n, p.h, s.lq, s.lk);
+            Variant x = make_variant(kind, p.n, p.h, s.lq, s.lk, w);
+            Options o = x.options;
+            o.causal = causal;
+            const auto ref = p.oracle(m.mask, o);
+            INFO(shape_name(p) << ", " << x.name << ", causal " << static_cast<int>(causal)
+                               << ", mask " << test::mask_kind_name(mk));
+            const auto out = run_threads(p, m.mask, o, Path::optimized);
+            test::check_close(out.data(), ref.out, "vs oracle");
           }
         }
       }

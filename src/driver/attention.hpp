@@ -29,10 +29,6 @@ struct AttentionProblem {
 };
 
 /// Runs the problem on `table`'s kernels, or on the float reference when table is nullptr.
-/// Problems with a feature the kernels lack (see kernels_run()) run on the reference too.
 void run_attention(const kernels::KernelTable* table, const AttentionProblem& p, int threads);
-
-/// True if `table`'s kernels compute `p` (else run_attention() takes the reference path).
-bool kernels_run(const AttentionProblem& p);
 
 }  // namespace simdattn::detail

@@ -41,6 +41,11 @@ void exp2_array(const float* x, float* y, std::size_t n) {
   map_array<Arch>(x, y, n, [](const Vec<Arch>& v) { return exp2_nonpositive<Arch>(v); });
 }
 
+template <class Arch>
+void tanh_array(const float* x, float* y, std::size_t n) {
+  map_array<Arch>(x, y, n, [](const Vec<Arch>& v) { return tanh_vec<Arch>(v); });
+}
+
 /// Constant-initialised, so that a call from another unit's static initialiser finds it filled.
 template <class Arch>
 constexpr KernelTable make_table(Isa isa) {
@@ -51,7 +56,8 @@ constexpr KernelTable make_table(Isa isa) {
                      &paged_attention<Arch>,
                      &attention_backward<Arch>,
                      &exp_array<Arch>,
-                     &exp2_array<Arch>};
+                     &exp2_array<Arch>,
+                     &tanh_array<Arch>};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/attention/score_mods.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/key_rule.hpp"
 #include "simdattn/kv_cache.hpp"
@@ -39,39 +40,50 @@ struct AttentionArgs {
   std::size_t out_stride = 0;
   std::size_t lq = 0;
   std::size_t lk = 0;
-  std::size_t d = 0;
+  std::size_t d = 0;   // head size of Q and K
+  std::size_t dv = 0;  // head size of V and the output; 0: d
   std::size_t row_begin = 0;
   std::size_t row_end = 0;
-  KeyRule rule;  // rows numbered from 0 = row 0 of this (batch, head)
+  KeyRule rule;    // rows numbered from 0 = row 0 of this (batch, head)
+  ScoreMods mods;  // this head's soft-capping, ALiBi slope and sink
   float scale = 1.0f;
   MaskedRows masked_rows = MaskedRows::uniform;
   float* lse = nullptr;      // nullptr, or lse[i] for row i: see kernels/attention/merge.hpp
-  float* scratch = nullptr;  // attention_scratch_floats(d) floats, 64-byte aligned
+  float* scratch = nullptr;  // attention_scratch_floats(d, dv) floats, 64-byte aligned
 };
 
 /// One task of the decode path (Lq <= kDecodeMaxLq): keys [key_begin, key_end) of one batch,
-/// for every query row and every query head of it. Head j reads its queries at q + j * d, its
-/// keys and values at k/v + (j / kv_group) * d (grouped-query attention: kv_group query heads
-/// share one K/V head), and its mask rows at rule.mask + j * mask_head_stride.
+/// for every query row and every query head of it. Head j reads its queries at
+/// q + j * q_head_stride, its keys and values at k/v + (j / kv_group) * k/v_head_stride
+/// (grouped-query attention: kv_group query heads share one K/V head; a head stride of 0 means
+/// d, dv: heads side by side in a row), its mask rows at rule.mask + j * mask_head_stride, its
+/// bias rows at rule.bias + j * bias_head_stride and its ALiBi slope at alibi[j].
 struct DecodeArgs {
   const float* q = nullptr;
   std::size_t q_stride = 0;
+  std::size_t q_head_stride = 0;
   const float* k = nullptr;
   std::size_t k_stride = 0;
+  std::size_t k_head_stride = 0;
   const float* v = nullptr;
   std::size_t v_stride = 0;
+  std::size_t v_head_stride = 0;
   std::size_t lq = 0;
-  std::size_t d = 0;
+  std::size_t d = 0;   // head size of Q and K
+  std::size_t dv = 0;  // head size of V and the output; 0: d
   std::size_t heads = 1;
   std::size_t kv_group = 1;
-  KeyRule rule;  // head 0's rule; other heads differ only in their mask rows
+  KeyRule rule;  // head 0's rule; other heads differ only in their mask and bias rows
   std::size_t mask_head_stride = 0;
+  std::size_t bias_head_stride = 0;
+  float softcap = 0.0f;          // 0: none
+  const float* alibi = nullptr;  // one slope per query head, or nullptr
   float scale = 1.0f;
   std::size_t key_begin = 0;
   std::size_t key_end = 0;
   /// Output: one record per (query row i, head j) at partial + (i * heads + j) * record floats
-  /// (partial_record_floats(d)): the slice's log-sum-exp at [0] and its normalised output
-  /// (D floats) from [16] on; see merge.hpp.
+  /// (partial_record_floats(dv)): the slice's log-sum-exp at [0] (scores modified, no sink) and
+  /// its normalised output (Dv floats) from [16] on; see merge.hpp.
   float* partial = nullptr;
   float* scratch = nullptr;  // decode_scratch_floats(heads) floats, 64-byte aligned
 };
@@ -85,10 +97,15 @@ inline std::size_t partial_record_floats(std::size_t d) {
 /// Floats of scratch one attention task needs: the task's queries transposed, a packed block
 /// of K and one of V, a score tile, and the running output, max, sum and rescale factor of every
 /// row of the task, plus the uniform average of V. O(task rows x D), independent of Lq and Lk.
-inline std::size_t attention_scratch_floats(std::size_t d) {
+/// d: head size of Q and K; dv: of V and the output.
+inline std::size_t attention_scratch_floats(std::size_t d, std::size_t dv) {
   const std::size_t dp = (d + 15) / 16 * 16;
-  return kMaxTaskRows * dp * 2 + 2 * kKeyBlock * dp + kKeyBlock * kMaxQueryGroup +
-         3 * kMaxTaskRows + dp + 64;
+  const std::size_t dvp = (dv + 15) / 16 * 16;
+  return kMaxTaskRows * (dp + dvp) + kKeyBlock * (dp + dvp) + kKeyBlock * kMaxQueryGroup +
+         3 * kMaxTaskRows + dvp + 64;
+}
+inline std::size_t attention_scratch_floats(std::size_t d) {
+  return attention_scratch_floats(d, d);
 }
 
 /// Floats of scratch one decode task needs: scores and rescale factors of every head for one
@@ -148,6 +165,8 @@ struct KernelTable {
   void (*exp)(const float* x, float* y, std::size_t n);
   /// y[i] = 2^x[i] for x[i] <= 0 with the tile path's exp2 (exp2.hpp), likewise.
   void (*exp2)(const float* x, float* y, std::size_t n);
+  /// y[i] = tanh(x[i]) with soft-capping's vector tanh (attention/score_mods_vec.hpp), likewise.
+  void (*tanh)(const float* x, float* y, std::size_t n);
 };
 
 }  // namespace simdattn::kernels

@@ -40,14 +40,22 @@
 // Each slice writes its partial result per (row, head), a log-sum-exp and a normalised output,
 // which the driver merges in slice order (merge.hpp).
 
-// Masks (the rule of key_rule.hpp): a key block wholly past a query group's causal end is
-// skipped; in a block that crosses it, or with an explicit mask, hidden scores become -inf
-// before the max. A query whose max is still -inf after a block gets p = 0 without computing
-// exp(-inf - -inf) (NaN). At the end a query that saw no visible key gets the policy's answer
-// (merge.hpp's masked_row_answer: zeros, or the uniform average of V). On request each row's
-// log-sum-exp is written too (merge.hpp defines it; -inf for a row without visible keys).
-// Values of hidden keys inside a crossed block are multiplied by 0, so a NaN or Inf stored
-// there can reach the row (the reference skips them): do not rely on masked NaNs.
+// Masks (the rule of key_rule.hpp): a key block wholly past a query group's causal end, or
+// wholly before its window, is skipped (the tile and decode key loops run over [key_begin of the
+// first row, key_end of the last row) only: a sliding window costs L x W, not L^2); in a block
+// that crosses a bound (vector compares) or with an explicit mask or key padding, hidden scores
+// become -inf before the max. A query whose max is still -inf after a block gets p = 0 without
+// computing exp(-inf - -inf) (NaN). At the end a query that saw no visible key gets the
+// policy's answer (merge.hpp's masked_row_answer: zeros, or the uniform average of V), or zeros
+// with a sink. On request each row's log-sum-exp is written too (merge.hpp defines it; -inf for
+// a row without visible keys). Values of hidden keys inside a crossed block are multiplied by 0,
+// so a NaN or Inf stored there can reach the row (the reference skips them): do not rely on
+// masked NaNs.
+//
+// Score modifications (score_mods_vec.hpp: soft-capping, float bias, ALiBi) are applied at one
+// point, where a block's scores are final and before hiding and the online softmax. Sinks join
+// the denominator once per row at the end (finish_row), or, for decode, after the driver merged
+// the slices. V and the output have their own head size Dv (AttentionArgs::dv).
 //
 // Accuracy: the tile path's 2^x (exp2.hpp) has a max relative error of 1.67e-7 (1.4 ulp) on
 // [-126, 0], the decode path's xsimd::exp 1.24e-7 (about 1 ulp) on [-87.3, 0], for every ISA
@@ -63,6 +71,7 @@
 #include <limits>
 
 #include "kernels/attention/merge.hpp"
+#include "kernels/attention/score_mods_vec.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/exp2.hpp"
 #include "kernels/kernel_table.hpp"
@@ -115,16 +124,63 @@ inline void prefetch_rows(const float* src, std::size_t stride, std::size_t begi
   }
 }
 
-/// Sets the hidden scores of row i among keys [k0, k0 + n) to -inf: keys at or past the causal
-/// end and keys the mask hides. s[j * stride] is the score of key k0 + j.
+/// Sets the hidden scores of row i among keys [k0, k0 + n) to -inf: keys outside the causal
+/// end and the window, and keys the mask or the key padding hides (a -inf bias has made its
+/// score -inf already, score_mods_vec.hpp). s[j * stride] is the score of key k0 + j.
 inline void hide_masked(const KeyRule& rule, std::size_t i, std::size_t k0, std::size_t n, float* s,
                         std::size_t stride) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
-  const std::size_t end = key_end(rule, i);
+  const std::size_t begin = key_begin(rule, i), end = key_end(rule, i);
   const std::uint8_t* mrow = mask_row(rule, i);
   for (std::size_t j = 0; j < n; ++j) {
     const std::size_t key = k0 + j;
-    if (!(key < end && mask_keeps(rule, mrow, key))) s[j * stride] = kHidden;
+    const bool keep = key >= begin && key < end && mask_keeps(rule, mrow, key) &&
+                      (rule.padding == nullptr || rule.padding[key] == 0);
+    if (!keep) s[j * stride] = kHidden;
+  }
+}
+
+/// Tile path, causal rule without a mask: hides, in S^T (st[j * kGroup + lane] for key k0 + j
+/// and row i0 + lane), the keys past each row's causal end or before its window. Row i sees key
+/// k iff i + offset - window < k <= i + offset, so for key k the visible lanes are
+/// lo <= lane < lo + window with lo = k - offset - i0: two compares per vector.
+template <class Arch, std::size_t kGroup>
+void hide_outside_bounds(const KeyRule& rule, std::size_t i0, std::size_t k0, std::size_t nk,
+                         float* st) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  const V hidden(-std::numeric_limits<float>::infinity());
+  alignas(64) float lanes[kGroup];
+  for (std::size_t t = 0; t < kGroup; ++t) lanes[t] = static_cast<float>(t);
+  // Bounds clamped to [-1, kGroup + 1] before conversion, so floats hold them exactly.
+  auto clamp = [](std::ptrdiff_t x) {
+    const auto top = static_cast<std::ptrdiff_t>(kGroup) + 1;
+    return static_cast<float>(x < -1 ? -1 : x > top ? top : x);
+  };
+  for (std::size_t j = 0; j < nk; ++j) {
+    const std::ptrdiff_t lo =
+        static_cast<std::ptrdiff_t>(k0 + j) - rule.offset - static_cast<std::ptrdiff_t>(i0);
+    const V vlo(clamp(lo));
+    const V vhi(rule.window == 0 ? static_cast<float>(kGroup + 1)
+                                 : clamp(lo + static_cast<std::ptrdiff_t>(rule.window)));
+    float* s = st + j * kGroup;
+    for (std::size_t v = 0; v < kGroup; v += kW) {
+      const V lane = V::load_aligned(lanes + v);
+      const auto visible = (lane >= vlo) & (lane < vhi);
+      xsimd::select(visible, V::load_aligned(s + v), hidden).store_aligned(s + v);
+    }
+  }
+}
+
+/// Tile path: hides the keys of [k0, k0 + nk) that the key padding marks, for every row.
+template <class Arch, std::size_t kGroup>
+void hide_padding(const KeyRule& rule, std::size_t k0, std::size_t nk, float* st) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  const V hidden(-std::numeric_limits<float>::infinity());
+  for (std::size_t j = 0; j < nk; ++j) {
+    if (rule.padding[k0 + j] == 0) continue;
+    for (std::size_t v = 0; v < kGroup; v += kW) hidden.store_aligned(st + j * kGroup + v);
   }
 }
 
@@ -254,26 +310,42 @@ void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, floa
   m_new.store_aligned(m);
 }
 
-/// Writes row i's result from its running max m and sum l (base 2), or the masked-row answer,
-/// and its log-sum-exp (natural) if asked. `answer` caches the masked-row answer (computed on first
-/// need, `have_answer` tracks it).
-inline void finish_row(const AttentionArgs& a, std::size_t i, float m, float l, const float* o,
-                       float* answer, bool& have_answer) {
+/// Writes row i's result from its running max m and sum l (base 2), with the sink's term if
+/// any, or the masked-row answer, and its log-sum-exp (natural) if asked. `answer` caches the
+/// masked-row answer (computed on first need, `have_answer` tracks it).
+inline void finish_row(const AttentionArgs& a, std::size_t dv, std::size_t i, float m, float l,
+                       const float* o, float* answer, bool& have_answer) {
+  constexpr float kLn2 = 0.693147180559945309f;
   float* out = a.out + i * a.out_stride;
+  const bool sink = has_sink(a.mods);
   // Decided by the key rule, not by m: a visible score of -inf (from infinite inputs) must
   // give NaN as in the reference, not the masked-row answer.
   if (!has_visible_key(a.rule, i)) {
-    if (!have_answer) {
-      masked_row_answer(a.masked_rows, a.v, a.v_stride, a.lk, a.d, answer);
-      have_answer = true;
+    if (sink) {  // the sink takes all the weight
+      std::fill(out, out + dv, 0.0f);
+    } else {
+      if (!have_answer) {
+        masked_row_answer(a.masked_rows, a.v, a.v_stride, a.lk, dv, answer);
+        have_answer = true;
+      }
+      std::copy(answer, answer + dv, out);
     }
-    std::copy(answer, answer + a.d, out);
-    if (a.lse != nullptr) a.lse[i] = -std::numeric_limits<float>::infinity();
+    if (a.lse != nullptr) a.lse[i] = sink ? a.mods.sink : -std::numeric_limits<float>::infinity();
     return;
   }
-  const float inv = 1.0f / l;
-  for (std::size_t dd = 0; dd < a.d; ++dd) out[dd] = o[dd] * inv;
-  if (a.lse != nullptr) a.lse[i] = m * 0.693147180559945309f + std::log(l);
+  float scale = 1.0f / l;
+  if (sink) {
+    // Denominator l 2^m + 2^sink2, with the larger exponent taken out (m may be -inf here: every
+    // visible score -inf).
+    const float sink2 = a.mods.sink * 1.44269504088896341f;
+    const float top = m > sink2 ? m : sink2;
+    const float keys = std::exp2(m - top);
+    l = l * keys + std::exp2(sink2 - top);
+    scale = keys / l;
+    m = std::isnan(m) ? m : top;
+  }
+  for (std::size_t dd = 0; dd < dv; ++dd) out[dd] = o[dd] * scale;
+  if (a.lse != nullptr) a.lse[i] = m * kLn2 + std::log(l);
 }
 
 template <class Arch>
@@ -284,23 +356,28 @@ void attention_tiles(const AttentionArgs& a) {
   constexpr std::size_t kRows = AttentionTile<Arch>::kRows;
   constexpr std::size_t kOutVecs = AttentionTile<Arch>::kOutVecs;
   static_assert(kGroup <= kMaxQueryGroup && kMaxTaskRows % kGroup == 0);
+  constexpr float kLog2e = 1.44269504088896341f;
   const std::size_t d = a.d;
+  const std::size_t dv = a.dv != 0 ? a.dv : d;
   const std::size_t dp = round_up(d, 16);
+  const std::size_t dvp = round_up(dv, 16);
   const std::size_t rows = a.row_end - a.row_begin;
   const std::size_t rows_pad = round_up(rows, kGroup);
-  const std::size_t key_block = tile_key_block<Arch>(dp);
-  // Scratch layout (every piece 64-byte aligned): qt, kp, vp, st, alpha, m, l, o, answer.
+  const std::size_t key_block = tile_key_block<Arch>(std::max(dp, dvp));
+  // Scratch layout (every piece 64-byte aligned): qt, kp, vp, st, alpha, m, l, o, answer
+  // (attention_scratch_floats).
   float* qt = a.scratch;
   float* kp = qt + dp * kMaxTaskRows;
   float* vp = kp + kKeyBlock * dp;
-  float* st = vp + kKeyBlock * dp;
+  float* st = vp + kKeyBlock * dvp;
   float* alpha = st + kKeyBlock * kMaxQueryGroup;
   float* m = alpha + kMaxTaskRows;
   float* l = m + kMaxTaskRows;
   float* o = l + kMaxTaskRows;
-  float* answer = o + kMaxTaskRows * dp;
+  float* answer = o + kMaxTaskRows * dvp;
+  const bool modify = changes_scores(a.rule, a.mods);
   // Q^T per group, [d][kGroup] from qt + g0 * d, scaled so that scores come out in base 2.
-  const float qscale = a.scale * 1.44269504088896341f;
+  const float qscale = a.scale * kLog2e;
   for (std::size_t g0 = 0; g0 < rows_pad; g0 += kGroup) {
     float* qg = qt + g0 * d;
     for (std::size_t dd = 0; dd < d; ++dd) {
@@ -310,17 +387,20 @@ void attention_tiles(const AttentionArgs& a) {
       }
     }
   }
-  std::fill(o, o + rows_pad * dp, 0.0f);
+  std::fill(o, o + rows_pad * dvp, 0.0f);
   std::fill(m, m + rows_pad, -std::numeric_limits<float>::infinity());
   std::fill(l, l + rows_pad, 0.0f);
-  const std::size_t d_vec = round_up(d, kW);  // columns of O the output kernel computes
+  const std::size_t d_vec = round_up(dv, kW);  // columns of O the output kernel computes
   const std::size_t groups = rows_pad / kGroup;
 
-  const std::size_t task_key_end = key_end(a.rule, a.row_end - 1);  // later rows see more keys
-  for (std::size_t k0 = 0; k0 < task_key_end; k0 += key_block) {
+  // Later rows see more keys, and their windows start later: keys outside
+  // [begin(first row), end(last row)) are never read.
+  const std::size_t task_key_begin = key_begin(a.rule, a.row_begin);
+  const std::size_t task_key_end = key_end(a.rule, a.row_end - 1);
+  for (std::size_t k0 = task_key_begin; k0 < task_key_end; k0 += key_block) {
     const std::size_t nk = std::min(key_block, a.lk - k0);
     pack_rows<Arch>(a.k + k0 * a.k_stride, a.k_stride, nk, d, dp, kp);
-    pack_rows<Arch>(a.v + k0 * a.v_stride, a.v_stride, nk, d, dp, vp);
+    pack_rows<Arch>(a.v + k0 * a.v_stride, a.v_stride, nk, dv, dvp, vp);
     // The next block's rows, a share per group, so that its copy finds them in cache.
     const std::size_t next = k0 + key_block;
     const std::size_t next_n = next < task_key_end ? std::min(key_block, task_key_end - next) : 0;
@@ -329,44 +409,59 @@ void attention_tiles(const AttentionArgs& a) {
       const std::size_t p0 = next + g0 / kGroup * per_group;
       const std::size_t p1 = std::min(p0 + per_group, next + next_n);
       prefetch_rows(a.k, a.k_stride, p0, p1, d);
-      prefetch_rows(a.v, a.v_stride, p0, p1, d);
+      prefetch_rows(a.v, a.v_stride, p0, p1, dv);
       const std::size_t gn = std::min(kGroup, rows - g0);
       const std::size_t i0 = a.row_begin + g0;
       const std::size_t group_end = key_end(a.rule, i0 + gn - 1);
-      if (group_end <= k0) continue;  // the whole block is past every query's causal end
+      const std::size_t group_begin = key_begin(a.rule, i0);
+      // The whole block past every row's causal end, or before every row's window.
+      if (group_end <= k0 || group_begin >= k0 + nk) continue;
+      // The group's keys of this block: past its last row's causal end and before its first
+      // row's window every query has p = 0, so they are not computed (a window costs L x W).
+      const std::size_t j0 = group_begin > k0 ? group_begin - k0 : 0;
+      const std::size_t kb = k0 + j0;
+      const std::size_t nb = std::min(nk, group_end - k0) - j0;
       const float* qg = qt + g0 * d;
+      const float* kpb = kp + j0 * dp;
       std::size_t kc = 0;
-      for (; kc + kKeys <= nk; kc += kKeys) {
-        score_ukernel<Arch, kKeys>(kp + kc * dp, dp, qg, d, st + kc * kGroup);
+      for (; kc + kKeys <= nb; kc += kKeys) {
+        score_ukernel<Arch, kKeys>(kpb + kc * dp, dp, qg, d, st + kc * kGroup);
       }
-      if (kc < nk) {
-        with_rows<kKeys>(nk - kc, [&](auto r) {
-          score_ukernel<Arch, decltype(r)::value>(kp + kc * dp, dp, qg, d, st + kc * kGroup);
+      if (kc < nb) {
+        with_rows<kKeys>(nb - kc, [&](auto r) {
+          score_ukernel<Arch, decltype(r)::value>(kpb + kc * dp, dp, qg, d, st + kc * kGroup);
         });
       }
-      if (a.rule.mask != nullptr || key_end(a.rule, i0) < k0 + nk) {
-        for (std::size_t t = 0; t < gn; ++t) hide_masked(a.rule, i0 + t, k0, nk, st + t, kGroup);
+      // The one point where a block's scores are final: score modifications, then hiding.
+      if (modify) modify_score_tile<Arch, kGroup>(a.rule, a.mods, i0, gn, kb, nb, st, kLog2e);
+      if (a.rule.mask != nullptr) {
+        for (std::size_t t = 0; t < gn; ++t) hide_masked(a.rule, i0 + t, kb, nb, st + t, kGroup);
+      } else {
+        if (key_end(a.rule, i0) < kb + nb || key_begin(a.rule, i0 + gn - 1) > kb) {
+          hide_outside_bounds<Arch, kGroup>(a.rule, i0, kb, nb, st);
+        }
+        if (a.rule.padding != nullptr) hide_padding<Arch, kGroup>(a.rule, kb, nb, st);
       }
       for (std::size_t v = 0; v < kGroup; v += kW) {
-        softmax_lanes<Arch>(st + v, kGroup, nk, m + g0 + v, l + g0 + v, alpha + g0 + v);
+        softmax_lanes<Arch>(st + v, kGroup, nb, m + g0 + v, l + g0 + v, alpha + g0 + v);
       }
-      // Keys past the group's causal end have p = 0 for every query of the group: skip them.
-      const std::size_t nkeys = std::min(nk, group_end - k0);
+      const std::size_t nkeys = nb;
+      const float* vj = vp + j0 * dvp;
       for (std::size_t r0 = 0; r0 < gn; r0 += kRows) {
         const std::size_t nr = std::min(kRows, gn - r0);
-        float* ot = o + (g0 + r0) * dp;
+        float* ot = o + (g0 + r0) * dvp;
         const float* pt = st + r0;
         std::size_t c0 = 0;
         for (; c0 + kOutVecs * kW <= d_vec; c0 += kOutVecs * kW) {
           with_rows<kRows>(nr, [&](auto r) {
-            output_ukernel<Arch, decltype(r)::value, kOutVecs>(pt, kGroup, vp + c0, dp, nkeys,
-                                                               alpha + g0 + r0, ot + c0, dp);
+            output_ukernel<Arch, decltype(r)::value, kOutVecs>(pt, kGroup, vj + c0, dvp, nkeys,
+                                                               alpha + g0 + r0, ot + c0, dvp);
           });
         }
         for (; c0 < d_vec; c0 += kW) {
           with_rows<kRows>(nr, [&](auto r) {
-            output_ukernel<Arch, decltype(r)::value, 1>(pt, kGroup, vp + c0, dp, nkeys,
-                                                        alpha + g0 + r0, ot + c0, dp);
+            output_ukernel<Arch, decltype(r)::value, 1>(pt, kGroup, vj + c0, dvp, nkeys,
+                                                        alpha + g0 + r0, ot + c0, dvp);
           });
         }
       }
@@ -374,7 +469,7 @@ void attention_tiles(const AttentionArgs& a) {
   }
   bool have_answer = false;
   for (std::size_t t = 0; t < rows; ++t) {
-    finish_row(a, a.row_begin + t, m[t], l[t], o + t * dp, answer, have_answer);
+    finish_row(a, dv, a.row_begin + t, m[t], l[t], o + t * dvp, answer, have_answer);
   }
 }
 
@@ -434,15 +529,28 @@ void attention_decode(const DecodeArgs& a) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
   static_assert(kKeyBlock % kW == 0, "score groups must tile the block");
   const std::size_t d = a.d;
-  const std::size_t dv = d / kW * kW;  // vector part of D; the rest is a scalar tail
-  const std::size_t rec = partial_record_floats(d);
+  const std::size_t dv = a.dv != 0 ? a.dv : d;
+  const std::size_t q_hs = a.q_head_stride != 0 ? a.q_head_stride : d;
+  const std::size_t k_hs = a.k_head_stride != 0 ? a.k_head_stride : d;
+  const std::size_t v_hs = a.v_head_stride != 0 ? a.v_head_stride : dv;
+  const std::size_t dk_vec = d / kW * kW;   // vector part of Dk; the rest is a scalar tail
+  const std::size_t dv_vec = dv / kW * kW;  // likewise for Dv
+  const std::size_t rec = partial_record_floats(dv);
   float* s = a.scratch;                    // [heads][kKeyBlock] scores, then probabilities
   float* alpha = s + a.heads * kKeyBlock;  // [heads]
   auto head_rule = [&](std::size_t h) {
     KeyRule r = a.rule;
     if (r.mask != nullptr) r.mask += h * a.mask_head_stride;
+    if (r.bias != nullptr) r.bias += h * a.bias_head_stride;
     return r;
   };
+  auto head_mods = [&](std::size_t h) {
+    ScoreMods m;
+    m.softcap = a.softcap;
+    if (a.alibi != nullptr) m.alibi_slope = a.alibi[h];
+    return m;
+  };
+  const bool hide_keys = a.rule.mask != nullptr || a.rule.padding != nullptr;
   for (std::size_t i = 0; i < a.lq; ++i) {
     float* part = a.partial + i * a.heads * rec;
     // While the slice runs, a record holds the running max at [0] and sum at [1].
@@ -453,8 +561,10 @@ void attention_decode(const DecodeArgs& a) {
       std::fill(r + 16, r + rec, 0.0f);
     }
     const float* q = a.q + i * a.q_stride;
+    // The window and the causal end bound the keys read (a window bounds a decode step).
+    const std::size_t begin = std::max(a.key_begin, key_begin(a.rule, i));
     const std::size_t end = std::min(a.key_end, key_end(a.rule, i));
-    for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
+    for (std::size_t k0 = begin; k0 < end; k0 += kKeyBlock) {
       const std::size_t nk = std::min(kKeyBlock, end - k0);
       const float* kb = a.k + k0 * a.k_stride;
       const float* vb = a.v + k0 * a.v_stride;
@@ -463,12 +573,12 @@ void attention_decode(const DecodeArgs& a) {
         prefetch_decode_rows(kb, a.k_stride, nk, vb, a.v_stride, j0 + kW,
                              std::min(j0 + 2 * kW, 2 * nk));
         for (std::size_t h = 0; h < a.heads; ++h) {
-          const float* qh = q + h * d;
-          const float* kh = kb + j0 * a.k_stride + h / a.kv_group * d;
+          const float* qh = q + h * q_hs;
+          const float* kh = kb + j0 * a.k_stride + h / a.kv_group * k_hs;
           V acc[kW];
 #pragma GCC unroll 16
           for (std::size_t j = 0; j < kW; ++j) acc[j] = V(0.0f);
-          for (std::size_t dd = 0; dd < dv; dd += kW) {
+          for (std::size_t dd = 0; dd < dk_vec; dd += kW) {
             const V qv = V::load_unaligned(qh + dd);
             if (g == kW) {
 #pragma GCC unroll 16
@@ -482,10 +592,12 @@ void attention_decode(const DecodeArgs& a) {
             }
           }
           V dots = RowSums<Arch>::of(acc);
-          if (dv < d) {
+          if (dk_vec < d) {
             alignas(64) float tail[kW] = {};
             for (std::size_t j = 0; j < g; ++j) {
-              for (std::size_t dd = dv; dd < d; ++dd) tail[j] += qh[dd] * kh[j * a.k_stride + dd];
+              for (std::size_t dd = dk_vec; dd < d; ++dd) {
+                tail[j] += qh[dd] * kh[j * a.k_stride + dd];
+              }
             }
             dots += V::load_aligned(tail);
           }
@@ -494,17 +606,21 @@ void attention_decode(const DecodeArgs& a) {
       }
       for (std::size_t h = 0; h < a.heads; ++h) {
         float* sh = s + h * kKeyBlock;
+        // The one point where a block's scores are final: score modifications, then hiding.
+        const KeyRule rule = head_rule(h);
+        const ScoreMods mods = head_mods(h);
+        if (changes_scores(rule, mods)) modify_score_row<Arch>(rule, mods, i, k0, nk, sh);
         std::fill(sh + nk, sh + kKeyBlock, kHidden);
-        if (a.rule.mask != nullptr) hide_masked(head_rule(h), i, k0, nk, sh, 1);
+        if (hide_keys) hide_masked(rule, i, k0, nk, sh, 1);
         float* r = part + h * rec;
         softmax_update<Arch>(sh, kKeyBlock, r[0], r[1], alpha[h]);
         // Rows with nothing visible yet keep o = 0 and p = 0: scaling by 1 changes nothing.
         float* o = r + 16;
         const V va(alpha[h]);
-        for (std::size_t dd = 0; dd < dv; dd += kW) {
+        for (std::size_t dd = 0; dd < dv_vec; dd += kW) {
           (V::load_aligned(o + dd) * va).store_aligned(o + dd);
         }
-        for (std::size_t dd = dv; dd < d; ++dd) o[dd] *= alpha[h];
+        for (std::size_t dd = dv_vec; dd < dv; ++dd) o[dd] *= alpha[h];
       }
       // After V's block, the next K block (its rows past this block's end).
       const float* kn = a.k + (k0 + nk) * a.k_stride;
@@ -515,11 +631,11 @@ void attention_decode(const DecodeArgs& a) {
                              std::min(j0 + 2 * kVk, nk + ahead));
         for (std::size_t h = 0; h < a.heads; ++h) {
           float* o = part + h * rec + 16;
-          const float* vh = vb + j0 * a.v_stride + h / a.kv_group * d;
+          const float* vh = vb + j0 * a.v_stride + h / a.kv_group * v_hs;
           const float* p = s + h * kKeyBlock + j0;
           std::size_t dd = 0;
           if (g == kVk) {
-            for (; dd + 4 * kW <= dv; dd += 4 * kW) {
+            for (; dd + 4 * kW <= dv_vec; dd += 4 * kW) {
               V acc[4];
 #pragma GCC unroll 4
               for (std::size_t c = 0; c < 4; ++c) acc[c] = V::load_aligned(o + dd + c * kW);
@@ -536,14 +652,14 @@ void attention_decode(const DecodeArgs& a) {
               for (std::size_t c = 0; c < 4; ++c) acc[c].store_aligned(o + dd + c * kW);
             }
           }
-          for (; dd < dv; dd += kW) {
+          for (; dd < dv_vec; dd += kW) {
             V acc = V::load_aligned(o + dd);
             for (std::size_t j = 0; j < g; ++j) {
               acc = madd<Arch>(V(p[j]), V::load_unaligned(vh + j * a.v_stride + dd), acc);
             }
             acc.store_aligned(o + dd);
           }
-          for (; dd < d; ++dd) {
+          for (; dd < dv; ++dd) {
             for (std::size_t j = 0; j < g; ++j) o[dd] += p[j] * vh[j * a.v_stride + dd];
           }
         }
@@ -557,7 +673,7 @@ void attention_decode(const DecodeArgs& a) {
       r[0] = m + std::log(l);
       if (m == kHidden) continue;
       const float inv = 1.0f / l;
-      for (std::size_t dd = 0; dd < d; ++dd) r[16 + dd] *= inv;
+      for (std::size_t dd = 0; dd < dv; ++dd) r[16 + dd] *= inv;
     }
   }
 }

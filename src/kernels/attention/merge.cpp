@@ -33,6 +33,21 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   return m + std::log(sum);
 }
 
+float add_sink(float sink, float lse, std::size_t d, float* o) {
+  if (std::isnan(lse)) return lse;  // the output is NaN already
+  if (lse == -std::numeric_limits<float>::infinity()) {
+    // Every visible score was -inf: no weight on any key, all of it on the sink.
+    std::fill(o, o + d, 0.0f);
+    return sink;
+  }
+  const float top = lse > sink ? lse : sink;
+  const float keys = std::exp(lse - top);
+  const float total = keys + std::exp(sink - top);
+  const float scale = keys / total;
+  for (std::size_t dd = 0; dd < d; ++dd) o[dd] *= scale;
+  return top + std::log(total);
+}
+
 void masked_row_answer(MaskedRows policy, const float* v, std::size_t v_stride, std::size_t lk,
                        std::size_t d, float* out) {
   std::fill(out, out + d, 0.0f);

@@ -27,6 +27,12 @@ namespace simdattn::kernels {
 float merge_partials(const float* lse, std::size_t lse_stride, const float* o, std::size_t o_stride,
                      std::size_t parts, std::size_t d, float* out);
 
+/// Adds an attention sink (a logit with no value) to a row's merged result: the sink is one more
+/// part with lse = sink and output 0, so o scales by exp(lse - lse') and the returned lse' =
+/// log(exp(lse) + exp(sink)). lse = -inf (visible keys, all scores -inf) gives zeros and sink;
+/// NaN stays NaN.
+float add_sink(float sink, float lse, std::size_t d, float* o);
+
 /// The answer for a query row that sees no key: zeros, or under MaskedRows::uniform what the
 /// tutorial's -1e20 fill gives, equal scores, so the plain average of the lk values (rows
 /// v_stride floats apart), summed as the reference does (1/lk times v, in key order).
