@@ -11,6 +11,7 @@
 #include "fp_env.hpp"
 #include "isa/registry.hpp"
 #include "kernels/attention/merge.hpp"
+#include "kernels/blocking.hpp"
 #include "kv_cache_impl.hpp"
 #include "mask_rule.hpp"
 #include "reference/reference.hpp"
@@ -21,9 +22,20 @@ namespace detail {
 namespace {
 
 // The visibility rule of T new tokens at the end of a sequence of `length` tokens: causal,
-// token t sees keys [0, length - T + t].
-MaskRule new_tokens_rule(std::size_t tokens, std::size_t length) {
-  return MaskRule{Mask{}, Causal::bottom_right, tokens, length};
+// token t sees keys [0, length - T + t], or the last `window` of them.
+MaskRule new_tokens_rule(std::size_t tokens, std::size_t length, std::size_t window) {
+  MaskRule r{Mask{}, Causal::bottom_right, tokens, length};
+  r.window = window;
+  return r;
+}
+
+// The first key that some new token sees (the first token's window start), rounded down to a
+// whole key block of the kernels (cache blocks hold whole key blocks): keys before it are never
+// read, so a window bounds what a decode step reads.
+std::size_t first_key_read(std::size_t tokens, std::size_t length, std::size_t window) {
+  const std::size_t first =
+      kernels::key_begin(new_tokens_rule(tokens, length, window).for_head(0, 0), 0);
+  return first / kernels::kKeyBlock * kernels::kKeyBlock;
 }
 
 // Batch entry b of a view, as a view of one batch.
@@ -39,7 +51,8 @@ Heads<T> batch(const Heads<T>& x, std::size_t b) {
 // attention.
 void cached_attention_naive(const KvCache::Impl& c,
                             const std::vector<KvCache::Impl::Sequence*>& sequences,
-                            const Heads<const float>& q, const Heads<float>& out, float scale) {
+                            const Heads<const float>& q, const Heads<float>& out, float scale,
+                            std::size_t window) {
   const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
   std::vector<float> k, v;
   for (std::size_t b = 0; b < sequences.size(); ++b) {
@@ -49,7 +62,7 @@ void cached_attention_naive(const KvCache::Impl& c,
     read_tokens(c, s, 0, s.length, k.data(), v.data(), 1);
     reference::attention<float>(batch(q, b), {k.data(), 1, s.length, kvh, d, kvh * d, 0},
                                 {v.data(), 1, s.length, kvh, d, kvh * d, 0}, batch(out, b),
-                                new_tokens_rule(q.l, s.length), scale, MaskedRows::uniform);
+                                new_tokens_rule(q.l, s.length, window), scale, MaskedRows::uniform);
   }
 }
 
@@ -59,18 +72,21 @@ void cached_attention_naive(const KvCache::Impl& c,
 void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Impl& c,
                             const std::vector<KvCache::Impl::Sequence*>& sequences,
                             const Heads<const float>& q, const Heads<float>& out, float scale,
-                            int threads) {
+                            int threads, std::size_t window) {
   const std::size_t n = q.n, t_new = q.l, d = q.d, kvh = c.config.kv_heads;
   const std::size_t groups = q.h / kvh, rows = groups * t_new;
   const std::size_t rec = kernels::partial_record_floats(d);
   const std::size_t per_task = rows * rec;
   std::vector<std::size_t> first_task(n + 1, 0);  // batch b's tasks: [first_task[b], [b + 1])
+  std::vector<std::size_t> first_key(n);          // batch b's slices start there
   double work = 0;
   for (std::size_t b = 0; b < n; ++b) {
+    const std::size_t length = sequences[b]->length;
+    first_key[b] = first_key_read(t_new, length, window);
     const std::size_t slices =
-        (sequences[b]->length + kernels::kPagedSlice - 1) / kernels::kPagedSlice;
+        (length - first_key[b] + kernels::kPagedSlice - 1) / kernels::kPagedSlice;
     first_task[b + 1] = first_task[b] + kvh * slices;
-    work += static_cast<double>(sequences[b]->length) * q.h * t_new * d;
+    work += static_cast<double>(length - first_key[b]) * q.h * t_new * d;
   }
   const std::size_t tasks = first_task[n];
   float* partial = thread_scratch(ScratchSlot::partials, tasks * per_task);
@@ -90,7 +106,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     a.groups = groups;
     a.tokens = t_new;
     a.d = d;
-    a.rule = new_tokens_rule(t_new, s.length).for_head(b, 0);
+    a.rule = new_tokens_rule(t_new, s.length, window).for_head(b, 0);
     a.pool = c.pool.get();
     a.blocks = s.blocks.data();
     a.block_bytes = c.block_bytes;
@@ -99,7 +115,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     a.value_offset = c.value_offset(hk);
     a.row_elems = c.row_elems;
     a.storage = c.config.storage;
-    a.key_begin = slice * kernels::kPagedSlice;
+    a.key_begin = first_key[b] + slice * kernels::kPagedSlice;
     a.key_end = std::min(s.length, a.key_begin + kernels::kPagedSlice);
     a.scale = scale;
     a.partial = partial + task * per_task;
@@ -112,7 +128,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     for (std::size_t hk = 0; hk < kvh; ++hk) {
       const float* head = partial + (first_task[b] + hk * slices) * per_task;
       for (std::size_t r = 0; r < rows; ++r) {
-        // Every row sees at least its own token: no masked-row answer is ever needed.
+        // Every row sees at least its own token (a window too): no masked-row answer is needed.
         const float* first = head + r * rec;
         kernels::merge_partials(first, per_task, first + 16, per_task, slices, d,
                                 out.at(b, r / groups, hk * groups + r % groups));
@@ -127,7 +143,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
 void cached_attention_gathered(const kernels::KernelTable& table, const KvCache::Impl& c,
                                const std::vector<KvCache::Impl::Sequence*>& sequences,
                                const Heads<const float>& q, const Heads<float>& out, float scale,
-                               int threads) {
+                               int threads, std::size_t window) {
   const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
   std::size_t longest = 0;
   for (const auto* s : sequences) longest = std::max(longest, s->length);
@@ -135,13 +151,17 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
   float* v = k + longest * kvh * d;
   for (std::size_t b = 0; b < sequences.size(); ++b) {
     const KvCache::Impl::Sequence& s = *sequences[b];
-    read_tokens(c, s, 0, s.length, k, v, threads);
+    // Only the keys from the first new token's window on: bottom-right alignment over the
+    // shorter history gives every token the same keys.
+    const std::size_t first = first_key_read(q.l, s.length, window);
+    const std::size_t length = s.length - first;
+    read_tokens(c, s, first, length, k, v, threads);
     AttentionProblem p;
     p.q = batch(q, b);
-    p.k = {k, 1, s.length, kvh, d, kvh * d, 0};
-    p.v = {v, 1, s.length, kvh, d, kvh * d, 0};
+    p.k = {k, 1, length, kvh, d, kvh * d, 0};
+    p.v = {v, 1, length, kvh, d, kvh * d, 0};
     p.out = batch(out, b);
-    p.rule = new_tokens_rule(q.l, s.length);
+    p.rule = new_tokens_rule(q.l, length, window);
     p.scale = scale;
     run_attention(&table, p, threads);
   }
@@ -156,23 +176,30 @@ CacheCallOptions check_cache_options(const char* where, const Options& options,
          "options.causal is top_left: attention over a cache is always causal with bottom-right "
          "alignment (use none or bottom_right)");
   }
-  const char* unsupported = first_variant_option(options);
+  if (options.window && *options.window == 0) {
+    fail(where, "options.window must be >= 1 (unset for no window), got 0");
+  }
+  // The sliding window applies over a cache; the other variants do not.
+  Options others = options;
+  others.window.reset();
+  const char* unsupported = first_variant_option(others);
   if (unsupported != nullptr) {
     fail(where, std::string(unsupported) + " is set: attention over a KvCache does not support it");
   }
-  return {resolve_scale(where, options, head_dim), resolve_threads(where, options)};
+  return {resolve_scale(where, options, head_dim), resolve_threads(where, options),
+          options.window.value_or(0)};
 }
 
 void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& c,
                           const std::vector<KvCache::Impl::Sequence*>& sequences,
                           const Heads<const float>& q, const Heads<float>& out, float scale,
-                          int threads) {
+                          int threads, std::size_t window) {
   if (table == nullptr) {
-    cached_attention_naive(c, sequences, q, out, scale);
+    cached_attention_naive(c, sequences, q, out, scale, window);
   } else if (q.h / c.config.kv_heads * q.l <= kernels::kPagedMaxRows) {
-    cached_attention_paged(*table, c, sequences, q, out, scale, threads);
+    cached_attention_paged(*table, c, sequences, q, out, scale, threads, window);
   } else {
-    cached_attention_gathered(*table, c, sequences, q, out, scale, threads);
+    cached_attention_gathered(*table, c, sequences, q, out, scale, threads, window);
   }
 }
 
@@ -203,7 +230,7 @@ void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>&
                             " must have the query's shape " +
                             detail::shape_string(q.n, q.l, q.h, q.d));
   }
-  const auto [scale, threads] = detail::check_cache_options(where, options, q.d);
+  const auto [scale, threads, window] = detail::check_cache_options(where, options, q.d);
   const std::size_t out_bytes = detail::extent_bytes(o);
   for (const auto& in : {q, plan.keys, plan.values}) {
     if (detail::overlaps(o.data, out_bytes, in.data, detail::extent_bytes(in))) {
@@ -215,7 +242,7 @@ void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>&
   const kernels::KernelTable* table = detail::kernels_for(where, options);
   detail::commit_append(c, plan);
   try {
-    detail::run_cached_attention(table, c, plan.sequences, q, o, scale, threads);
+    detail::run_cached_attention(table, c, plan.sequences, q, o, scale, threads, window);
   } catch (...) {
     detail::undo_append(c, plan.undo);
     throw;

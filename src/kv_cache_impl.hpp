@@ -101,11 +101,13 @@ void commit_append(KvCache::Impl& cache, AppendPlan& plan) noexcept;
 void undo_append(KvCache::Impl& cache, const AppendUndo& undo) noexcept;
 
 /// Checks the options of a call over the cache: causal none or bottom_right (the call is always
-/// causal, bottom-right aligned), no score modification or extra output (not supported over a
-/// cache: an error naming the option), then scale and threads as every call does.
+/// causal, bottom-right aligned), a sliding window >= 1 if any, no other score modification or
+/// extra output (not supported over a cache: an error naming the option), then scale and threads
+/// as every call does.
 struct CacheCallOptions {
   float scale;
   int threads;
+  std::size_t window;  // 0: none
 };
 CacheCallOptions check_cache_options(const char* where, const Options& options,
                                      std::size_t head_dim);
@@ -117,12 +119,14 @@ void read_tokens(const KvCache::Impl& cache, const KvCache::Impl::Sequence& s, s
 
 /// Attention of q [N, T, H, D] over the cache after an append of T tokens to each of
 /// `sequences` (batch b's history is sequences[b]'s whole length, the last T tokens new):
-/// causal, bottom-right aligned; query head h reads kv head h / (H / kv_heads). On `table`'s
-/// kernels, or the reference when it is nullptr. Throws only std::bad_alloc (scratch).
+/// causal, bottom-right aligned, each new token seeing at most the last `window` keys up to
+/// itself (0: no window; the keys before the first new token's window are never read); query
+/// head h reads kv head h / (H / kv_heads). On `table`'s kernels, or the reference when it is
+/// nullptr. Throws only std::bad_alloc (scratch).
 void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& cache,
                           const std::vector<KvCache::Impl::Sequence*>& sequences,
                           const Heads<const float>& q, const Heads<float>& out, float scale,
-                          int threads);
+                          int threads, std::size_t window);
 
 }  // namespace detail
 }  // namespace simdattn

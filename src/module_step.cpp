@@ -36,7 +36,7 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
                             ", the module has kv_heads " + std::to_string(kvh) + " of head_dim " +
                             std::to_string(d));
   }
-  const auto [scale, threads] = detail::check_cache_options(where, options, d);
+  const auto [scale, threads, window] = detail::check_cache_options(where, options, d);
   const std::size_t bytes = x.n * x.l * e * sizeof(float);
   if (detail::overlaps(out.data, bytes, x.data, bytes)) {
     detail::fail(where, "out overlaps x: an in-place step is not supported");
@@ -77,7 +77,7 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
   detail::commit_append(c, plan);
   try {
     detail::run_cached_attention(table, c, plan.sequences, {qkv, n, t, heads, d, row, t * row},
-                                 {attn, n, t, heads, d, e, t * e}, scale, threads);
+                                 {attn, n, t, heads, d, e, t * e}, scale, threads, window);
   } catch (...) {
     detail::undo_append(c, plan.undo);
     throw;

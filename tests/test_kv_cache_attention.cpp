@@ -39,7 +39,7 @@ struct Sequence {
 // The double oracle: one causal pass over the whole sequence with each K/V head repeated for the
 // H / kv_heads query heads that read it; [L, H, D]. `k` and `v` are what the cache holds.
 std::vector<double> oracle(const Sequence& s, const std::vector<float>& k,
-                           const std::vector<float>& v, float scale) {
+                           const std::vector<float>& v, float scale, std::size_t window = 0) {
   const std::size_t g = s.h / s.kvh;
   std::vector<double> kd(s.l * s.h * s.d), vd(s.l * s.h * s.d);
   for (std::size_t t = 0; t < s.l; ++t) {
@@ -52,13 +52,14 @@ std::vector<double> oracle(const Sequence& s, const std::vector<float>& k,
   }
   const auto qd = test::to_double(s.q);
   std::vector<double> out(s.l * s.h * s.d);
+  detail::MaskRule rule{Mask{}, Causal::top_left, s.l, s.l};
+  rule.window = window;
   const std::size_t hd = s.h * s.d;
   using CH = reference::Heads<const double>;
   reference::attention<double>(CH{qd.data(), 1, s.l, s.h, s.d, hd, 0},
                                CH{kd.data(), 1, s.l, s.h, s.d, hd, 0},
                                CH{vd.data(), 1, s.l, s.h, s.d, hd, 0},
-                               reference::Heads<double>{out.data(), 1, s.l, s.h, s.d, hd, 0},
-                               detail::MaskRule{Mask{}, Causal::top_left, s.l, s.l},
+                               reference::Heads<double>{out.data(), 1, s.l, s.h, s.d, hd, 0}, rule,
                                static_cast<double>(scale), MaskedRows::uniform);
   return out;
 }
@@ -125,6 +126,77 @@ TEST_CASE("cache attention: token by token and chunked prefill equal one causal 
       }
     }
     ++index;
+  }
+}
+
+TEST_CASE("cache attention: a sliding window, token by token and in chunks, equals one pass",
+          "[kv_cache][attention][window]") {
+  struct Case {
+    std::size_t l, h, kvh, d;
+  };
+  // 1100 tokens: a decode step over several slices of 512 keys, windows that start inside a
+  // slice and a block; 8 heads over 1 kv head: chunks of 7 take the gathered path.
+  const Case cases[] = {{1100, 4, 2, 17}, {130, 8, 1, 3}};
+  std::size_t index = 0;
+  for (const Case& c : cases) {
+    const Sequence s(c.l, c.h, c.kvh, c.d, 400 + 10 * index++);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    for (std::size_t w : {1, 7, 64, 600, 5000}) {
+      const auto ref = oracle(s, s.k, s.v, scale, w);
+      for (Path path : kPaths) {
+        for (std::size_t chunk : {1, 7, 300}) {
+          std::vector<float> by_threads[2];
+          for (int t = 0; t < 2; ++t) {
+            INFO("L " << c.l << " H " << c.h << " kv_heads " << c.kvh << " D " << c.d << ", window "
+                      << w << ", chunk " << chunk << ", path " << path_name(path) << ", threads "
+                      << kThreads[t]);
+            Options o;
+            o.window = w;
+            o.path = path;
+            o.threads = kThreads[t];
+            by_threads[t] = run_chunks(s, chunk, KvStorage::f32, o);
+            test::check_close(by_threads[t].data(), ref, "windowed cache attention", kCacheRelTol,
+                              kCacheMaxTol);
+          }
+          CHECK(test::same_bits(by_threads[0], by_threads[1]));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cache attention: a window bounds the keys read (NaN keys before it never reach out)",
+          "[kv_cache][attention][window]") {
+  // Tokens [0, 128) hold NaN keys and values. With window 600, tokens from 800 on see keys from
+  // 201 on, and the first key block read starts at 192: the NaNs are never read.
+  Sequence s(1100, 4, 2, 16, 77);
+  std::fill(s.k.begin(), s.k.begin() + 128 * s.kvh * s.d, std::nanf(""));
+  std::fill(s.v.begin(), s.v.begin() + 128 * s.kvh * s.d, std::nanf(""));
+  const std::size_t w = 600, start = 800;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
+  const auto full = oracle(s, s.k, s.v, scale, w);
+  const std::vector<double> ref(full.begin() + start * s.h * s.d, full.end());
+  for (Path path : kPaths) {
+    // Decode steps (the paged kernel) and chunks of 50 (the gathered path: 2 x 50 rows).
+    for (std::size_t chunk : {1, 50}) {
+      INFO("path " << path_name(path) << ", chunk " << chunk);
+      KvCache cache(test::cache_config(KvCache::blocks_for(s.l), s.kvh, s.d));
+      const SequenceId id = cache.add_sequence();
+      Options o;
+      o.window = w;
+      o.path = path;
+      std::vector<float> out(s.l * s.h * s.d);
+      for (std::size_t p = 0; p < s.l; p += p < start ? start : chunk) {
+        const std::size_t t = p < start ? start : std::min(chunk, s.l - p);
+        scaled_dot_product_attention(cache, {id}, {s.q.data() + p * s.h * s.d, 1, t, s.h, s.d},
+                                     {s.k.data() + p * s.kvh * s.d, 1, t, s.kvh, s.d},
+                                     {s.v.data() + p * s.kvh * s.d, 1, t, s.kvh, s.d},
+                                     HeadsView<float>{out.data() + p * s.h * s.d, 1, t, s.h, s.d},
+                                     o);
+      }
+      test::check_close(out.data() + start * s.h * s.d, ref, "after the poisoned keys",
+                        kCacheRelTol, kCacheMaxTol);
+    }
   }
 }
 
@@ -348,6 +420,27 @@ TEST_CASE("cache attention: refused calls name the values and leave the cache as
       scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
     });
+    bad = o;
+    bad.window = 0;
+    refused({"options.window must be >= 1 (unset for no window), got 0"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
+    });
+    for (const char* option : {"bias", "alibi", "sinks", "key_padding", "weights"}) {
+      bad = o;
+      std::vector<float> extra(200 * 200 * 8, 0.0f);
+      std::vector<std::uint8_t> padding(200, 0);
+      const std::string name = option;
+      if (name == "bias") bad.bias = Bias{extra.data(), 1, 1, 1, 71};
+      if (name == "alibi") bad.alibi.enabled = true;
+      if (name == "sinks") bad.sinks = PerHead{extra.data(), h};
+      if (name == "key_padding") bad.key_padding = KeyPadding{padding.data(), 1, 71};
+      if (name == "weights") bad.weights = AttentionWeights{extra.data(), extra.size(), false};
+      refused({"options." + name + " is set: attention over a KvCache does not support it"}, [&] {
+        scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                     heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
+      });
+    }
     bad = o;
     bad.threads = -1;
     refused({"options.threads must be in [0, 1024]"}, [&] {

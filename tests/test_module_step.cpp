@@ -217,8 +217,13 @@ TEST_CASE("module step: refused calls name the values and leave the cache as it 
     bad.causal = Causal::top_left;
     refused({"top_left"}, [&] { m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad); });
     bad = o;
-    bad.window = 16;
-    refused({"options.window is set: attention over a KvCache does not support it"}, [&] {
+    bad.window = 0;
+    refused({"options.window must be >= 1 (unset for no window), got 0"}, [&] {
+      m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad);
+    });
+    bad = o;
+    bad.alibi.enabled = true;
+    refused({"options.alibi is set: attention over a KvCache does not support it"}, [&] {
       m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad);
     });
     const MultiHeadAttention mha(e, heads, 1);

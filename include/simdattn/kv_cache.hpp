@@ -166,8 +166,11 @@ class KvCache {
 /// [N, T, H, D]; ids[b] is batch b's sequence. H must be a multiple of the cache's kv_heads:
 /// query head h reads kv head h / (H / kv_heads) (grouped-query attention; kv_heads = 1 is
 /// multi-query). options.causal must be none or bottom_right (the call is always causal as
-/// above); options.masked_rows does not apply (every query sees at least itself). The score
-/// modifications and extra outputs of Options (softcap, bias, alibi, window, sinks,
+/// above); options.masked_rows does not apply (every query sees at least itself).
+/// options.window (sliding window) applies: new token t then sees the last `window` keys up to
+/// itself, [P + t + 1 - window, P + t], and keys before the first new token's window are not
+/// read at all (a decode step reads min(length, window) keys, rounded out to 64-key blocks).
+/// The other score modifications and extra outputs of Options (softcap, bias, alibi, sinks,
 /// key_padding, weights) are not supported over a cache: setting one is an error.
 ///
 /// Throws std::invalid_argument, with the cache unchanged, on anything append() refuses, a

@@ -123,7 +123,8 @@ class MultiHeadAttention {
   ///
   /// The cache must hold kv_heads() heads of head_dim(). options.causal must be none or
   /// bottom_right (the step is always causal as above); options.masked_rows does not apply;
-  /// the score modifications of Options are not supported (see kv_cache.hpp).
+  /// options.window (sliding window) applies and bounds the keys a step reads; the other score
+  /// modifications of Options are not supported (see kv_cache.hpp).
   /// Throws std::invalid_argument, with the cache unchanged, on a shape mismatch, a cache of
   /// other heads or head_dim, ids.size() != N, an unknown or repeated id, T = 0, too few free
   /// blocks, a top-left causal option, x or out with strides other than row-major, or `out`

@@ -16,13 +16,15 @@
 // (bf16: a 16-bit shift; f16: vcvtph2ps with F16C / AVX-512, integer arithmetic on SSE2); every
 // product and sum is in float.
 //
-// Causality through the key rule (kernels/key_rule.hpp): row (t, g) sees keys [0, key_end(rule,
-// t)), with the rule's offset length - T for new tokens that end the sequence. Scores of keys
-// past a row's end (and past the sequence) become -inf before the softmax, and no V row past
-// the sequence is read. The task writes one record per row, the slice's log-sum-exp and
-// normalised output, that the driver merges across slices in slice order (merge.hpp), so
-// results do not depend on the thread count. Block sizes: blocking.hpp (PagedTileFor,
-// kPagedMaxRows, kPagedSlice). Single-threaded, no allocation, scratch from the driver.
+// Causality through the key rule (kernels/key_rule.hpp): row (t, g) sees keys [key_begin(rule,
+// t), key_end(rule, t)), with the rule's offset length - T for new tokens that end the sequence
+// (key_begin > 0 under a sliding window). Scores of keys outside them (and past the sequence)
+// become -inf before the softmax, and no V row past the sequence is read; the driver starts the
+// slices at the first row's window, so keys before it are not read at all. The task writes one
+// record per row, the slice's log-sum-exp and normalised output, that the driver merges across
+// slices in slice order (merge.hpp), so results do not depend on the thread count. Block sizes:
+// blocking.hpp (PagedTileFor, kPagedMaxRows, kPagedSlice). Single-threaded, no allocation, scratch
+// from the driver.
 #pragma once
 
 #include <algorithm>
@@ -320,6 +322,10 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
       const std::size_t visible = row_end <= k0 ? 0 : std::min(nk, row_end - k0);
       used = std::max(used, visible);
       std::fill(s + r * kKeyBlock + visible, s + (r + 1) * kKeyBlock, kNegInf);
+      // Keys before the row's window (a sliding window), if any in this block.
+      const std::size_t row_begin = key_begin(a.rule, r / a.groups);
+      const std::size_t before = row_begin <= k0 ? 0 : std::min(visible, row_begin - k0);
+      std::fill(s + r * kKeyBlock, s + r * kKeyBlock + before, kNegInf);
       alpha[r] = paged_softmax_row<Arch>(s + r * kKeyBlock, m[r], l[r]);
     }
     for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kOutRows) {
