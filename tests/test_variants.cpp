@@ -399,12 +399,14 @@ TEST_CASE("variants: the fused kernels over many key blocks, row tasks and decod
   // task covers several key blocks of 64 keys and a head several row tasks of <= 256 rows
   // (Lq = 300), and that a decode step covers several slices of 512 keys (Lk = 1100): windows
   // that skip blocks and slices, start inside them, or cover everything.
+  // N = 1 and 4 heads: 2 threads split a head's rows into more tasks than 1 thread does.
   struct Shape {
-    std::size_t lq, lk, h, d, dv;
+    std::size_t n, lq, lk, h, d, dv;
   };
-  for (const Shape& s : {Shape{300, 300, 4, 17, 15}, Shape{77, 300, 4, 17, 17},
-                         Shape{1, 1100, 8, 33, 31}, Shape{3, 1100, 8, 33, 33}}) {
-    const Problem p(2, s.lq, s.lk, s.h, 2, s.d, s.dv, 500 + s.lq + s.d);
+  for (const Shape& s :
+       {Shape{2, 300, 300, 4, 17, 15}, Shape{1, 300, 300, 4, 17, 17}, Shape{2, 77, 300, 4, 17, 17},
+        Shape{2, 1, 1100, 8, 33, 31}, Shape{2, 3, 1100, 8, 33, 33}}) {
+    const Problem p(s.n, s.lq, s.lk, s.h, 2, s.d, s.dv, 500 + s.lq + s.d);
     for (Kind kind : kKinds) {
       const bool windowed = needs_causal(kind);
       for (std::size_t w : {1, 7, 64, 600, 2000}) {

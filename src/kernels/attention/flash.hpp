@@ -394,8 +394,9 @@ void attention_tiles(const AttentionArgs& a) {
   const std::size_t groups = rows_pad / kGroup;
 
   // Later rows see more keys, and their windows start later: keys outside
-  // [begin(first row), end(last row)) are never read.
-  const std::size_t task_key_begin = key_begin(a.rule, a.row_begin);
+  // [begin(first row), end(last row)) are never read. Blocks start at multiples of key_block
+  // whatever the task's rows, so each row's sums run in the same order for any thread count.
+  const std::size_t task_key_begin = key_begin(a.rule, a.row_begin) / key_block * key_block;
   const std::size_t task_key_end = key_end(a.rule, a.row_end - 1);
   for (std::size_t k0 = task_key_begin; k0 < task_key_end; k0 += key_block) {
     const std::size_t nk = std::min(key_block, a.lk - k0);
