@@ -128,8 +128,7 @@ PeakLoop peak_loop(Isa active) {
       return {isa, kAvx512Chains * 16 * 2.0, fma_loop_avx512};
     case Isa::avx2:
       return {isa, kVex256Chains * 8 * 2.0, fma_loop_avx2};
-    case Isa::sse2:
-    case Isa::naive:
+    default:  // sse2 and naive; an ISA of another architecture is never active on x86
       break;
   }
   return {Isa::sse2, kSse2Chains * 4 * 2.0, mul_add_loop_sse2};

@@ -23,7 +23,8 @@ void set_active_isa(Isa isa);
 /// Every ISA this build and machine can run, best first, Isa::naive last.
 std::vector<Isa> available_isas();
 
-/// "avx512", "avx2", "sse2", "naive": the names SIMDATTN_ISA and bench_attention's --isa take.
+/// The ISA's name as isa_list.hpp spells it (e.g. "avx2"), or "naive": the names SIMDATTN_ISA
+/// and bench_attention's --isa take.
 const char* isa_name(Isa isa);
 
 /// The ISA named `name` (as isa_name() spells it), whether or not this machine runs it;

@@ -17,8 +17,8 @@ namespace simdattn {
 enum class Path { optimized, naive };
 
 /// Instruction sets: `naive` (the scalar reference) and, from isa_list.hpp, the ISAs with
-/// optimized kernels, compiled per ISA into the same binary and picked at run time (see
-/// dispatch.hpp): avx512, avx2, sse2.
+/// optimized kernels (e.g. avx2), compiled per ISA into the same binary and picked at run time
+/// (see dispatch.hpp).
 #define SIMDATTN_ISA_ENUMERATOR_(name) name,
 enum class Isa { naive, SIMDATTN_ISA_LIST(SIMDATTN_ISA_ENUMERATOR_) };
 #undef SIMDATTN_ISA_ENUMERATOR_
