@@ -5,4 +5,4 @@
 // its compile flags in CMakeLists.txt.
 #pragma once
 
-#define SIMDATTN_ISA_LIST(X) X(avx512) X(avx2) X(sse2)
+#define SIMDATTN_ISA_LIST(X) X(avx512) X(avx2) X(sse2) X(neon)

@@ -71,6 +71,15 @@ bool cpu_has_sse2() {
   return x86().sse2;
 }
 
+// Advanced SIMD (NEON) is part of every AArch64 processor.
+bool cpu_has_neon() {
+#if defined(__aarch64__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 // ---- the registry --------------------------------------------------------------------------
 
 struct Entry {
