@@ -44,8 +44,8 @@ TEST_CASE("available_isas lists what this machine runs in the registry's order, 
     REQUIRE(pos < kListed.size());
     next = pos + 1;
   }
-#if defined(__x86_64__)
-  CHECK(isas.size() >= 2);  // every x86-64 CPU runs the SSE2 kernels
+#if defined(__x86_64__) || defined(__aarch64__)
+  CHECK(isas.size() >= 2);  // every x86-64 CPU runs the SSE2 kernels, every AArch64 one NEON
 #endif
   for (Isa isa : kListed) {
     INFO(isa_name(isa));
