@@ -63,6 +63,22 @@ def blas_library():
     return "unknown"
 
 
+def median_ms(call, repetitions, min_time):
+    """Median over `repetitions` measurements of the mean ms per call, each measurement calling
+    until at least `min_time` seconds have passed; returns (median, measurements)."""
+    medians = []
+    for _ in range(repetitions):
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            call()
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time:
+                break
+        medians.append(elapsed / calls * 1e3)
+    return statistics.median(medians), len(medians)
+
+
 def tutorial_modules(torch):
     """The tutorial's SelfAttention module class and its attention core, on the caller's torch
     (imported there, so that a missing torch is reported as such)."""
@@ -138,17 +154,7 @@ def main():
             call()
             return (time.perf_counter() - t0) * 1e3, 1
         call()  # the second warm-up
-        medians = []
-        for _ in range(args.repetitions):
-            calls, t0 = 0, time.perf_counter()
-            while True:
-                call()
-                calls += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= args.min_time:
-                    break
-            medians.append(elapsed / calls * 1e3)
-        return statistics.median(medians), len(medians)
+        return median_ms(call, args.repetitions, args.min_time)
 
     blas = blas_library()
     if "openblas" not in blas and "mkl" not in blas:

@@ -26,12 +26,10 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers_torch import tutorial_modules  # noqa: E402  (the same module and core)
+from peers_torch import median_ms, tutorial_modules  # noqa: E402  (the same module and core)
 
 # name, N, L, E, H, causal: bench_attention's grid shapes that the train set times.
 CASES = [
@@ -76,20 +74,10 @@ def main():
 
     TutorialSelfAttention, attention_core = tutorial_modules(torch)
 
-    def median_ms(call):
+    def timed_ms(call):
         call()
         call()  # two warm-ups
-        medians = []
-        for _ in range(args.repetitions):
-            calls, t0 = 0, time.perf_counter()
-            while True:
-                call()
-                calls += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= args.min_time:
-                    break
-            medians.append(elapsed / calls * 1e3)
-        return statistics.median(medians)
+        return median_ms(call, args.repetitions, args.min_time)[0]
 
     threads = [int(t) for t in args.threads.split(",")]
     wanted = args.cases.split(",")
@@ -127,8 +115,8 @@ def main():
                 grad = d_out4 if op == "sdpa_train" else d_out
                 out = forward()
                 timings = {
-                    "step": median_ms(step),
-                    "backward": median_ms(lambda: (clear(op), out.backward(grad, retain_graph=True))),
+                    "step": timed_ms(step),
+                    "backward": timed_ms(lambda: (clear(op), out.backward(grad, retain_graph=True))),
                 }
                 del out
                 for part, ms in timings.items():
