@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "driver/attention.hpp"
@@ -21,20 +22,29 @@ namespace simdattn {
 namespace detail {
 namespace {
 
-// The visibility rule of T new tokens at the end of a sequence of `length` tokens: causal,
-// token t sees keys [0, length - T + t], or the last `window` of them.
-MaskRule new_tokens_rule(std::size_t tokens, std::size_t length, std::size_t window) {
+// The rule of T new tokens at the end of a sequence of `length` tokens: the call's rule (causal
+// bottom-right, window, score modifications) for Lq = T, Lk = length, so token t sees keys
+// [0, length - T + t], or the last `window` of them, and sits at position length - T + t for
+// ALiBi.
+MaskRule new_tokens_rule(std::size_t tokens, std::size_t length, const MaskRule& call) {
+  MaskRule r = call;
+  r.lq = tokens;
+  r.lk = length;
+  return r;
+}
+
+// Its key rule alone (no copy of the ALiBi slopes).
+kernels::KeyRule new_tokens_keys(std::size_t tokens, std::size_t length, std::size_t window) {
   MaskRule r{Mask{}, Causal::bottom_right, tokens, length};
   r.window = window;
-  return r;
+  return r.for_head(0, 0);
 }
 
 // The first key that some new token sees (the first token's window start), rounded down to a
 // whole key block of the kernels (cache blocks hold whole key blocks): keys before it are never
 // read, so a window bounds what a decode step reads.
 std::size_t first_key_read(std::size_t tokens, std::size_t length, std::size_t window) {
-  const std::size_t first =
-      kernels::key_begin(new_tokens_rule(tokens, length, window).for_head(0, 0), 0);
+  const std::size_t first = kernels::key_begin(new_tokens_keys(tokens, length, window), 0);
   return first / kernels::kKeyBlock * kernels::kKeyBlock;
 }
 
@@ -52,7 +62,7 @@ Heads<T> batch(const Heads<T>& x, std::size_t b) {
 void cached_attention_naive(const KvCache::Impl& c,
                             const std::vector<KvCache::Impl::Sequence*>& sequences,
                             const Heads<const float>& q, const Heads<float>& out, float scale,
-                            std::size_t window) {
+                            const MaskRule& call) {
   const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
   std::vector<float> k, v;
   for (std::size_t b = 0; b < sequences.size(); ++b) {
@@ -62,17 +72,19 @@ void cached_attention_naive(const KvCache::Impl& c,
     read_tokens(c, s, 0, s.length, k.data(), v.data(), 1);
     reference::attention<float>(batch(q, b), {k.data(), 1, s.length, kvh, d, kvh * d, 0},
                                 {v.data(), 1, s.length, kvh, d, kvh * d, 0}, batch(out, b),
-                                new_tokens_rule(q.l, s.length, window), scale, MaskedRows::uniform);
+                                new_tokens_rule(q.l, s.length, call), scale, MaskedRows::uniform);
   }
 }
 
 // Few rows per kv head (decoding, short chunks): the paged kernel over the blocks in place.
 // Tasks are (sequence, kv head, slice of kPagedSlice keys); each covers the G x T rows that read
-// that kv head, so every cached byte is read once per call.
+// that kv head, so every cached byte is read once per call. The kernel applies soft-capping and
+// ALiBi to each slice's scores; the sinks join each row's denominator after the slices merge.
 void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Impl& c,
                             const std::vector<KvCache::Impl::Sequence*>& sequences,
                             const Heads<const float>& q, const Heads<float>& out, float scale,
-                            int threads, std::size_t window) {
+                            int threads, const MaskRule& call) {
+  const std::size_t window = call.window;
   const std::size_t n = q.n, t_new = q.l, d = q.d, kvh = c.config.kv_heads;
   const std::size_t groups = q.h / kvh, rows = groups * t_new;
   const std::size_t rec = kernels::partial_record_floats(d);
@@ -106,7 +118,9 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     a.groups = groups;
     a.tokens = t_new;
     a.d = d;
-    a.rule = new_tokens_rule(t_new, s.length, window).for_head(b, 0);
+    a.rule = new_tokens_keys(t_new, s.length, window);
+    a.softcap = call.softcap;
+    a.alibi = call.alibi.empty() ? nullptr : call.alibi.data() + hk * groups;
     a.pool = c.pool.get();
     a.blocks = s.blocks.data();
     a.block_bytes = c.block_bytes;
@@ -130,8 +144,11 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
       for (std::size_t r = 0; r < rows; ++r) {
         // Every row sees at least its own token (a window too): no masked-row answer is needed.
         const float* first = head + r * rec;
-        kernels::merge_partials(first, per_task, first + 16, per_task, slices, d,
-                                out.at(b, r / groups, hk * groups + r % groups));
+        const std::size_t h = hk * groups + r % groups;
+        float* o = out.at(b, r / groups, h);
+        const float lse =
+            kernels::merge_partials(first, per_task, first + 16, per_task, slices, d, o);
+        if (call.sinks != nullptr) kernels::add_sink(call.sinks[h], lse, d, o);
       }
     }
   }
@@ -143,7 +160,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
 void cached_attention_gathered(const kernels::KernelTable& table, const KvCache::Impl& c,
                                const std::vector<KvCache::Impl::Sequence*>& sequences,
                                const Heads<const float>& q, const Heads<float>& out, float scale,
-                               int threads, std::size_t window) {
+                               int threads, const MaskRule& call) {
   const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
   std::size_t longest = 0;
   for (const auto* s : sequences) longest = std::max(longest, s->length);
@@ -153,7 +170,8 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
     const KvCache::Impl::Sequence& s = *sequences[b];
     // Only the keys from the first new token's window on: bottom-right alignment over the
     // shorter history gives every token the same keys.
-    const std::size_t first = first_key_read(q.l, s.length, window);
+    // ALiBi's k - p_i does not change: keys and queries move by the same `first`.
+    const std::size_t first = first_key_read(q.l, s.length, call.window);
     const std::size_t length = s.length - first;
     read_tokens(c, s, first, length, k, v, threads);
     AttentionProblem p;
@@ -161,7 +179,7 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
     p.k = {k, 1, length, kvh, d, kvh * d, 0};
     p.v = {v, 1, length, kvh, d, kvh * d, 0};
     p.out = batch(out, b);
-    p.rule = new_tokens_rule(q.l, length, window);
+    p.rule = new_tokens_rule(q.l, length, call);
     p.scale = scale;
     run_attention(&table, p, threads);
   }
@@ -169,37 +187,42 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
 
 }  // namespace
 
-CacheCallOptions check_cache_options(const char* where, const Options& options,
+CacheCallOptions check_cache_options(const char* where, const Options& options, std::size_t heads,
                                      std::size_t head_dim) {
   if (options.causal == Causal::top_left) {
     fail(where,
          "options.causal is top_left: attention over a cache is always causal with bottom-right "
          "alignment (use none or bottom_right)");
   }
-  if (options.window && *options.window == 0) {
-    fail(where, "options.window must be >= 1 (unset for no window), got 0");
-  }
-  // The sliding window applies over a cache; the other variants do not.
-  Options others = options;
-  others.window.reset();
-  const char* unsupported = first_variant_option(others);
+  // The window and the score modifications apply over a cache; these do not.
+  const char* unsupported = options.bias.data          ? "options.bias"
+                            : options.key_padding.data ? "options.key_padding"
+                            : options.weights.data     ? "options.weights"
+                                                       : nullptr;
   if (unsupported != nullptr) {
-    fail(where, std::string(unsupported) + " is set: attention over a KvCache does not support it");
+    fail(where, std::string(unsupported) +
+                    " is set: attention over a KvCache does not support it (a tensor over the "
+                    "keys has no fixed shape over a history that grows with every call; the "
+                    "window, softcap, alibi and sinks do apply)");
   }
+  Options causal = options;
+  causal.causal = Causal::bottom_right;
+  // lq and lk are each sequence's own; no option left here depends on them.
+  MaskRule rule = resolve_rule(where, Mask{}, causal, 1, heads, 1, 1);
   return {resolve_scale(where, options, head_dim), resolve_threads(where, options),
-          options.window.value_or(0)};
+          std::move(rule)};
 }
 
 void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& c,
                           const std::vector<KvCache::Impl::Sequence*>& sequences,
                           const Heads<const float>& q, const Heads<float>& out, float scale,
-                          int threads, std::size_t window) {
+                          int threads, const MaskRule& rule) {
   if (table == nullptr) {
-    cached_attention_naive(c, sequences, q, out, scale, window);
+    cached_attention_naive(c, sequences, q, out, scale, rule);
   } else if (q.h / c.config.kv_heads * q.l <= kernels::kPagedMaxRows) {
-    cached_attention_paged(*table, c, sequences, q, out, scale, threads, window);
+    cached_attention_paged(*table, c, sequences, q, out, scale, threads, rule);
   } else {
-    cached_attention_gathered(*table, c, sequences, q, out, scale, threads, window);
+    cached_attention_gathered(*table, c, sequences, q, out, scale, threads, rule);
   }
 }
 
@@ -230,7 +253,7 @@ void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>&
                             " must have the query's shape " +
                             detail::shape_string(q.n, q.l, q.h, q.d));
   }
-  const auto [scale, threads, window] = detail::check_cache_options(where, options, q.d);
+  const auto [scale, threads, rule] = detail::check_cache_options(where, options, q.h, q.d);
   const std::size_t out_bytes = detail::extent_bytes(o);
   for (const auto& in : {q, plan.keys, plan.values}) {
     if (detail::overlaps(o.data, out_bytes, in.data, detail::extent_bytes(in))) {
@@ -239,10 +262,12 @@ void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>&
                    "supported");
     }
   }
+  detail::check_apart(where, {o.data, out_bytes, "out"},
+                      detail::option_inputs(Mask{}, options, q.n, 0));
   const kernels::KernelTable* table = detail::kernels_for(where, options);
   detail::commit_append(c, plan);
   try {
-    detail::run_cached_attention(table, c, plan.sequences, q, o, scale, threads, window);
+    detail::run_cached_attention(table, c, plan.sequences, q, o, scale, threads, rule);
   } catch (...) {
     detail::undo_append(c, plan.undo);
     throw;

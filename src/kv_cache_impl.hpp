@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/kernel_table.hpp"
+#include "mask_rule.hpp"
 #include "simdattn/kv_cache.hpp"
 #include "views.hpp"
 
@@ -100,16 +101,18 @@ void commit_append(KvCache::Impl& cache, AppendPlan& plan) noexcept;
 /// Restores the sequences and the free list as they were before commit_append(plan).
 void undo_append(KvCache::Impl& cache, const AppendUndo& undo) noexcept;
 
-/// Checks the options of a call over the cache: causal none or bottom_right (the call is always
-/// causal, bottom-right aligned), a sliding window >= 1 if any, no other score modification or
-/// extra output (not supported over a cache: an error naming the option), then scale and threads
-/// as every call does.
+/// Checks the options of a call over the cache with `heads` query heads: causal none or
+/// bottom_right (the call is always causal, bottom-right aligned); the sliding window,
+/// soft-capping, ALiBi and sinks as every call checks them; no bias, key padding or weights (not
+/// supported over a cache: an error naming the option); then scale and threads as every call does.
 struct CacheCallOptions {
   float scale;
   int threads;
-  std::size_t window;  // 0: none
+  /// Causal bottom-right with the call's window, softcap, ALiBi slopes and sinks; lq and lk are
+  /// each sequence's own (new_tokens_rule in cached_attention.cpp sets them).
+  MaskRule rule;
 };
-CacheCallOptions check_cache_options(const char* where, const Options& options,
+CacheCallOptions check_cache_options(const char* where, const Options& options, std::size_t heads,
                                      std::size_t head_dim);
 
 /// Tokens [begin, begin + count) of a sequence as float, keys and values [count, kv_heads, D],
@@ -119,14 +122,16 @@ void read_tokens(const KvCache::Impl& cache, const KvCache::Impl::Sequence& s, s
 
 /// Attention of q [N, T, H, D] over the cache after an append of T tokens to each of
 /// `sequences` (batch b's history is sequences[b]'s whole length, the last T tokens new):
-/// causal, bottom-right aligned, each new token seeing at most the last `window` keys up to
-/// itself (0: no window; the keys before the first new token's window are never read); query
-/// head h reads kv head h / (H / kv_heads). On `table`'s kernels, or the reference when it is
-/// nullptr. Throws only std::bad_alloc (scratch).
+/// causal, bottom-right aligned, each new token seeing at most the last `rule.window` keys up to
+/// itself (0: no window; the keys before the first new token's window are never read), with the
+/// rule's soft-capping, ALiBi (key k's position is its index in the history, new token t's is
+/// length - T + t) and sinks; query head h reads kv head h / (H / kv_heads). `rule` comes from
+/// check_cache_options. On `table`'s kernels, or the reference when it is nullptr. Throws only
+/// std::bad_alloc (scratch).
 void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& cache,
                           const std::vector<KvCache::Impl::Sequence*>& sequences,
                           const Heads<const float>& q, const Heads<float>& out, float scale,
-                          int threads, std::size_t window);
+                          int threads, const MaskRule& rule);
 
 }  // namespace detail
 }  // namespace simdattn

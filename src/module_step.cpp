@@ -36,11 +36,13 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
                             ", the module has kv_heads " + std::to_string(kvh) + " of head_dim " +
                             std::to_string(d));
   }
-  const auto [scale, threads, window] = detail::check_cache_options(where, options, d);
+  const auto [scale, threads, rule] = detail::check_cache_options(where, options, heads, d);
   const std::size_t bytes = x.n * x.l * e * sizeof(float);
   if (detail::overlaps(out.data, bytes, x.data, bytes)) {
     detail::fail(where, "out overlaps x: an in-place step is not supported");
   }
+  detail::check_apart(where, {out.data, bytes, "out"},
+                      detail::option_inputs(Mask{}, options, x.n, 0));
   const std::size_t rows = x.n * x.l;
   if (rows > std::numeric_limits<std::size_t>::max() / (2 * sizeof(float)) / (row + e)) {
     detail::fail(where, "the scratch of " + std::to_string(rows) + " projected rows overflows");
@@ -77,7 +79,7 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
   detail::commit_append(c, plan);
   try {
     detail::run_cached_attention(table, c, plan.sequences, {qkv, n, t, heads, d, row, t * row},
-                                 {attn, n, t, heads, d, e, t * e}, scale, threads, window);
+                                 {attn, n, t, heads, d, e, t * e}, scale, threads, rule);
   } catch (...) {
     detail::undo_append(c, plan.undo);
     throw;

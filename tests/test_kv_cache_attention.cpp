@@ -1,8 +1,9 @@
 // Attention over a KvCache through the public core API (already-projected heads): decoding token
 // by token and prefill in chunks equal one causal pass over the whole sequence (double oracle
-// that repeats K/V heads, relative error <= 1e-6, bitwise across thread counts); ragged batches
-// equal each sequence alone; grouped-query and multi-query heads; bf16/f16 storage within its
-// stated bound; refused calls leave the cache as it was. CTest runs this once per ISA.
+// that repeats K/V heads, relative error <= 1e-6, bitwise across thread counts), with a sliding
+// window, ALiBi, soft-capping and sinks too; ragged batches equal each sequence alone;
+// grouped-query and multi-query heads; bf16/f16 storage within its stated bound; refused calls
+// leave the cache as it was. CTest runs this once per ISA.
 #include <cfloat>
 #include <cstring>
 #include <string>
@@ -37,9 +38,12 @@ struct Sequence {
 };
 
 // The double oracle: one causal pass over the whole sequence with each K/V head repeated for the
-// H / kv_heads query heads that read it; [L, H, D]. `k` and `v` are what the cache holds.
+// H / kv_heads query heads that read it, with the window and score modifications of `variant`
+// (ALiBi positions are indices in the whole sequence); the outputs of tokens [first, L),
+// [L - first, H, D]. `k` and `v` are what the cache holds.
 std::vector<double> oracle(const Sequence& s, const std::vector<float>& k,
-                           const std::vector<float>& v, float scale, std::size_t window = 0) {
+                           const std::vector<float>& v, float scale, const Options& variant = {},
+                           std::size_t first = 0) {
   const std::size_t g = s.h / s.kvh;
   std::vector<double> kd(s.l * s.h * s.d), vd(s.l * s.h * s.d);
   for (std::size_t t = 0; t < s.l; ++t) {
@@ -50,16 +54,18 @@ std::vector<double> oracle(const Sequence& s, const std::vector<float>& k,
       }
     }
   }
-  const auto qd = test::to_double(s.q);
-  std::vector<double> out(s.l * s.h * s.d);
-  detail::MaskRule rule{Mask{}, Causal::top_left, s.l, s.l};
-  rule.window = window;
-  const std::size_t hd = s.h * s.d;
+  const std::size_t hd = s.h * s.d, lq = s.l - first;
+  const auto qd = test::to_double(s.q.data() + first * hd, lq * hd);
+  std::vector<double> out(lq * hd);
+  // Bottom-right: the last lq queries of the sequence's causal pass.
+  Options causal = variant;
+  causal.causal = Causal::bottom_right;
+  const detail::MaskRule rule = detail::resolve_rule("oracle", Mask{}, causal, 1, s.h, lq, s.l);
   using CH = reference::Heads<const double>;
-  reference::attention<double>(CH{qd.data(), 1, s.l, s.h, s.d, hd, 0},
+  reference::attention<double>(CH{qd.data(), 1, lq, s.h, s.d, hd, 0},
                                CH{kd.data(), 1, s.l, s.h, s.d, hd, 0},
                                CH{vd.data(), 1, s.l, s.h, s.d, hd, 0},
-                               reference::Heads<double>{out.data(), 1, s.l, s.h, s.d, hd, 0}, rule,
+                               reference::Heads<double>{out.data(), 1, lq, s.h, s.d, hd, 0}, rule,
                                static_cast<double>(scale), MaskedRows::uniform);
   return out;
 }
@@ -142,7 +148,9 @@ TEST_CASE("cache attention: a sliding window, token by token and in chunks, equa
     const Sequence s(c.l, c.h, c.kvh, c.d, 400 + 10 * index++);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
     for (std::size_t w : {1, 7, 64, 600, 5000}) {
-      const auto ref = oracle(s, s.k, s.v, scale, w);
+      Options windowed;
+      windowed.window = w;
+      const auto ref = oracle(s, s.k, s.v, scale, windowed);
       for (Path path : kPaths) {
         for (std::size_t chunk : {1, 7, 300}) {
           std::vector<float> by_threads[2];
@@ -165,6 +173,107 @@ TEST_CASE("cache attention: a sliding window, token by token and in chunks, equa
   }
 }
 
+namespace {
+
+// The score modifications that apply over a cache, for h query heads and sequences of l tokens:
+// the Options point into the vectors (move-only: a moved vector keeps its buffer).
+enum class Mod { alibi, alibi_given, softcap, sinks, all };
+constexpr Mod kMods[] = {Mod::alibi, Mod::alibi_given, Mod::softcap, Mod::sinks, Mod::all};
+struct CacheVariant {
+  std::string name;
+  std::vector<float> slopes, sinks;
+  Options options;
+  CacheVariant(Mod mod, std::size_t h, std::size_t l, std::uint64_t seed) {
+    if (mod == Mod::alibi || mod == Mod::all) options.alibi.enabled = true;
+    if (mod == Mod::alibi_given) {
+      // Slopes of either sign that shrink with the keys' span (a score of hundreds in float is
+      // off by more than the tolerance: conditioning, not the code).
+      slopes = test::random_normal(h, seed, 0.5f * std::min(1.0f, 33.0f / static_cast<float>(l)));
+      options.alibi = Alibi{true, PerHead{slopes.data(), h}};
+    }
+    if (mod == Mod::softcap) options.softcap = 1.5f;
+    if (mod == Mod::all) options.softcap = 2.0f;
+    if (mod == Mod::sinks || mod == Mod::all) {
+      sinks = test::random_normal(h, seed + 1, 2.0f);
+      options.sinks = PerHead{sinks.data(), h};
+    }
+    const char* names[] = {"ALiBi", "ALiBi, given slopes", "softcap 1.5", "sinks",
+                           "softcap 2 + ALiBi + sinks"};
+    name = names[static_cast<int>(mod)];
+  }
+  CacheVariant(CacheVariant&&) = default;
+  CacheVariant(const CacheVariant&) = delete;
+  CacheVariant& operator=(const CacheVariant&) = delete;
+};
+
+}  // namespace
+
+TEST_CASE("cache attention: ALiBi, softcap and sinks, with a window and GQA, equal one pass",
+          "[kv_cache][attention][variants]") {
+  struct Case {
+    std::size_t l, h, kvh, d;
+    bool every_mod;  // else the combined one only
+  };
+  // Lengths 1, 2, 7 and 33 with head_dim 3, 1, 15 and 17, grouped and multi-query heads. 530
+  // tokens over 16 heads, for the optimized path: the last decode steps span two slices of 512
+  // keys (the sinks join after their merge) and are above the serial limit, so 2 threads split
+  // them; only tokens from 460 on are checked (time: the oracle). 24 heads over 1 kv head: decode
+  // steps take the gathered path's decode kernel, chunks of 7 and 64 its tiles.
+  const Case cases[] = {{1, 3, 1, 3, true},   {2, 4, 4, 1, true},      {7, 6, 3, 15, true},
+                        {33, 4, 2, 17, true}, {530, 16, 2, 33, false}, {130, 24, 1, 3, false}};
+  std::size_t index = 0;
+  for (const Case& c : cases) {
+    const Sequence s(c.l, c.h, c.kvh, c.d, 900 + 10 * index++);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    for (Mod mod : kMods) {
+      if (!c.every_mod && mod != Mod::all) continue;
+      for (std::size_t w : {0, 7}) {
+        CacheVariant x(mod, c.h, c.l, 60 + index);
+        if (w != 0) x.options.window = w;
+        const std::size_t first = c.l > 500 ? 460 : 0;
+        const auto ref = oracle(s, s.k, s.v, scale, x.options, first);
+        const std::size_t skip = first * c.h * c.d;
+        for (Path path : kPaths) {
+          if (path == Path::naive && first != 0) continue;
+          for (std::size_t chunk : {1, 7, 64}) {
+            std::vector<float> by_threads[2];
+            for (int t = 0; t < (path == Path::naive ? 1 : 2); ++t) {
+              INFO("L " << c.l << " H " << c.h << " kv_heads " << c.kvh << " D " << c.d << ", "
+                        << x.name << ", window " << w << ", chunk " << chunk << ", path "
+                        << path_name(path) << ", threads " << kThreads[t]);
+              Options o = x.options;
+              o.path = path;
+              o.threads = kThreads[t];
+              by_threads[t] = run_chunks(s, chunk, KvStorage::f32, o);
+              test::check_close(by_threads[t].data() + skip, ref, "cache attention", kCacheRelTol,
+                                kCacheMaxTol);
+            }
+            if (path == Path::optimized) {
+              INFO(x.name << ", window " << w << ", chunk " << chunk);
+              CHECK(test::same_bits(by_threads[0], by_threads[1]));
+            }
+          }
+          // Half storage: the kernel's rounding on top of the storage's is as small as f32's.
+          if (mod != Mod::all || w != 7) continue;
+          for (KvStorage storage : {KvStorage::bf16, KvStorage::f16}) {
+            const auto [k, v] = stored(s, storage);
+            const auto half_ref = oracle(s, k, v, scale, x.options, first);
+            for (std::size_t chunk : {1, 64}) {
+              INFO("L " << c.l << " H " << c.h << ", " << x.name << ", window 7, "
+                        << kv_storage_name(storage) << ", chunk " << chunk << ", path "
+                        << path_name(path));
+              Options o = x.options;
+              o.path = path;
+              test::check_close(run_chunks(s, chunk, storage, o).data() + skip, half_ref,
+                                "half storage vs its oracle", kCacheRelTol, kCacheMaxTol);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("cache attention: a window bounds the keys read (NaN keys before it never reach out)",
           "[kv_cache][attention][window]") {
   // Tokens [0, 128) hold NaN keys and values. With window 600, tokens from 800 on see keys from
@@ -174,7 +283,9 @@ TEST_CASE("cache attention: a window bounds the keys read (NaN keys before it ne
   std::fill(s.v.begin(), s.v.begin() + 128 * s.kvh * s.d, std::nanf(""));
   const std::size_t w = 600, start = 800;
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
-  const auto full = oracle(s, s.k, s.v, scale, w);
+  Options windowed;
+  windowed.window = w;
+  const auto full = oracle(s, s.k, s.v, scale, windowed);
   const std::vector<double> ref(full.begin() + start * s.h * s.d, full.end());
   for (Path path : kPaths) {
     // Decode steps (the paged kernel) and chunks of 50 (the gathered path: 2 x 50 rows).
@@ -415,28 +526,44 @@ TEST_CASE("cache attention: refused calls name the values and leave the cache as
                                    heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
     });
     bad = o;
-    bad.softcap = 30.0f;
-    refused({"options.softcap is set"}, [&] {
-      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
-                                   heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
-    });
-    bad = o;
     bad.window = 0;
     refused({"options.window must be >= 1 (unset for no window), got 0"}, [&] {
       scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
     });
-    for (const char* option : {"bias", "alibi", "sinks", "key_padding", "weights"}) {
+    // The score modifications that apply over a cache are checked as everywhere else; the
+    // options that are tensors over the keys are refused.
+    std::vector<float> extra(200 * 200 * 8, 0.0f);
+    std::vector<std::uint8_t> padding(200, 0);
+    extra[1] = std::nanf("");
+    for (const std::string name :
+         {"softcap", "alibi", "sinks", "out", "bias", "key_padding", "weights"}) {
       bad = o;
-      std::vector<float> extra(200 * 200 * 8, 0.0f);
-      std::vector<std::uint8_t> padding(200, 0);
-      const std::string name = option;
+      std::vector<std::string> words;
+      if (name == "softcap") {
+        bad.softcap = std::nanf("");
+        words = {"options.softcap must be finite and > 0 (unset for none), got nan"};
+      }
+      if (name == "alibi") {
+        bad.alibi = Alibi{true, PerHead{extra.data(), 3}};
+        words = {"options.alibi.slopes has 3 values, one per query head needs H = 4"};
+      }
+      if (name == "sinks") {
+        bad.sinks = PerHead{extra.data(), h};
+        words = {"options.sinks[1] must be finite, got nan"};
+      }
+      if (name == "out") {  // the sinks are read while out is written
+        bad.sinks = PerHead{out.data(), h};
+        words = {"out overlaps options.sinks"};
+      }
       if (name == "bias") bad.bias = Bias{extra.data(), 1, 1, 1, 71};
-      if (name == "alibi") bad.alibi.enabled = true;
-      if (name == "sinks") bad.sinks = PerHead{extra.data(), h};
       if (name == "key_padding") bad.key_padding = KeyPadding{padding.data(), 1, 71};
       if (name == "weights") bad.weights = AttentionWeights{extra.data(), extra.size(), false};
-      refused({"options." + name + " is set: attention over a KvCache does not support it"}, [&] {
+      if (words.empty()) {
+        words = {"options." + name + " is set: attention over a KvCache does not support it",
+                 "window, softcap, alibi and sinks do apply"};
+      }
+      refused(words, [&] {
         scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                      heads(1, 1, kvh, d), outv(1, 1, h, d), bad);
       });

@@ -1,8 +1,9 @@
 // MultiHeadAttention::step with a KvCache: token-by-token decoding and prefill in chunks of 1, 7,
 // 64 and 300 tokens agree with one causal forward over the whole sequence (the double oracle,
 // relative error <= 1e-6, bitwise across thread counts), for kv_heads = heads, grouped and
-// multi-query modules, f32 and half storage; ragged batches equal each sequence alone; refused
-// calls leave the cache as it was. CTest runs this once per ISA.
+// multi-query modules, f32 and half storage, with ALiBi, soft-capping, sinks and a window; ragged
+// batches equal each sequence alone; refused calls leave the cache as it was. CTest runs this
+// once per ISA.
 #include <cstring>
 #include <string>
 #include <vector>
@@ -84,6 +85,50 @@ TEST_CASE("module step: token by token and chunked prefill equal one causal forw
       }
     }
     ++index;
+  }
+}
+
+TEST_CASE("module step: ALiBi, softcap and sinks, with a window and GQA, equal one forward",
+          "[module][kv_cache][variants]") {
+  struct Case {
+    std::size_t e, heads, kv_heads, l, window;  // window 0: none
+  };
+  // head_dim 16, 17 and 3; lengths 33, 7 and 130; kv_heads = heads, grouped, multi-query.
+  const Case cases[] = {
+      {64, 4, 2, 33, 0}, {51, 3, 3, 7, 0}, {48, 16, 1, 130, 7}, {64, 4, 4, 33, 7}};
+  std::size_t index = 0;
+  for (const Case& c : cases) {
+    const MultiHeadAttention m = module_with_biases(c.e, c.heads, c.kv_heads, 40 + index);
+    const Tensor x(1, c.l, c.e, test::random_normal(c.l * c.e, 50 + index));
+    const auto sinks = test::random_normal(c.heads, 60 + index, 2.0f);
+    ++index;
+    for (int mod = 0; mod < 4; ++mod) {
+      // ALiBi, softcap, sinks, and the three together.
+      Options v;
+      if (mod == 0 || mod == 3) v.alibi.enabled = true;
+      if (mod == 1 || mod == 3) v.softcap = 1.5f;
+      if (mod == 2 || mod == 3) v.sinks = PerHead{sinks.data(), c.heads};
+      if (c.window != 0) v.window = c.window;
+      Options causal = v;
+      causal.causal = Causal::top_left;
+      const auto ref = test::oracle_forward(m, x, x, x, {}, causal);
+      for (Path path : kPaths) {
+        for (std::size_t chunk : {1, 7, 64}) {
+          std::vector<float> by_threads[2];
+          for (int t = 0; t < 2; ++t) {
+            INFO("E " << c.e << " heads " << c.heads << " kv_heads " << c.kv_heads << " L " << c.l
+                      << ", window " << c.window << ", variant " << mod << ", chunk " << chunk
+                      << ", path " << path_name(path) << ", threads " << kThreads[t]);
+            Options o = v;
+            o.path = path;
+            o.threads = kThreads[t];
+            by_threads[t] = step_chunks(m, x, chunk, o);
+            test::check_close(by_threads[t].data(), ref, "step", kStepRelTol, kStepMaxTol);
+          }
+          CHECK(test::same_bits(by_threads[0], by_threads[1]));
+        }
+      }
+    }
   }
 }
 
@@ -221,9 +266,15 @@ TEST_CASE("module step: refused calls name the values and leave the cache as it 
     refused({"options.window must be >= 1 (unset for no window), got 0"}, [&] {
       m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad);
     });
+    std::vector<float> bias(1000, 0.0f);
     bad = o;
-    bad.alibi.enabled = true;
-    refused({"options.alibi is set: attention over a KvCache does not support it"}, [&] {
+    bad.bias = Bias{bias.data(), 1, 1, 1, 71};
+    refused({"options.bias is set: attention over a KvCache does not support it"}, [&] {
+      m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad);
+    });
+    bad = o;
+    bad.sinks = PerHead{bias.data(), 3};
+    refused({"options.sinks has 3 values, one per query head needs H = 4"}, [&] {
       m.step(cache, {a}, {x.data(), 1, 1, e}, out1, bad);
     });
     const MultiHeadAttention mha(e, heads, 1);

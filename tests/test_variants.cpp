@@ -1,7 +1,8 @@
 // Attention variants: additive float bias, ALiBi, sliding window, logit soft-capping, attention
 // sinks, key padding, Dv != Dk, [N, H, L, D] layouts and the attention weights, each alone and
 // combined with causal alignments, every mask kind, grouped K/V heads and each other, on odd
-// sizes, through both paths (the suite runs once per ISA), threads 1, 2 and 3 bitwise equal.
+// sizes, through both paths (the suite runs once per ISA), threads 1, 2 and 3 bitwise equal;
+// those that apply over a KvCache (ALiBi, softcap, sinks, window) there too.
 //
 // Two oracles: the double reference (test::oracle_sdpa_all, the library's reference on double)
 // for every case, and, for the semantics themselves, brute_force() below: the documented
@@ -424,6 +425,64 @@ TEST_CASE("variants: the fused kernels over many key blocks, row tasks and decod
                                << ", mask " << test::mask_kind_name(mk));
             const auto out = run_threads(p, m.mask, o, Path::optimized);
             test::check_close(out.data(), ref.out, "vs oracle");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("variants: over a KvCache, ALiBi, softcap, sinks and window equal one causal call",
+          "[variants][kv_cache]") {
+  // A cache holds the first Lk - Lq tokens of 2 sequences; one call attends from the last Lq:
+  // the same as one bottom-right causal call over all Lk keys (the oracle), ALiBi positions
+  // included. Grouped K/V heads (4 over 2); bias, key padding and weights are refused over a
+  // cache (tests/test_kv_cache_attention.cpp).
+  const Kind kinds[] = {Kind::alibi, Kind::alibi_given, Kind::softcap, Kind::sinks, Kind::window};
+  for (std::size_t d : {1, 3, 15, 17}) {
+    for (std::size_t lq : {1, 2, 7, 33}) {
+      for (std::size_t lk : {2, 7, 33, 40}) {
+        if (lk <= lq) continue;  // the cache holds at least one token
+        const std::size_t history = lk - lq;
+        const Problem p(2, lq, lk, 4, 2, d, d, 600 + d * 7 + lq * 3 + lk);
+        for (int which = 0; which < 6; ++which) {
+          // The five kinds alone, then softcap + given ALiBi + sinks + window together.
+          Variant x = make_variant(which < 5 ? kinds[which] : Kind::alibi_given, p.n, p.h, lq, lk);
+          Variant sinks = make_variant(Kind::sinks, p.n, p.h, lq, lk);
+          Options o = x.options;
+          if (which == 5) {
+            o.softcap = 2.0f;
+            o.sinks = sinks.options.sinks;
+            o.window = 7;
+          }
+          o.causal = Causal::bottom_right;
+          const auto ref = p.oracle({}, o);
+          const std::size_t kv_row = p.hkv * d, kv_batch = lk * kv_row;
+          for (Path path : kPaths) {
+            std::vector<float> first;
+            for (int threads : {1, 2}) {
+              INFO(shape_name(p) << ", "
+                                 << (which < 5 ? x.name : "softcap + ALiBi + sinks + window")
+                                 << ", " << path_name(path) << ", threads " << threads);
+              KvCache cache(test::cache_config(2, p.hkv, d));
+              const std::vector<SequenceId> ids = {cache.add_sequence(), cache.add_sequence()};
+              cache.append(ids, {p.k.data(), p.n, history, p.hkv, d, kv_row, kv_batch},
+                           {p.v.data(), p.n, history, p.hkv, d, kv_row, kv_batch});
+              std::vector<float> out(p.out_size(), std::nanf(""));
+              Options call = o;
+              call.path = path;
+              call.threads = threads;
+              scaled_dot_product_attention(
+                  cache, ids, p.qv(),
+                  {p.k.data() + history * kv_row, p.n, lq, p.hkv, d, kv_row, kv_batch},
+                  {p.v.data() + history * kv_row, p.n, lq, p.hkv, d, kv_row, kv_batch},
+                  HeadsView<float>{out.data(), p.n, lq, p.h, d}, call);
+              test::check_close(out.data(), ref.out, "vs oracle");
+              if (threads == 1)
+                first = out;
+              else
+                CHECK(test::same_bits(first, out));
+            }
           }
         }
       }

@@ -170,12 +170,18 @@ class KvCache {
 /// options.window (sliding window) applies: new token t then sees the last `window` keys up to
 /// itself, [P + t + 1 - window, P + t], and keys before the first new token's window are not
 /// read at all (a decode step reads min(length, window) keys, rounded out to 64-key blocks).
-/// The other score modifications and extra outputs of Options (softcap, bias, alibi, sinks,
-/// key_padding, weights) are not supported over a cache: setting one is an error.
+/// options.softcap, options.alibi and options.sinks apply as in the attention core (types.hpp,
+/// "Scores"; slopes and sinks per query head, H of them) with the positions of one causal pass
+/// over the whole sequence: key k at its index in the history, new token t at P + t, so ALiBi
+/// adds slope_h * (k - P - t) and chunked prefill, token-by-token decoding and one causal call
+/// over the whole sequence agree. options.bias, options.key_padding and options.weights (tensors
+/// over the keys, whose shape has no fixed meaning over a growing history) are not supported
+/// over a cache: setting one is an error naming it.
 ///
 /// Throws std::invalid_argument, with the cache unchanged, on anything append() refuses, a
 /// query or out that does not match (N, T, D, H a multiple of kv_heads), a top-left causal
-/// option, an unsupported option, a bad scale or thread count, or `out` overlapping an input.
+/// option, an unsupported option, a bad window, softcap, slope or sink, a bad scale or thread
+/// count, or `out` overlapping an input (the slopes and sinks included).
 void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>& ids,
                                   const ConstHeadsView& query, const ConstHeadsView& keys,
                                   const ConstHeadsView& values, const HeadsView<float>& out,

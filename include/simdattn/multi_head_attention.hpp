@@ -123,12 +123,15 @@ class MultiHeadAttention {
   ///
   /// The cache must hold kv_heads() heads of head_dim(). options.causal must be none or
   /// bottom_right (the step is always causal as above); options.masked_rows does not apply;
-  /// options.window (sliding window) applies and bounds the keys a step reads; the other score
-  /// modifications of Options are not supported (see kv_cache.hpp).
+  /// options.window (sliding window) applies and bounds the keys a step reads; options.softcap,
+  /// options.alibi and options.sinks apply with the positions of forward() over the whole
+  /// sequence (token P + t for new token t); bias, key_padding and weights are not supported
+  /// (see kv_cache.hpp).
   /// Throws std::invalid_argument, with the cache unchanged, on a shape mismatch, a cache of
   /// other heads or head_dim, ids.size() != N, an unknown or repeated id, T = 0, too few free
-  /// blocks, a top-left causal option, x or out with strides other than row-major, or `out`
-  /// overlapping x.
+  /// blocks, a top-left causal option, an unsupported option or a bad value of a supported one,
+  /// x or out with strides other than row-major, or `out` overlapping x (or the slopes or
+  /// sinks).
   void step(KvCache& cache, const std::vector<SequenceId>& ids, const ConstTensorView& x,
             const TensorView<float>& out, const Options& options = {}) const;
   /// Convenience form returning a new [N, T, E] tensor.

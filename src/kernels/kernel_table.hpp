@@ -118,7 +118,8 @@ inline std::size_t decode_scratch_floats(std::size_t heads) {
 /// heads that read one kv head, for `tokens` new tokens (rows = groups x tokens <=
 /// kPagedMaxRows, row t x groups + g), against keys [key_begin, key_end) of one sequence of
 /// rule.lk keys. Row (t, g) sees the keys the rule gives query t (causal, offset rule.lk -
-/// tokens: the new tokens are the sequence's last).
+/// tokens: the new tokens are the sequence's last), with soft-capping and the ALiBi slope
+/// alibi[g] (query position t + rule.offset) applied to its scores; sinks are the driver's.
 struct PagedAttentionArgs {
   const float* q = nullptr;  // row (t, g) at q + t * q_stride + g * q_head_stride
   std::size_t q_stride = 0;
@@ -141,8 +142,11 @@ struct PagedAttentionArgs {
   std::size_t key_begin = 0;  // a multiple of kKeyBlock
   std::size_t key_end = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;          // 0: none
+  const float* alibi = nullptr;  // one slope per group g (query head), or nullptr
   /// Output: one record per row (partial_record_floats(d) floats each): the slice's
-  /// log-sum-exp at [0], its normalised output from [16] (see merge.hpp).
+  /// log-sum-exp at [0] (scores modified, no sink), its normalised output from [16] (see
+  /// merge.hpp).
   float* partial = nullptr;
   float* scratch = nullptr;  // paged_scratch_floats(d) floats, 64-byte aligned
 };

@@ -20,7 +20,10 @@
 // t), key_end(rule, t)), with the rule's offset length - T for new tokens that end the sequence
 // (key_begin > 0 under a sliding window). Scores of keys outside them (and past the sequence)
 // become -inf before the softmax, and no V row past the sequence is read; the driver starts the
-// slices at the first row's window, so keys before it are not read at all. The task writes one
+// slices at the first row's window, so keys before it are not read at all. Soft-capping and
+// ALiBi (score_mods_vec.hpp; row (t, g) sits at position t + offset) change a block's scores
+// before that hiding; the sinks join each row's denominator in the driver, after the slices
+// merge. The task writes one
 // record per row, the slice's log-sum-exp and normalised output, that the driver merges across
 // slices in slice order (merge.hpp), so results do not depend on the thread count. Block sizes:
 // blocking.hpp (PagedTileFor, kPagedMaxRows, kPagedSlice). Single-threaded, no allocation, scratch
@@ -34,6 +37,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/attention/score_mods_vec.hpp"
 #include "kernels/blocking.hpp"
 #include "kernels/kernel_table.hpp"
 #include "kernels/key_rule.hpp"
@@ -286,6 +290,7 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
     std::fill(a.partial + r * rec, a.partial + (r + 1) * rec, 0.0f);
   }
   const std::size_t end = std::min(a.key_end, key_end(a.rule, a.tokens - 1));
+  const bool modify = a.softcap != 0.0f || a.alibi != nullptr;
   const E* pool = reinterpret_cast<const E*>(a.pool);
   const std::size_t block_elems = a.block_bytes / sizeof(E);
   for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
@@ -318,6 +323,12 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
     }
     std::size_t used = 0;  // keys of this block that some row sees
     for (std::size_t r = 0; r < rows; ++r) {
+      if (modify) {  // the scores are final here; hiding comes after
+        ScoreMods mods;
+        mods.softcap = a.softcap;
+        if (a.alibi != nullptr) mods.alibi_slope = a.alibi[r % a.groups];
+        modify_score_row<Arch>(a.rule, mods, r / a.groups, k0, nk, s + r * kKeyBlock);
+      }
       const std::size_t row_end = key_end(a.rule, r / a.groups);
       const std::size_t visible = row_end <= k0 ? 0 : std::min(nk, row_end - k0);
       used = std::max(used, visible);
