@@ -3,6 +3,8 @@
 //   cache/optimized/decode/...    one decode step of the attention core over the cache
 //                                 (scaled_dot_product_attention(KvCache&, ...)): Lk = 4096,
 //                                 E = 1024, H = 16, kv_heads 16 and 4, f32 / bf16 / f16 storage
+//   cache/optimized/decode_alibi/..., decode_softcap, decode_sinks, decode_mods (the three)
+//                                 the f32 step with score modifications, on the same caches
 //   cache/optimized/batch/...     the same for 8 sequences of 128 to 4096 tokens in one call
 //   step/optimized/decode/...     MultiHeadAttention::step of one token at Lk = 4096: the Q/K/V
 //                                 projection of the token, the append, the attention and the
@@ -93,11 +95,24 @@ std::string name_of(const std::string& op, const std::string& c, std::size_t n,
   return name;
 }
 
-Options options_for(int threads, OptIsa isa, Path path = Path::optimized) {
+// The score modifications of a decode case: none, ALiBi (the paper's slopes), soft-capping at
+// 50 (Gemma 2's attention cap), sinks, or the three together.
+enum class Mods { none, alibi, softcap, sinks, all };
+constexpr Mods kMods[] = {Mods::alibi, Mods::softcap, Mods::sinks, Mods::all};
+const char* decode_case(Mods m) {
+  const char* names[] = {"decode", "decode_alibi", "decode_softcap", "decode_sinks", "decode_mods"};
+  return names[static_cast<int>(m)];
+}
+
+Options options_for(int threads, OptIsa isa, Path path = Path::optimized, Mods mods = Mods::none) {
+  static const std::vector<float> sinks(kH, 0.5f);
   Options o;
   o.threads = threads;
   o.path = path;
   o.isa = isa;
+  if (mods == Mods::alibi || mods == Mods::all) o.alibi.enabled = true;
+  if (mods == Mods::softcap || mods == Mods::all) o.softcap = 50.0f;
+  if (mods == Mods::sinks || mods == Mods::all) o.sinks = {sinks.data(), sinks.size()};
   return o;
 }
 
@@ -174,17 +189,17 @@ void set_bandwidth_counters(benchmark::State& state, double bytes, double second
 // Returns the seconds per call, or a negative number when the check failed.
 template <class Layers>
 double time_layers(benchmark::State& state, const std::string& name, Layers& w, std::size_t layers,
-                   int threads, OptIsa isa) {
+                   int threads, OptIsa isa, Mods mods = Mods::none) {
   std::vector<float> out, want;
-  w.run(0, options_for(threads, isa, Path::naive), want);
-  w.run(0, options_for(threads, isa), out);
+  w.run(0, options_for(threads, isa, Path::naive, mods), want);
+  w.run(0, options_for(threads, isa, Path::optimized, mods), out);
   const double err = rel_error(out, want);
   if (!(err <= kCheckRelTol)) {
     report_failed_check(name, "relative error " + std::to_string(err) + " against the naive path");
     state.SkipWithError("output check failed");
     return -1;
   }
-  const Options o = options_for(threads, isa);
+  const Options o = options_for(threads, isa, Path::optimized, mods);
   std::size_t layer = 0;
   const auto t0 = Clock::now();
   for (auto _ : state) {
@@ -199,9 +214,9 @@ double time_layers(benchmark::State& state, const std::string& name, Layers& w, 
 }
 
 void bench_cache(benchmark::State& state, const std::string& name, std::vector<std::size_t> lengths,
-                 std::size_t kvh, KvStorage s, int threads, OptIsa isa) {
+                 std::size_t kvh, KvStorage s, int threads, OptIsa isa, Mods mods = Mods::none) {
   CacheLayers& w = layers_for(lengths, kvh, s);
-  const double seconds = time_layers(state, name, w, w.caches.size(), threads, isa);
+  const double seconds = time_layers(state, name, w, w.caches.size(), threads, isa, mods);
   if (seconds < 0) return;
   double tokens = 0;
   for (std::size_t l : lengths) tokens += static_cast<double>(l);
@@ -344,6 +359,16 @@ void register_set_stream() {
           const std::string name = name_of("cache", "decode", 1, "4096", kvh, s, t, isa);
           add_benchmark(
               name, [=](benchmark::State& st) { bench_cache(st, name, {kLk}, kvh, s, t, isa); });
+        }
+        // What the score modifications cost over the plain step, on the same caches.
+        if (s != KvStorage::f32) continue;
+        for (Mods mods : kMods) {
+          for (int t : config().threads) {
+            const std::string name = name_of("cache", decode_case(mods), 1, "4096", kvh, s, t, isa);
+            add_benchmark(name, [=](benchmark::State& st) {
+              bench_cache(st, name, {kLk}, kvh, s, t, isa, mods);
+            });
+          }
         }
       }
     }
