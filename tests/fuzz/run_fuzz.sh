@@ -6,6 +6,8 @@
 # there as crash-*/timeout-* and printed, with the command that reproduces it.
 # fuzz_attention picks, per input, one of the ISAs this machine runs (the library's registry).
 # Usage: tests/fuzz/run_fuzz.sh [build-dir] [seconds-per-target]   (defaults: build-fuzz, 60)
+# SIMDATTN_FUZZ_SEED=N fixes libFuzzer's random seed (CI does, so that its short run repeats the
+# inputs that a longer local run with the same seed has covered); unset, every run explores anew.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build-fuzz}
@@ -28,7 +30,8 @@ fuzz() {
   mkdir -p "$work/corpus"
   echo "== $target${SIMDATTN_ISA:+ (SIMDATTN_ISA=$SIMDATTN_ISA)}: ${secs} s"
   if ! "$build/tests/fuzz/$target" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 \
-      -print_final_stats=1 -artifact_prefix="$work/" "$@" "$work/corpus" \
+      -print_final_stats=1 -artifact_prefix="$work/" ${SIMDATTN_FUZZ_SEED:+-seed="$SIMDATTN_FUZZ_SEED"} \
+      "$@" "$work/corpus" \
       "$root/tests/fuzz/corpus/$corpus" >"$work/log" 2>&1; then
     grep -vE '^ *#[0-9]+ |^(INFO|MS|0x|Base64|artifact_prefix)' "$work/log" | tail -n 40
     echo "run_fuzz.sh: $target found a failing input (see above); reproduce with:" >&2
