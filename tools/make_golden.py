@@ -7,9 +7,12 @@ manifest (tests/data/manifest.json) that lists the cases. tests/test_golden.cpp 
 without Python. Weights and inputs are drawn in float32 and the float64 computation uses
 exactly those values, so the expectation is exact for what the C++ test feeds in.
 
-The script is deterministic: rerunning it must leave `git diff --stat tests/data` empty.
+The script is deterministic: rerunning it on one machine leaves `git diff --stat tests/data`
+empty. Another CPU's float64 kernels may round the last bit of an expectation differently
+(relative 2e-16, far inside the tests' 1e-5), so after adding or changing cases rewrite only
+those with --only; the other files stay as they are and the manifest lists their hashes.
 
-    /usr/bin/python3 tools/make_golden.py [--out tests/data]
+    /usr/bin/python3 tools/make_golden.py [--out tests/data] [--only CASE ...]
 
 Tensors of a case file (E = embed size):
   weights       tutorial: queries.weight, keys.weight, values.weight, fc_out.weight, fc_out.bias
@@ -18,8 +21,17 @@ Tensors of a case file (E = embed size):
   query         F32 [N, Lq, E]; keys and values F32 [N, Lk, E] unless metadata["inputs"] says
                 that they are the query tensor ("self") or one tensor ("shared_kv": values)
   mask          U8 [N|1, H|1, Lq|1, Lk|1], if the case has one
+  attn_mask     F32 additive float mask, if the case has one, in the shape PyTorch took it:
+                nn.MultiheadAttention's [Lq, Lk] or [N * H, Lq, Lk] (row b * H + h), or for the
+                tutorial's math [N|1, H|1, Lq|1, Lk], added to the scaled scores; -inf hides a key
+  key_padding_mask
+                U8 [N, Lk], PyTorch's convention (nonzero = padding), if the case has one
   expected.<s>  F64 [N, Lq, E] for scale convention s: "scale_embed" (the tutorial's
                 energy / sqrt(E)) or "scale_head_dim" (1 / sqrt(E / H), nn.MultiheadAttention)
+  weights.<s>   F64 [N, H, Lq, Lk], the attention probabilities (need_weights=True,
+                average_attn_weights=False), in the cases that hold them
+  weights_averaged.<s>
+                F64 [N, Lq, Lk], their mean over the heads (average_attn_weights=True)
 
 Gradient cases (files grad_*.safetensors; metadata["scale"] names their one convention) also
 hold what autograd computes in float64 for the loss sum(out * grad.out):
@@ -58,7 +70,8 @@ class SelfAttention(nn.Module):
         self.queries = nn.Linear(embed_size, embed_size, bias=False)
         self.fc_out = nn.Linear(embed_size, embed_size)
 
-    def forward(self, values, keys, query, mask, scale="scale_embed", return_attention=False):
+    def forward(self, values, keys, query, mask, scale="scale_embed", return_attention=False,
+                bias=None):
         n = query.shape[0]
         value_len, key_len, query_len = values.shape[1], keys.shape[1], query.shape[1]
         values = self.values(values).reshape(n, value_len, self.heads, self.head_dim)
@@ -68,7 +81,10 @@ class SelfAttention(nn.Module):
         if mask is not None:
             energy = energy.masked_fill(mask == 0, float("-1e20"))
         divisor = self.embed_size if scale == "scale_embed" else self.head_dim
-        attention = torch.softmax(energy / (divisor ** (1 / 2)), dim=3)
+        energy = energy / (divisor ** (1 / 2))
+        if bias is not None:  # a float attn_mask: added to the scaled scores, as PyTorch does
+            energy = energy + bias
+        attention = torch.softmax(energy, dim=3)
         out = torch.einsum("nhql,nlhd->nqhd", [attention, values]).reshape(
             n, query_len, self.heads * self.head_dim)
         out = self.fc_out(out)
@@ -264,6 +280,81 @@ def mha_case(name, description, n, lq, lk, e, heads, inputs, lengths=None, prefi
     return case_file(name, description, "MultiheadAttention", heads, inputs, tensors, mask, prefix)
 
 
+def float_mask(shape, hidden):
+    """A float attn_mask of normal draws whose entries at the `hidden` index tuples are -inf."""
+    bias = randn(*shape)
+    for idx in hidden:
+        bias[idx] = float("-inf")
+    return bias
+
+
+def check_rows_see_a_key(name, hidden):
+    """PyTorch returns NaN for a row with no visible key (simdattn a MaskedRows policy): the
+    nn.MultiheadAttention fixtures must have none. hidden: bool [N, H, Lq, Lk]."""
+    assert not hidden.all(dim=3).any(), name
+
+
+def mha_weights_case(name, description, n, lq, lk, e, heads, inputs, attn_mask, lengths=None):
+    """nn.MultiheadAttention with a float attn_mask (added to the scaled scores), an optional
+    key_padding_mask, and need_weights=True: the output and the weights per head and averaged."""
+    seed_for(name)
+    model = nn.MultiheadAttention(e, heads, batch_first=True)
+    with torch.no_grad():
+        model.in_proj_bias.uniform_(-0.5, 0.5)
+        model.out_proj.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    query, keys, values, tensors = draw_inputs(n, lq, lk, e, inputs)
+    bias = attn_mask()  # drawn after the inputs, from the case's seed
+    double = nn.MultiheadAttention(e, heads, batch_first=True).double().eval()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    padding = None
+    hidden = torch.isinf(bias.reshape(-1, heads, lq, lk) if bias.dim() == 3 else bias)
+    hidden = hidden.expand(n, heads, lq, lk)
+    if lengths is not None:
+        padding = torch.ones(n, lk, dtype=torch.bool)
+        for b, length in enumerate(lengths):
+            padding[b, :length] = False
+        hidden = hidden | padding.reshape(n, 1, 1, lk)
+        tensors["key_padding_mask"] = padding.to(torch.uint8)
+    check_rows_see_a_key(name, hidden)
+    with torch.no_grad():
+        for average, key in ((False, "weights"), (True, "weights_averaged")):
+            out, weights = double(query.double(), keys.double(), values.double(),
+                                  key_padding_mask=padding, need_weights=True,
+                                  attn_mask=bias.double(), average_attn_weights=average)
+            tensors[key + ".scale_head_dim"] = weights
+    tensors.update(model.state_dict())
+    tensors["attn_mask"] = bias
+    tensors["expected.scale_head_dim"] = out
+    return case_file(name, description, "MultiheadAttention", heads, inputs, tensors, None, "")
+
+
+def tutorial_weights_case(name, description, n, lq, lk, e, heads, inputs, mask, bias):
+    """The tutorial's math with a float bias [N|1, H|1, Lq|1, Lk] added to the scaled scores
+    (finite: its rows fully masked by the keep-mask stay uniform, as simdattn's are), and the
+    attention it returns, per head and averaged, for both scale conventions."""
+    seed_for(name)
+    model = SelfAttention(e, heads)
+    query, keys, values, tensors = draw_inputs(n, lq, lk, e, inputs)
+    bias = bias()
+    assert torch.isfinite(bias).all(), name
+    tensors.update(model.state_dict())
+    double = SelfAttention(e, heads).double()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        for scale in ("scale_embed", "scale_head_dim"):
+            out, attention = double(values.double(), keys.double(), query.double(),
+                                    mask.double(), scale, return_attention=True,
+                                    bias=bias.double())
+            check_fully_masked_rows(name, attention, mask, n, heads, lq, lk)
+            tensors["expected." + scale] = out
+            tensors["weights." + scale] = attention
+            tensors["weights_averaged." + scale] = attention.mean(dim=1)
+    tensors["mask"] = mask
+    tensors["attn_mask"] = bias
+    return case_file(name, description, "SelfAttention", heads, inputs, tensors, mask, "")
+
+
 def case_file(name, description, module, heads, inputs, tensors, mask, prefix, scale=None):
     query = tensors["query"]
     meta = {"case": name, "description": description, "module": module, "heads": str(heads),
@@ -274,13 +365,19 @@ def case_file(name, description, module, heads, inputs, tensors, mask, prefix, s
             mask, keep_tril(mask.shape[2], mask.shape[3])):
         meta["mask_equals_causal"] = "top_left"  # the same case again through Options::causal
     for k, v in tensors.items():
-        if k.startswith("expected."):
+        if k.startswith(("expected.", "weights")):
             assert torch.isfinite(v).all(), (name, k)
     info = {"file": name + ".safetensors", "description": description, "module": module,
             "N": query.shape[0], "Lq": query.shape[1],
             "Lk": tensors.get("values", query).shape[1], "E": query.shape[2], "heads": heads,
             "inputs": inputs, "mask": None if mask is None else list(mask.shape),
             "prefix": prefix, "expected": sorted(k for k in tensors if k.startswith("expected."))}
+    for extra in ("attn_mask", "key_padding_mask"):
+        if extra in tensors:
+            info[extra] = list(tensors[extra].shape)
+    weights = sorted(k for k in tensors if k.startswith("weights"))
+    if weights:
+        info["weights"] = weights
     gradients = sorted(k for k in tensors if k.startswith("grad."))
     if gradients:
         info["gradients"] = gradients
@@ -343,6 +440,28 @@ def all_cases():
                    "nn.MultiheadAttention inside a model (prefix), key padding N = 3",
                    3, 11, 11, 40, 5, "self", lengths=[11, 4, 8],
                    prefix="encoder.layers.0.self_attn.")
+    # Float attn_mask (additive bias) and need_weights.
+    yield mha_weights_case(
+        "mha_float_mask",
+        "nn.MultiheadAttention, self-attention, head_dim 15 (E = 30, H = 2), float attn_mask "
+        "[L, L] with -inf entries, key padding lengths 6, 4, need_weights",
+        2, 6, 6, 30, 2, "self", lambda: float_mask((6, 6), [(0, 3), (2, 0), (2, 1), (5, 2)]),
+        lengths=[6, 4])
+    yield mha_weights_case(
+        "mha_float_mask_cross",
+        "nn.MultiheadAttention, cross-attention Lq = 5, Lk = 7 (E = 12, H = 3), float attn_mask "
+        "[N * H, Lq, Lk] with -inf entries, key padding lengths 7, 3, need_weights",
+        2, 5, 7, 12, 3, "distinct",
+        lambda: float_mask((6, 5, 7), [(0, 0, 6), (1, 4, 0), (1, 4, 1), (4, 2, 0), (5, 0, 2)]),
+        lengths=[7, 3])
+    keep = torch.ones(2, 1, 4, 5, dtype=torch.uint8)
+    keep[0, 0, 1, :] = 0
+    keep[1, 0, 3, 2:] = 0
+    yield tutorial_weights_case(
+        "bias_weights",
+        "the tutorial's math with a float bias [1, H, 1, Lk], head_dim 3 (E = 12, H = 4), "
+        "keep-mask [N, 1, Lq, Lk] with a fully masked row, attention weights",
+        2, 4, 5, 12, 4, "distinct", keep, lambda: randn(1, 4, 1, 5) * 2)
     yield dtypes_file()
     # Gradients (the training fixtures), the tutorial's scale unless said otherwise.
     yield tutorial_grad_case("grad_self", "gradients: self-attention, x [2, 6, 32], H = 4",
@@ -374,19 +493,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_out = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
     parser.add_argument("--out", default=default_out)
+    parser.add_argument("--only", nargs="+", metavar="CASE",
+                        help="write only these cases (file names without .safetensors); the "
+                        "manifest keeps the hashes of the files already there")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     manifest = {"generator": "tools/make_golden.py", "cases": []}
-    for name, data, info in all_cases():
-        with open(os.path.join(args.out, name + ".safetensors"), "wb") as f:
-            f.write(data)
+    cases = list(all_cases())
+    unknown = set(args.only or []) - {name for name, _, _ in cases}
+    if unknown:
+        parser.error(f"--only: no case named {', '.join(sorted(unknown))}")
+    written = 0
+    for name, data, info in cases:
+        path = os.path.join(args.out, name + ".safetensors")
+        if args.only is None or name in args.only:
+            with open(path, "wb") as f:
+                f.write(data)
+            written += 1
+        else:
+            with open(path, "rb") as f:  # kept: a missing file is an error
+                data = f.read()
         info["sha256"] = hashlib.sha256(data).hexdigest()
         manifest["cases"].append(info)
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
     total = sum(os.path.getsize(os.path.join(args.out, c["file"])) for c in manifest["cases"])
-    print(f"wrote {len(manifest['cases'])} files, {total} bytes, to {args.out}")
+    print(f"wrote {written} of {len(manifest['cases'])} files ({total} bytes in all) to {args.out}")
 
 
 if __name__ == "__main__":
