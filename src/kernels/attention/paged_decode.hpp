@@ -23,9 +23,9 @@
 // slices at the first row's window, so keys before it are not read at all. Soft-capping and
 // ALiBi (score_mods_vec.hpp; row (t, g) sits at position t + offset) change a block's scores
 // before that hiding; the sinks join each row's denominator in the driver, after the slices
-// merge. The task writes one
-// record per row, the slice's log-sum-exp and normalised output, that the driver merges across
-// slices in slice order (merge.hpp), so results do not depend on the thread count. Block sizes:
+// merge. The task writes one record per row, the slice's log-sum-exp and normalised output,
+// that the driver merges across slices in slice order (merge.hpp), so results do not depend on
+// the thread count. Block sizes:
 // blocking.hpp (PagedTileFor, kPagedMaxRows, kPagedSlice). Single-threaded, no allocation, scratch
 // from the driver.
 #pragma once
