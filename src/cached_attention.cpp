@@ -194,12 +194,13 @@ CacheCallOptions check_cache_options(const char* where, const Options& options, 
          "options.causal is top_left: attention over a cache is always causal with bottom-right "
          "alignment (use none or bottom_right)");
   }
-  // The window and the score modifications apply over a cache; these do not.
-  const char* unsupported = options.bias.data          ? "options.bias"
-                            : options.key_padding.data ? "options.key_padding"
-                            : options.weights.data     ? "options.weights"
-                                                       : nullptr;
-  if (unsupported != nullptr) {
+  // The window and the score modifications apply over a cache; the other variants do not.
+  Options others = options;
+  others.window.reset();
+  others.softcap.reset();
+  others.alibi = {};
+  others.sinks = {};
+  if (const char* unsupported = first_variant_option(others)) {
     fail(where, std::string(unsupported) +
                     " is set: attention over a KvCache does not support it (a tensor over the "
                     "keys has no fixed shape over a history that grows with every call; the "
