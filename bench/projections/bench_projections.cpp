@@ -34,24 +34,16 @@
 #include "isa/registry.hpp"
 #include "kernels/gemm/pack.hpp"
 #include "machine.hpp"
+#include "random_floats.hpp"
 #include "simdattn/simdattn.hpp"
 
 namespace {
 
+using bench::random_floats;
 using simdattn::Isa;
 using Clock = std::chrono::steady_clock;
 
 constexpr double kCheckRelTol = 1e-5;
-
-std::vector<float> random_floats(std::size_t count, std::uint32_t seed) {
-  std::vector<float> x(count);
-  std::uint32_t state = seed * 2654435761u + 1;
-  for (float& f : x) {
-    state = state * 1664525u + 1013904223u;
-    f = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
-  }
-  return x;
-}
 
 // One GEMM y = x W^T + b of the module: `rows` rows of `in` floats, `out` outputs.
 struct Gemm {

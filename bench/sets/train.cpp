@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "random_floats.hpp"
 #include "registration.hpp"
 #include "sets.hpp"
 
@@ -35,17 +36,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr double kBackwardFactor = 2.5;
 constexpr double kCheckRelTol = 1e-4;
-
-// Uniform in [-1, 1), written in place: no temporary copy adds to the memory case's peak.
-std::vector<float> random_floats(std::size_t count, std::uint32_t seed) {
-  std::vector<float> x(count);
-  std::uint32_t state = seed * 2654435761u + 1;
-  for (float& f : x) {
-    state = state * 1664525u + 1013904223u;
-    f = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
-  }
-  return x;
-}
 
 // One problem: inputs, the training forward's output and log-sum-exp, and the gradients.
 struct TrainCase {
