@@ -631,6 +631,7 @@ void attention_decode(const DecodeArgs& a) {
     const std::size_t end = std::min(a.key_end, key_end(a.rule, i));
     for (std::size_t k0 = begin; k0 < end; k0 += kKeyBlock) {
       const std::size_t nk = std::min(kKeyBlock, end - k0);
+      const std::size_t nk_vec = (nk + kW - 1) / kW * kW;
       const float* kb = a.k + k0 * a.k_stride;
       const float* vb = a.v + k0 * a.v_stride;
       for (std::size_t j0 = 0; j0 < nk; j0 += kW) {
@@ -675,10 +676,13 @@ void attention_decode(const DecodeArgs& a) {
         const KeyRule rule = head_rule(h);
         const ScoreMods mods = head_mods(h);
         if (changes_scores(rule, mods)) modify_score_row<Arch>(rule, mods, i, k0, nk, sh);
-        std::fill(sh + nk, sh + kKeyBlock, kHidden);
+        // Only the block's vectors of keys: a short block (the tutorial's 2 keys) computed
+        // the exponentials of all kKeyBlock lanes, 8x the work at AVX2. The hidden lanes of
+        // the last vector add exp(-inf) = +0 to the sum, so the result is the same bit for bit.
+        std::fill(sh + nk, sh + nk_vec, kHidden);
         if (hide_keys) hide_masked(rule, i, k0, nk, sh, 1);
         float* r = part + h * rec;
-        softmax_update<Arch>(sh, kKeyBlock, r[0], r[1], alpha[h]);
+        softmax_update<Arch>(sh, nk_vec, r[0], r[1], alpha[h]);
         // Rows with nothing visible yet keep o = 0 and p = 0: scaling by 1 changes nothing.
         float* o = r + 16;
         const V va(alpha[h]);
