@@ -145,9 +145,11 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
     std::size_t m, n, k;
   };
   // n past one and two panels, k past one kKc = 256 pass, m past one micro-tile; calls of
-  // fewer rows than a micro-tile (several panels per tile) with n past whole groups of them.
-  const Shape shapes[] = {{1, 1, 1},    {2, 17, 3},    {13, 33, 257}, {7, 48, 64},   {25, 100, 600},
-                          {3, 16, 512}, {12, 32, 256}, {2, 209, 300}, {1, 200, 257}, {5, 403, 64}};
+  // fewer rows than a micro-tile (several panels per tile) with n past whole groups of them,
+  // and remainders of panels shared with the tile before (the tutorial's 2 x 256 x 256).
+  const Shape shapes[] = {{1, 1, 1},      {2, 17, 3},   {13, 33, 257}, {7, 48, 64},
+                          {25, 100, 600}, {3, 16, 512}, {12, 32, 256}, {2, 209, 300},
+                          {1, 200, 257},  {5, 403, 64}, {2, 256, 256}, {1, 100, 70}};
   for (const kernels::KernelTable* t : tables()) {
     for (const Shape& sh : shapes) {
       for (bool with_bias : {false, true}) {

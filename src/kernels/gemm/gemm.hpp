@@ -109,29 +109,34 @@ constexpr std::size_t few_row_panels() {
   return kPanels < 1 ? 1 : kPanels > kMaxFewRowPanels ? kMaxFewRowPanels : kPanels;
 }
 
-/// gemm() for a call of kRows < kMr rows: one row block, kPanels panels per micro-tile, the last
-/// group of panels one panel at a time.
+/// gemm() for a call of kRows < kMr rows: one row block, kPanels panels per micro-tile. A
+/// remainder of fewer panels is shared with the tile before it (3 + 1 -> 2 + 2, 6 + 4 -> 5 + 5):
+/// one panel of 2 rows alone has 2 (AVX-512) or 4 (AVX2) FMA chains and waits on their latency
+/// (the tutorial's output projection, 16 panels, spent as long on its last 4 panels one at a
+/// time as on the other 12 on AVX-512).
 template <class Arch, std::size_t kRows>
 void gemm_few_rows(const GemmArgs& g) {
   constexpr std::size_t kPanels = few_row_panels<Arch, kRows>();
-  constexpr std::size_t kGroup = kPanels * kPanel;
   const std::size_t panel_stride = g.k * kPanel;
+  const std::size_t panels = (g.n + kPanel - 1) / kPanel;
   for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
     const std::size_t kc = std::min(kKc, g.k - k0);
     const bool first = k0 == 0;
     const float* a = g.a + k0;
-    std::size_t j0 = 0;
-    for (; j0 + kGroup <= g.n; j0 += kGroup) {
-      const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
+    for (std::size_t p0 = 0; p0 < panels;) {
+      const std::size_t left = panels - p0;
+      const std::size_t take = left >= 2 * kPanels || left == kPanels ? kPanels
+                               : left > kPanels                       ? (left + 1) / 2
+                                                                      : left;
+      const std::size_t j0 = p0 * kPanel;
+      const float* b = g.b_packed + p0 * panel_stride + k0 * kPanel;
       const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
-      gemm_ukernel<Arch, kRows, kPanels>(a, g.lda, b, panel_stride, kc, g.c + j0, g.ldc, kGroup,
-                                         bias, first);
-    }
-    for (; j0 < g.n; j0 += kPanel) {
-      const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
-      const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
-      gemm_ukernel<Arch, kRows, 1>(a, g.lda, b, panel_stride, kc, g.c + j0, g.ldc,
-                                   std::min(kPanel, g.n - j0), bias, first);
+      const std::size_t cols = std::min(take * kPanel, g.n - j0);
+      with_rows<kPanels>(take, [&](auto np) {
+        gemm_ukernel<Arch, kRows, decltype(np)::value>(a, g.lda, b, panel_stride, kc, g.c + j0,
+                                                       g.ldc, cols, bias, first);
+      });
+      p0 += take;
     }
   }
 }
