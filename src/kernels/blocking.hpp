@@ -179,10 +179,13 @@ inline constexpr std::size_t kGemmMinTaskCols = 32;
 
 // ---- when to use threads at all ------------------------------------------------------------
 
-/// Below these many multiply-adds a call runs on the calling thread alone: waking the OpenMP
-/// team and its barrier cost about a microsecond each, more than the work (the tutorial's
-/// [1, 2, 256] case). The attention core's tiles start slower, hence its larger limit.
-inline constexpr double kGemmSerialWork = 1 << 16;
+/// Below these many multiply-adds a call runs on the calling thread alone. An empty 2-thread
+/// OpenMP region measured 3 us (OMP_WAIT_POLICY=active) to 9-12 us (passive, which a shared
+/// machine needs) here, and a GEMM of 2^19 multiply-adds takes about 9.4 us on one core at the
+/// ymm FMA rate, so a second thread saves less than its region costs below that (the
+/// tutorial's [1, 2, 256] call, projections of 2^18.6 and 2^17, ran 3-5x slower on 2 threads
+/// than on 1). The attention core's tiles start slower, hence its own limit.
+inline constexpr double kGemmSerialWork = 1 << 19;
 inline constexpr double kAttentionSerialWork = 1 << 18;
 
 // ---- what the kernels rely on --------------------------------------------------------------
