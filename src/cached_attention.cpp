@@ -103,18 +103,31 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
   const std::size_t tasks = first_task[n];
   float* partial = thread_scratch(ScratchSlot::partials, tasks * per_task);
   if (work < kernels::kAttentionSerialWork) threads = 1;
+  // A job runs `together` kv heads (a divisor of kvh) over one slice: their keys and values lie
+  // side by side in each block, so the job streams long runs (see paged_decode.hpp); as many
+  // heads as leave at least 4 jobs per thread. The records stay one per (b, kv head, slice), so
+  // the grouping changes no arithmetic.
+  std::size_t together = kvh;
+  while (together > 1 && (tasks / kvh * (kvh / together) < 4 * static_cast<std::size_t>(threads) ||
+                          kvh % together != 0)) {
+    --together;
+  }
+  const std::size_t jobs = tasks / together;
   const std::size_t scratch_floats = kernels::paged_scratch_floats(d);
-  parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t task) {
+  parallel_tasks(jobs, threads, /*dynamic=*/true, [&](std::size_t job) {
+    const std::size_t task = job * together;  // the job's first record: heads are outermost
     const std::size_t b =
         std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1;
     const KvCache::Impl::Sequence& s = *sequences[b];
     const std::size_t slices = (first_task[b + 1] - first_task[b]) / kvh;
-    const std::size_t hk = (task - first_task[b]) / slices;
-    const std::size_t slice = (task - first_task[b]) % slices;
+    const std::size_t hg = (task - first_task[b]) / (slices * together);
+    const std::size_t slice = (task - first_task[b]) / together % slices;
+    const std::size_t hk = hg * together;
     kernels::PagedAttentionArgs a;
     a.q = q.at(b, 0, hk * groups);
     a.q_stride = q.row_stride;
     a.q_head_stride = q.heads_apart();
+    a.heads = together;
     a.groups = groups;
     a.tokens = t_new;
     a.d = d;
@@ -127,12 +140,15 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     a.block_tokens = c.config.block_tokens;
     a.key_offset = c.key_offset(hk);
     a.value_offset = c.value_offset(hk);
+    a.key_head_bytes = c.key_bytes;
+    a.value_head_bytes = c.value_bytes;
     a.row_elems = c.row_elems;
     a.storage = c.config.storage;
     a.key_begin = first_key[b] + slice * kernels::kPagedSlice;
     a.key_end = std::min(s.length, a.key_begin + kernels::kPagedSlice);
     a.scale = scale;
-    a.partial = partial + task * per_task;
+    a.partial = partial + (first_task[b] + hk * slices + slice) * per_task;
+    a.partial_head_stride = slices * per_task;
     a.scratch = thread_scratch(ScratchSlot::kernel, scratch_floats);
     table.paged_attention(a);
   });

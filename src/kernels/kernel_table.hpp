@@ -114,40 +114,47 @@ inline std::size_t decode_scratch_floats(std::size_t heads) {
   return heads * (kKeyBlock + 1) + 64;
 }
 
-/// One task of attention over a paged KV cache (attention/paged_decode.hpp): the `groups` query
-/// heads that read one kv head, for `tokens` new tokens (rows = groups x tokens <=
-/// kPagedMaxRows, row t x groups + g), against keys [key_begin, key_end) of one sequence of
-/// rule.lk keys. Row (t, g) sees the keys the rule gives query t (causal, offset rule.lk -
-/// tokens: the new tokens are the sequence's last), with soft-capping and the ALiBi slope
-/// alibi[g] (query position t + rule.offset) applied to its scores; sinks are the driver's.
+/// One task of attention over a paged KV cache (attention/paged_decode.hpp): `heads` kv heads
+/// side by side in the cache and, for each, the `groups` query heads that read it, for `tokens`
+/// new tokens (rows = groups x tokens <= kPagedMaxRows per kv head, row t x groups + g),
+/// against keys [key_begin, key_end) of one sequence of rule.lk keys. Row (t, g) sees the keys the
+/// rule gives query t (causal, offset rule.lk - tokens: the new tokens are the sequence's last),
+/// with soft-capping and the ALiBi slope alibi[g] (query position t + rule.offset) applied to its
+/// scores; sinks are the driver's.
 struct PagedAttentionArgs {
-  const float* q = nullptr;  // row (t, g) at q + t * q_stride + g * q_head_stride
+  // Row (t, g) of kv head i at q + t * q_stride + (i * groups + g) * q_head_stride.
+  const float* q = nullptr;
   std::size_t q_stride = 0;
   std::size_t q_head_stride = 0;
+  std::size_t heads = 1;
   std::size_t groups = 1;
   std::size_t tokens = 1;
   std::size_t d = 0;
   KeyRule rule;
   // The cache: block i of the sequence starts at pool + blocks[i] * block_bytes; in a block,
-  // this kv head's keys, transposed [d][block_tokens], start key_offset bytes in, and its values
-  // [block_tokens][row_elems] value_offset bytes in.
+  // the first kv head's keys, transposed [d][block_tokens], start key_offset bytes in, and its
+  // values [block_tokens][row_elems] value_offset bytes in; kv head i's key_head_bytes x i and
+  // value_head_bytes x i further.
   const void* pool = nullptr;
   const std::uint32_t* blocks = nullptr;
   std::size_t block_bytes = 0;
   std::size_t block_tokens = 0;
   std::size_t key_offset = 0;
   std::size_t value_offset = 0;
+  std::size_t key_head_bytes = 0;
+  std::size_t value_head_bytes = 0;
   std::size_t row_elems = 0;
   KvStorage storage = KvStorage::f32;
   std::size_t key_begin = 0;  // a multiple of kKeyBlock
   std::size_t key_end = 0;
   float scale = 1.0f;
   float softcap = 0.0f;          // 0: none
-  const float* alibi = nullptr;  // one slope per group g (query head), or nullptr
-  /// Output: one record per row (partial_record_floats(d) floats each): the slice's
-  /// log-sum-exp at [0] (scores modified, no sink), its normalised output from [16] (see
-  /// merge.hpp).
+  const float* alibi = nullptr;  // slope of (i, g) at alibi[i * groups + g], or nullptr
+  /// Output: one record per row (partial_record_floats(d) floats each), those of kv head i from
+  /// partial + i * partial_head_stride: the slice's log-sum-exp at [0] (scores modified, no
+  /// sink), its normalised output from [16] (see merge.hpp).
   float* partial = nullptr;
+  std::size_t partial_head_stride = 0;
   float* scratch = nullptr;  // paged_scratch_floats(d) floats, 64-byte aligned
 };
 
