@@ -164,11 +164,12 @@ double measure_peak_gflops(const PeakLoop& loop, int threads) {
   return best;
 }
 
-double measure_read_gbps(int threads) {
+double measure_read_gbps(int threads, const float* buffer) {
   threads = std::max(1, std::min(threads, omp_get_num_procs()));
-  constexpr std::size_t kFloats = (std::size_t{256} << 20) / sizeof(float);
-  std::vector<float> buffer(kFloats, 1.0f);  // touched here, so no page faults are timed
-  const float* x = buffer.data();
+  constexpr std::size_t kFloats = kReadBufferFloats;
+  std::vector<float> own;
+  if (buffer == nullptr) own.assign(kFloats, 1.0f);  // touched here, so no page faults are timed
+  const float* x = buffer == nullptr ? own.data() : buffer;
   double best = 1e30;
   for (int pass = 0; pass < 5; ++pass) {
     float sink = 0;

@@ -21,9 +21,10 @@
 // nanoseconds), so Lk stays fixed.
 //
 // Counters: kv_MB (bytes a call reads: K/V, plus the weights for step), GBps (those bytes per
-// second), frac_read_bw (GBps over the read bandwidth measured at start-up with the same
-// thread count), floor_ms (bytes / that bandwidth); generate: prefill_ms, decode_tok_s,
-// p50_ms, p99_ms (per decode step), nocache_p50_ms and nocache_speedup.
+// second), read_gbps (the read bandwidth at the same thread count, measured again right after
+// each repetition: see read_gbps_now), frac_read_bw (GBps over read_gbps), floor_ms (bytes /
+// read_gbps); generate: prefill_ms, decode_tok_s, p50_ms, p99_ms (per decode step),
+// nocache_p50_ms and nocache_speedup.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -177,12 +178,22 @@ CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh
   return *g_layers;
 }
 
+// The read bandwidth at `threads` threads measured now, right after a timed repetition: this
+// VM's bandwidth drifts up to 2x within minutes (27 vs 53 GB/s seen at 2 threads), so a figure
+// from start-up can sit far from the one the repetition ran under. The same loop and footprint
+// as at start-up, on a buffer kept for the run (256 MiB: the stream set measures no RSS).
+double read_gbps_now(int threads) {
+  static const std::vector<float> buffer(kReadBufferFloats, 1.0f);
+  return measure_read_gbps(threads, buffer.data());
+}
+
 void set_bandwidth_counters(benchmark::State& state, double bytes, double seconds, int threads) {
-  const double gbps = bytes / seconds * 1e-9;
+  const double gbps = bytes / seconds * 1e-9, read = read_gbps_now(threads);
   state.counters["kv_MB"] = bytes * 1e-6;
   state.counters["GBps"] = gbps;
-  state.counters["frac_read_bw"] = gbps / read_gbps(threads);
-  state.counters["floor_ms"] = bytes / (read_gbps(threads) * 1e9) * 1e3;
+  state.counters["read_gbps"] = read;
+  state.counters["frac_read_bw"] = gbps / read;
+  state.counters["floor_ms"] = bytes / (read * 1e9) * 1e3;
 }
 
 // Checks layer 0's output against the naive path, then times calls on the layers in turn.
