@@ -62,7 +62,8 @@ void gemm_ukernel(const float* a, std::size_t lda, const float* b, std::size_t p
       for (std::size_t r = 0; r < kRows; ++r) av[r] = V(a[r * lda + k]);
 #pragma GCC unroll 32
       for (std::size_t v = 0; v < kNv; ++v) {
-        const V bv = b_vec(k, v);
+        V bv = b_vec(k, v);
+        keep_in_register<Arch>(bv);  // one load for all the rows
 #pragma GCC unroll 16
         for (std::size_t r = 0; r < kRows; ++r) acc[r][v] = madd<Arch>(av[r], bv, acc[r][v]);
       }
