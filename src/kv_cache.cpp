@@ -16,10 +16,15 @@
 #include "kv_cache_impl.hpp"
 #include "validate.hpp"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace simdattn {
 namespace {
 
 constexpr std::size_t kPage = 4096;
+constexpr std::size_t kHugePage = std::size_t{2} << 20;  // x86-64 and most AArch64 kernels
 // Rows are padded to this many elements, so that every vector load of a row is aligned and
 // whole (16 floats: one zmm; the padding stays zero).
 constexpr std::size_t kRowQuantum = 16;
@@ -121,9 +126,21 @@ KvCache::KvCache(const KvCacheConfig& config) : impl_(std::make_unique<Impl>()) 
   for (std::size_t i = 0; i < config.blocks; ++i) {
     c.free[i] = static_cast<std::uint32_t>(config.blocks - 1 - i);  // block 0 is taken first
   }
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(kPage, c.pool_bytes));
+  // A pool of a huge page or more starts on one and asks for transparent huge pages: a decode
+  // step reads each block as runs of 16 KiB spread over the pool, and with 4 KiB pages each run
+  // costs TLB misses, nested page walks in a VM (f32 decode, Lk = 4096, 16 kv heads, 1 thread,
+  // Zen 5 VM: median 1.5 -> 1.1 ms; a plain sequential read gains 3-10%). Only advice: where
+  // the kernel has them off, nothing changes. The size is rounded up to the alignment, so the
+  // last huge page may hold up to 2 MiB past the pool.
+  const std::size_t align = c.pool_bytes >= kHugePage ? kHugePage : kPage;
+  const std::size_t allocated = (c.pool_bytes + align - 1) / align * align;
+  if (allocated < c.pool_bytes) detail::fail(where, "the pool size overflows");
+  auto* p = static_cast<std::byte*>(std::aligned_alloc(align, allocated));
   if (p == nullptr) throw std::bad_alloc();
   c.pool.reset(p);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (align == kHugePage) madvise(p, allocated, MADV_HUGEPAGE);
+#endif
   // Zero now: the pages are committed here rather than at the first decode steps, and the rows'
   // padding is zero for good (the kernels read whole padded rows).
   std::memset(p, 0, c.pool_bytes);
