@@ -5,6 +5,8 @@
 //                                 E = 1024, H = 16, kv_heads 16 and 4, f32 / bf16 / f16 storage
 //   cache/optimized/decode_alibi/..., decode_softcap, decode_sinks, decode_mods (the three)
 //                                 the f32 step with score modifications, on the same caches
+//   dense/optimized/decode/...    the same step on plain [1, Lk, H, D] K/V tensors (no cache),
+//                                 through scaled_dot_product_attention on views
 //   cache/optimized/batch/...     the same for 8 sequences of 128 to 4096 tokens in one call
 //   step/optimized/decode/...     MultiHeadAttention::step of one token at Lk = 4096: the Q/K/V
 //                                 projection of the token, the append, the attention and the
@@ -235,6 +237,36 @@ void bench_cache(benchmark::State& state, const std::string& name, std::vector<s
   set_bandwidth_counters(state, cache_bytes(lengths, kvh, s), seconds, threads);
 }
 
+// Several layers' K/V as plain [1, Lk, H, D] tensors (no cache): the same decode step through
+// scaled_dot_product_attention on views, the kernel the grid's decode case times warm.
+struct DenseLayers {
+  Tensor q;
+  std::vector<Tensor> k, v;
+
+  explicit DenseLayers(std::size_t layers) : q(Tensor::randn(1, 1, kE, 11)) {
+    for (std::size_t layer = 0; layer < layers; ++layer) {
+      k.push_back(Tensor::randn(1, kLk, kE, 12 + 2 * layer));
+      v.push_back(Tensor::randn(1, kLk, kE, 13 + 2 * layer));
+    }
+  }
+  void run(std::size_t layer, const Options& o, std::vector<float>& out) {
+    out.resize(kE);
+    simdattn::scaled_dot_product_attention(
+        {q.data(), 1, 1, kH, kD}, {k[layer].data(), 1, kLk, kH, kD},
+        {v[layer].data(), 1, kLk, kH, kD}, HeadsView<float>{out.data(), 1, 1, kH, kD}, {}, o);
+  }
+};
+
+void bench_dense(benchmark::State& state, const std::string& name, int threads, OptIsa isa) {
+  g_layers.reset();
+  const double bytes = cache_bytes({kLk}, kH, KvStorage::f32);
+  static DenseLayers w(static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / bytes))));
+  const double seconds = time_layers(state, name, w, w.k.size(), threads, isa);
+  if (seconds < 0) return;
+  set_rate_counters(state, 4.0 * kLk * kE, seconds, threads, isa);
+  set_bandwidth_counters(state, bytes, seconds, threads);
+}
+
 // Layers of a module and its cache, each cache holding one sequence of Lk - 1 tokens.
 struct ModuleLayers {
   std::size_t kv_heads;
@@ -382,6 +414,10 @@ void register_set_stream() {
           }
         }
       }
+    }
+    for (int t : config().threads) {
+      const std::string name = name_of("dense", "decode", 1, "4096", kH, KvStorage::f32, t, isa);
+      add_benchmark(name, [=](benchmark::State& st) { bench_dense(st, name, t, isa); });
     }
     for (int t : config().threads) {
       const std::string name =
