@@ -38,7 +38,8 @@
 // GB/s of K+V per core on AVX2; the whole decode case at 2 threads, Zen 5 VM at load 14-17,
 // best of 200 calls: 0.82-0.89 ms -> 0.60-0.75 ms.
 // Each slice writes its partial result per (row, head), a log-sum-exp and a normalised output,
-// which the driver merges in slice order (merge.hpp).
+// which the driver merges in slice order (merge.hpp). AVX-512 runs the ymm instance of this
+// kernel (instantiate.hpp, DecodeArch: 16 rows in flight measured slower than 8).
 
 // Masks (the rule of key_rule.hpp): a key block wholly past a query group's causal end, or
 // wholly before its window, is skipped (the tile and decode key loops run over [key_begin of the
