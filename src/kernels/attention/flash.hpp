@@ -639,32 +639,32 @@ void attention_decode(const DecodeArgs& a) {
         const std::size_t g = std::min(kW, nk - j0);
         prefetch_decode_rows(kb, a.k_stride, nk, vb, a.v_stride, j0 + kW,
                              std::min(j0 + 2 * kW, 2 * nk));
-        for (std::size_t h = 0; h < a.heads; ++h) {
+        // A short last group reads its last key again in the missing lanes, whose scores the
+        // block's -inf fill below hides: one straight loop for every group, with the
+        // accumulators in registers (a `j < g` bound inside it made GCC keep them on the stack,
+        // 2.3x the instructions of the loop).
+        const float* rows[kW];
+#pragma GCC unroll 16
+        for (std::size_t j = 0; j < kW; ++j) rows[j] = kb + (j0 + std::min(j, g - 1)) * a.k_stride;
+        for (std::size_t h = 0, kv = 0, in_group = 0; h < a.heads; ++h) {
           const float* qh = q + h * q_hs;
-          const float* kh = kb + j0 * a.k_stride + h / a.kv_group * k_hs;
+          const std::size_t kh = kv * k_hs;
+          if (++in_group == a.kv_group) in_group = 0, ++kv;
           V acc[kW];
 #pragma GCC unroll 16
           for (std::size_t j = 0; j < kW; ++j) acc[j] = V(0.0f);
           for (std::size_t dd = 0; dd < dk_vec; dd += kW) {
             const V qv = V::load_unaligned(qh + dd);
-            if (g == kW) {
 #pragma GCC unroll 16
-              for (std::size_t j = 0; j < kW; ++j) {
-                acc[j] = madd<Arch>(qv, V::load_unaligned(kh + j * a.k_stride + dd), acc[j]);
-              }
-            } else {
-              for (std::size_t j = 0; j < g; ++j) {
-                acc[j] = madd<Arch>(qv, V::load_unaligned(kh + j * a.k_stride + dd), acc[j]);
-              }
+            for (std::size_t j = 0; j < kW; ++j) {
+              acc[j] = madd<Arch>(qv, V::load_unaligned(rows[j] + kh + dd), acc[j]);
             }
           }
           V dots = RowSums<Arch>::of(acc);
           if (dk_vec < d) {
             alignas(64) float tail[kW] = {};
             for (std::size_t j = 0; j < g; ++j) {
-              for (std::size_t dd = dk_vec; dd < d; ++dd) {
-                tail[j] += qh[dd] * kh[j * a.k_stride + dd];
-              }
+              for (std::size_t dd = dk_vec; dd < d; ++dd) tail[j] += qh[dd] * rows[j][kh + dd];
             }
             dots += V::load_aligned(tail);
           }
@@ -699,9 +699,10 @@ void attention_decode(const DecodeArgs& a) {
         const std::size_t g = std::min(kVk, nk - j0);
         prefetch_decode_rows(vb, a.v_stride, nk, kn, a.k_stride, j0 + kVk,
                              std::min(j0 + 2 * kVk, nk + ahead));
-        for (std::size_t h = 0; h < a.heads; ++h) {
+        for (std::size_t h = 0, kv = 0, in_group = 0; h < a.heads; ++h) {
           float* o = part + h * rec + 16;
-          const float* vh = vb + j0 * a.v_stride + h / a.kv_group * v_hs;
+          const float* vh = vb + j0 * a.v_stride + kv * v_hs;
+          if (++in_group == a.kv_group) in_group = 0, ++kv;
           const float* p = s + h * kKeyBlock + j0;
           std::size_t dd = 0;
           if (g == kVk) {
