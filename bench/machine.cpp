@@ -7,10 +7,13 @@
 #include <chrono>
 #include <cstddef>
 #include <fstream>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+
+#include "huge_buffer.hpp"
 #endif
 
 namespace bench {
@@ -167,9 +170,9 @@ double measure_peak_gflops(const PeakLoop& loop, int threads) {
 double measure_read_gbps(int threads, const float* buffer) {
   threads = std::max(1, std::min(threads, omp_get_num_procs()));
   constexpr std::size_t kFloats = kReadBufferFloats;
-  std::vector<float> own;
-  if (buffer == nullptr) own.assign(kFloats, 1.0f);  // touched here, so no page faults are timed
-  const float* x = buffer == nullptr ? own.data() : buffer;
+  std::unique_ptr<HugeBuffer> own;
+  if (buffer == nullptr) own = std::make_unique<HugeBuffer>(kFloats, 1.0f);
+  const float* x = buffer == nullptr ? own->data() : buffer;
   double best = 1e30;
   for (int pass = 0; pass < 5; ++pass) {
     float sink = 0;

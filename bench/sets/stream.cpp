@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "huge_buffer.hpp"
 #include "registration.hpp"
 #include "sets.hpp"
 
@@ -185,7 +186,7 @@ CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh
 // from start-up can sit far from the one the repetition ran under. The same loop and footprint
 // as at start-up, on a buffer kept for the run (256 MiB: the stream set measures no RSS).
 double read_gbps_now(int threads) {
-  static const std::vector<float> buffer(kReadBufferFloats, 1.0f);
+  static const HugeBuffer buffer(kReadBufferFloats, 1.0f);
   return measure_read_gbps(threads, buffer.data());
 }
 
@@ -237,16 +238,21 @@ void bench_cache(benchmark::State& state, const std::string& name, std::vector<s
   set_bandwidth_counters(state, cache_bytes(lengths, kvh, s), seconds, threads);
 }
 
-// Several layers' K/V as plain [1, Lk, H, D] tensors (no cache): the same decode step through
-// scaled_dot_product_attention on views, the kernel the grid's decode case times warm.
+// Several layers' K/V as plain [1, Lk, H, D] arrays (no cache): the same decode step through
+// scaled_dot_product_attention on views, the kernel the grid's decode case times warm. The
+// arrays sit on huge pages (HugeBuffer), as the KvCache's pool does: with 4 KiB pages each
+// 4 KiB row of K or V is a page of its own and costs a TLB miss.
 struct DenseLayers {
   Tensor q;
-  std::vector<Tensor> k, v;
+  std::vector<HugeBuffer> k, v;
 
   explicit DenseLayers(std::size_t layers) : q(Tensor::randn(1, 1, kE, 11)) {
     for (std::size_t layer = 0; layer < layers; ++layer) {
-      k.push_back(Tensor::randn(1, kLk, kE, 12 + 2 * layer));
-      v.push_back(Tensor::randn(1, kLk, kE, 13 + 2 * layer));
+      for (auto* kv : {&k, &v}) {
+        const Tensor t = Tensor::randn(1, kLk, kE, 12 + 2 * layer + (kv == &v ? 1 : 0));
+        kv->emplace_back(t.size());
+        std::copy(t.data(), t.data() + t.size(), kv->back().data());
+      }
     }
   }
   void run(std::size_t layer, const Options& o, std::vector<float>& out) {
