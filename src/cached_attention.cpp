@@ -140,8 +140,8 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     a.block_tokens = c.config.block_tokens;
     a.key_offset = c.key_offset(hk);
     a.value_offset = c.value_offset(hk);
-    a.key_head_bytes = c.key_bytes;
-    a.value_head_bytes = c.value_bytes;
+    a.key_head_bytes = c.head_bytes();
+    a.value_head_bytes = c.head_bytes();
     a.row_elems = c.row_elems;
     a.storage = c.config.storage;
     a.key_begin = first_key[b] + slice * kernels::kPagedSlice;

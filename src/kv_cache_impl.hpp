@@ -38,12 +38,12 @@ struct KvCache::Impl {
   SequenceId next_id = 0;
 
   std::byte* block(std::uint32_t b) const { return pool.get() + b * block_bytes; }
+  /// Bytes of one head in a block: its keys, then its values.
+  std::size_t head_bytes() const { return key_bytes + value_bytes; }
   /// Byte offsets inside a block of head h's keys (element (dd, t) at dd x block_tokens + t) and
   /// values (element (t, dd) at t x row_elems + dd).
-  std::size_t key_offset(std::size_t h) const { return h * key_bytes; }
-  std::size_t value_offset(std::size_t h) const {
-    return config.kv_heads * key_bytes + h * value_bytes;
-  }
+  std::size_t key_offset(std::size_t h) const { return h * head_bytes(); }
+  std::size_t value_offset(std::size_t h) const { return key_offset(h) + key_bytes; }
 
   /// The sequence, or an error naming `where` and the id.
   Sequence& find(const char* where, SequenceId id);

@@ -27,11 +27,11 @@
 // hold every head, like llama.cpp's, puts one head's keys kv_heads x head_dim elements apart and
 // ran at a fifth of the read bandwidth): the keys of head 0 for the block's tokens, transposed
 // ([head_dim][block_tokens]: the decode kernel holds 16 keys in a vector and needs no horizontal
-// sums), then the keys of head 1, ..., then the values of head 0 token-major ([block_tokens]
-// [head_dim], each row padded with zeros to a multiple of 16 elements), ..., of the last head.
-// A block starts on a 4 KiB page, so a decode step reads each (sequence, head) of a block as two
-// contiguous runs (keys, values). The layout is an implementation detail: storage_data()
-// exposes it for inspection only.
+// sums), then the values of head 0 token-major ([block_tokens][head_dim], each row padded with
+// zeros to a multiple of 16 elements), then the keys and values of head 1, ..., of the last
+// head. A block starts on a 4 KiB page, so a decode step reads a block's heads as one run in
+// address order (one stream for the hardware prefetchers). The layout is an implementation
+// detail: storage_data() exposes it for inspection only.
 //
 // Element types: f32, or bf16 / f16 (rounded to nearest even on append; f16 overflows to
 // infinity beyond 65504 and loses precision below 6.1e-5). The kernels convert half-precision
