@@ -414,6 +414,14 @@ void attention_tiles(const AttentionArgs& a) {
   // group (W = 256), reading Q and writing the output overlap the other groups' work: with
   // the output tiles' key ranges below, W = 256 at L = 8192 went 36.3 -> 34.1 ms (E = 512,
   // H = 8, one thread, AVX-512, medians of 4 interleaved; causal unchanged).
+  // There, at 1.3x of (L x W work at the plain rate), the parts left out one at a time (wrong
+  // results, timing only; CPU time, interleaved, load 8-11): the K/V copy 7-18% of the time,
+  // writing the output rows 10-11%, packing Q 2%, hiding at the window's bounds 1%; the wasted
+  // keys of a group's edge blocks (287 computed for 256 seen) about 12% of the score and
+  // softmax work. Tried, no gain: 512-row tasks (each key block copied for more groups, within
+  // 1%), prefetching a group's output rows on its first block (0.5%), streaming (non-temporal)
+  // stores of the output rows (2%, within the noise), loading one word of each new page of
+  // the next block early to start its page walk (2% slower).
   const float qscale = a.scale * kLog2e;
   constexpr std::size_t kMaxGroups = kMaxTaskRows / kGroup;
   bool packed[kMaxGroups] = {}, finished[kMaxGroups] = {};
@@ -459,7 +467,9 @@ void attention_tiles(const AttentionArgs& a) {
       return std::pair<std::size_t, std::size_t>(b, std::max(b, e));
     };
     // The next block's rows, a share per group that computes on this block (under a window
-    // about half of them), so that its copy finds them in cache.
+    // about half of them), so that its copy finds them in cache. Spread over the score
+    // micro-kernel's calls instead: 1-4% slower (window W = 256 at L = 8192, one thread,
+    // AVX-512 and AVX2).
     const std::size_t next = k0 + key_block;
     const std::size_t next_n = next < task_key_end ? std::min(key_block, task_key_end - next) : 0;
     std::size_t busy = 0;

@@ -176,6 +176,13 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
       // row stride apart (one stream per row, more than the hardware prefetchers follow), and
       // without this a bias of 8 MiB or more cost 40-50% over plain attention at s2048, against
       // 17% with it in cache.
+      // Where the rest goes (s2048, one thread, AVX-512, bias [1, 1, Lq, Lk] at 1.20-1.22x
+      // plain): with every row read from two cache-resident rows, the same arithmetic costs
+      // 1.10x, so about half is waiting for the bias and half this pass; without the transpose
+      // (wrong results, timing only) 2% less. Prefetching instead the next query group's rows of
+      // this block, or two blocks ahead, or into L2 only (prefetcht1) measured within -3%..+6%
+      // of this, never better (CPU time, interleaved, load 5-10); dropping the prefetch leaves a
+      // shared bias unchanged and makes [N, H, Lq, Lk] (from memory) 1.28 -> 1.37x.
       const std::size_t next_end = std::min(r.lk - k0, 2 * nk);
       const V vu(unit);
       std::size_t j0 = 0;
