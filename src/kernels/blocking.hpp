@@ -80,22 +80,27 @@ inline constexpr std::size_t kPagedSlice = 512;
 
 /// Register tiles of the paged kernel for vectors of kW floats: scores kScoreRows rows x
 /// kScoreVecs vectors of keys (keys in lanes); output kOutRows rows x kOutVecs vectors of D.
+/// A task of a single row uses kOneRowVecs vectors for both instead: a whole 64-key row of K^T
+/// and a whole V row at D = 64, so that each row of a block is read once, in address order.
 template <std::size_t kW>
 struct PagedTileFor;
 /// AVX-512: 4 x 4 = 16 zmm accumulators + 4 key vectors (a 64-key block per pass).
 template <>
 struct PagedTileFor<16> {
   static constexpr std::size_t kScoreRows = 4, kScoreVecs = 4, kOutRows = 4, kOutVecs = 4;
+  static constexpr std::size_t kOneRowVecs = 4;
 };
-/// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast.
+/// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast; one f32 row: 8 + 8.
 template <>
 struct PagedTileFor<8> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;
+  static constexpr std::size_t kOneRowVecs = 8;
 };
-/// SSE2 (16 xmm, no FMA): as AVX2.
+/// SSE2 (16 xmm, no FMA): as AVX2, but a 64-key row is 16 vectors: one row as the others.
 template <>
 struct PagedTileFor<4> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;
+  static constexpr std::size_t kOneRowVecs = 4;
 };
 
 // ---- attention backward --------------------------------------------------------------------
@@ -215,6 +220,9 @@ static_assert(kPagedSlice % kKeyBlock == 0);
 static_assert(kKeyBlock % (PagedTileFor<16>::kScoreVecs * 16) == 0);
 static_assert(kKeyBlock % (PagedTileFor<8>::kScoreVecs * 8) == 0);
 static_assert(kKeyBlock % (PagedTileFor<4>::kScoreVecs * 4) == 0);
+static_assert(kKeyBlock % (PagedTileFor<16>::kOneRowVecs * 16) == 0 &&
+              kKeyBlock % (PagedTileFor<8>::kOneRowVecs * 8) == 0 &&
+              kKeyBlock % (PagedTileFor<4>::kOneRowVecs * 4) == 0);
 static_assert(kKeyBlock % kDecodeValueKeys == 0);
 // GEMM tasks cover whole micro-tiles of every ISA.
 static_assert(kGemmTaskCols % (GemmTileFor<16>::kNp * kPanel) == 0);
