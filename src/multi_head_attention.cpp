@@ -53,8 +53,7 @@ OwnedPacked pack_stacked(std::initializer_list<const std::vector<float>*> parts,
     src = stacked.data();
   }
   OwnedPacked p;
-  p.storage =
-      AlignedBuffer(kernels::packed_weight_floats(out, e), AlignedBuffer::Pages::huge_if_large);
+  p.storage = AlignedBuffer(kernels::packed_weight_floats(out, e));
   kernels::pack_weight(src, out, e, e, p.storage.data());
   p.view = {e, out, p.storage.data()};
   return p;
