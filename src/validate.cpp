@@ -234,7 +234,8 @@ Heads<const float> resolve_heads(const char* where, const char* name, const Cons
   Dim ds[] = {
       {view.l, row, "row_stride"}, {view.h, hs, "head_stride"}, {view.n, batch, "batch_stride"}};
   // A stable insertion sort of the three: std::stable_sort allocates a buffer on every call,
-  // which cost a tiny call (the tutorial's [1, 2, 256] attention) about a fifth of its time.
+  // about a fifth of a tiny call's instructions (the tutorial's [1, 2, 256] attention: 3.4K of
+  // 18.5K; its time went 1.46-1.53 -> 1.33-1.42 us without it).
   for (std::size_t i = 1; i < 3; ++i) {
     for (std::size_t j = i; j > 0 && ds[j].stride < ds[j - 1].stride; --j)
       std::swap(ds[j], ds[j - 1]);
