@@ -120,25 +120,26 @@ void gemm_few_rows(const GemmArgs& g) {
   constexpr std::size_t kPanels = few_row_panels<Arch, kRows>();
   const std::size_t panel_stride = g.k * kPanel;
   const std::size_t panels = (g.n + kPanel - 1) / kPanel;
-  for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
-    const std::size_t kc = std::min(kKc, g.k - k0);
-    const bool first = k0 == 0;
-    const float* a = g.a + k0;
-    for (std::size_t p0 = 0; p0 < panels;) {
-      const std::size_t left = panels - p0;
-      const std::size_t take = left >= 2 * kPanels || left == kPanels ? kPanels
-                               : left > kPanels                       ? (left + 1) / 2
-                                                                      : left;
-      const std::size_t j0 = p0 * kPanel;
+  for (std::size_t p0 = 0; p0 < panels;) {
+    const std::size_t left = panels - p0;
+    const std::size_t take = left >= 2 * kPanels || left == kPanels ? kPanels
+                             : left > kPanels                       ? (left + 1) / 2
+                                                                    : left;
+    const std::size_t j0 = p0 * kPanel;
+    const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
+    const std::size_t cols = std::min(take * kPanel, g.n - j0);
+    // Panels outermost: each panel's k rows are one contiguous stream from memory (a weight
+    // read once per call, as in decoding, comes at the prefetchers' pace); the k blocks inside
+    // keep every element's order of sums, so the result matches gemm()'s bit for bit.
+    for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
+      const std::size_t kc = std::min(kKc, g.k - k0);
       const float* b = g.b_packed + p0 * panel_stride + k0 * kPanel;
-      const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
-      const std::size_t cols = std::min(take * kPanel, g.n - j0);
       with_rows<kPanels>(take, [&](auto np) {
-        gemm_ukernel<Arch, kRows, decltype(np)::value>(a, g.lda, b, panel_stride, kc, g.c + j0,
-                                                       g.ldc, cols, bias, first);
+        gemm_ukernel<Arch, kRows, decltype(np)::value>(g.a + k0, g.lda, b, panel_stride, kc,
+                                                       g.c + j0, g.ldc, cols, bias, k0 == 0);
       });
-      p0 += take;
     }
+    p0 += take;
   }
 }
 
