@@ -164,7 +164,10 @@ struct CacheLayers {
   }
 };
 
-// Kept between the repetitions and thread counts of one case; freed when the next case starts.
+// Each kind of workload below is kept between the repetitions and thread counts of one case
+// and freed when a case needs another: one workload (a few hundred MiB) lives at a time.
+void release_workloads();
+
 std::unique_ptr<CacheLayers> g_layers;
 std::string g_layers_key;
 
@@ -172,7 +175,7 @@ CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh
   std::string key = std::to_string(kvh) + kv_storage_name(s);
   for (std::size_t l : lengths) key += "/" + std::to_string(l);
   if (!g_layers || g_layers_key != key) {
-    g_layers.reset();
+    release_workloads();
     const double bytes = cache_bytes(lengths, kvh, s);
     const auto layers = static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / bytes)));
     g_layers = std::make_unique<CacheLayers>(lengths, kvh, s, layers);
@@ -250,8 +253,7 @@ struct DenseLayers {
     for (std::size_t layer = 0; layer < layers; ++layer) {
       for (auto* kv : {&k, &v}) {
         const Tensor t = Tensor::randn(1, kLk, kE, 12 + 2 * layer + (kv == &v ? 1 : 0));
-        kv->emplace_back(t.size());
-        std::copy(t.data(), t.data() + t.size(), kv->back().data());
+        kv->emplace_back(t.data(), t.size());
       }
     }
   }
@@ -263,10 +265,16 @@ struct DenseLayers {
   }
 };
 
+std::unique_ptr<DenseLayers> g_dense;
+
 void bench_dense(benchmark::State& state, const std::string& name, int threads, OptIsa isa) {
-  g_layers.reset();
   const double bytes = cache_bytes({kLk}, kH, KvStorage::f32);
-  static DenseLayers w(static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / bytes))));
+  if (!g_dense) {
+    release_workloads();
+    g_dense = std::make_unique<DenseLayers>(
+        static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / bytes))));
+  }
+  DenseLayers& w = *g_dense;
   const double seconds = time_layers(state, name, w, w.k.size(), threads, isa);
   if (seconds < 0) return;
   set_rate_counters(state, 4.0 * kLk * kE, seconds, threads, isa);
@@ -312,8 +320,7 @@ void bench_step(benchmark::State& state, const std::string& name, std::size_t kv
                 int threads, OptIsa isa) {
   const std::string key = std::to_string(kvh) + kv_storage_name(s);
   if (!g_modules || g_modules_key != key) {
-    g_layers.reset();
-    g_modules.reset();
+    release_workloads();
     const double per_layer = cache_bytes({kLk}, kvh, s) + (2.0 * kE * kE + 2.0 * kvh * kD * kE) * 4;
     const auto layers = static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / per_layer)));
     g_modules = std::make_unique<ModuleLayers>(kvh, s, layers);
@@ -339,9 +346,14 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-void bench_generate(benchmark::State& state, std::size_t kvh, int threads, OptIsa isa) {
+void release_workloads() {
   g_layers.reset();
+  g_dense.reset();
   g_modules.reset();
+}
+
+void bench_generate(benchmark::State& state, std::size_t kvh, int threads, OptIsa isa) {
+  release_workloads();
   const MultiHeadAttention m(kE, kH, KvHeads{kvh}, 9);
   const std::size_t total = kPrompt + kDecodeSteps;
   const Tensor tokens = Tensor::randn(1, total, kE, 10);

@@ -79,11 +79,7 @@ struct VariantWorkload {
     if (c.window != 0) options.window = c.window;
     if (c.setup) c.setup(*this, options);
   }
-  static HugeBuffer huge(const std::vector<float>& x) {
-    HugeBuffer b(x.size());
-    std::copy(x.begin(), x.end(), b.data());
-    return b;
-  }
+  static HugeBuffer huge(const std::vector<float>& x) { return HugeBuffer(x.data(), x.size()); }
   ConstHeadsView view(const HugeBuffer& x, std::size_t l, std::size_t dd) const {
     const float* p = x.data();
     if (c.nhld) return simdattn::nhld_view(p, 1, c.h, l, dd);
