@@ -373,6 +373,11 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   using Tile = PagedTile<Arch>;
   static_assert(kKeyBlock % (Tile::kScoreVecs * kW) == 0, "a key block is whole score tiles");
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  // AVX2 with bf16 or f16 elements ran slower with the prefetches (1 thread, cold, kv_heads 16:
+  // bf16 1.14-1.16 ms with, 0.86-0.89 without; f16 1.07-1.08 vs 0.91-0.92; kv_heads 4 bf16
+  // 407-411 vs 360-363 us) while AVX-512 ran faster with them (bf16 0.77-0.78 vs 0.88-0.89 ms;
+  // f16 0.74 vs 0.94-0.98; kv_heads 4 bf16 236-269 vs 298-320 us): AVX2 leaves them out there.
+  constexpr bool kPrefetch = !(kW == 8 && sizeof(E) == 2);
   const std::size_t rows = a.groups * a.tokens, d = a.d, rec = partial_record_floats(d);
   // Scratch: q rows [rows][d], scores [rows][kKeyBlock], alpha [rows].
   float* q = a.scratch;
@@ -410,7 +415,7 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
       const E* next_kt = nullptr;  // a later item, to prefetch while this one runs
       const E* next_vb = nullptr;
       const std::size_t ni = i + kPrefetchItemsAhead, nk0 = k0 + ni / a.heads * kKeyBlock;
-      if (nk0 < end) {
+      if (kPrefetch && nk0 < end) {
         next_kt = keys_at(nk0, ni % a.heads);
         next_vb = values_at(nk0, ni % a.heads);
       }
