@@ -29,9 +29,9 @@ double measure_peak_gflops(const PeakLoop& loop, int threads);
 // GB/s of `threads` threads together (at most one per processor) summing the floats of one
 // 256 MiB buffer, each thread its own contiguous share: memory read bandwidth, since 256 MiB is
 // 8x the largest L3 of the machines this runs on. Wall time of the parallel region, best of 5
-// passes. The buffer is an ordinary allocation, 4 KiB pages like the benchmark's tensors: its
-// own, or `buffer` (kReadBufferFloats floats, already touched) to measure again and again
-// without allocating.
+// passes. The buffer is on transparent huge pages (huge_buffer.hpp), like the stream set's K/V
+// arrays and a KvCache's pool: its own, or `buffer` (kReadBufferFloats floats, already touched)
+// to measure again and again without allocating.
 constexpr std::size_t kReadBufferFloats = (std::size_t{256} << 20) / sizeof(float);
 double measure_read_gbps(int threads, const float* buffer = nullptr);
 
