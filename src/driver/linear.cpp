@@ -43,7 +43,10 @@ void run_linear(const kernels::KernelTable& table, const float* x, std::size_t r
     g.ldc = ldy;
     table.gemm(g);
   };
-  parallel_tasks(tasks, threads, /*dynamic=*/false, run_task);
+  // Many rows: dynamic, since a short last row block left the threads' static shares uneven
+  // (bert's 2048 rows = 21 x 96 + 32). Few rows: static, each thread its own weight columns.
+  parallel_tasks(tasks, threads, /*dynamic=*/row_blocks >= static_cast<std::size_t>(threads),
+                 run_task);
 }
 
 }  // namespace simdattn::detail
