@@ -17,9 +17,8 @@
 // sums. Then the online softmax along each row (vectorised over the 64 keys), then
 // O[row][:] += P[row][key] V[key][:] with V rows (padded to 16 elements) read once per group of
 // kOutRows rows. bf16 and f16 elements are converted to float in registers right after the load
-// (bf16: a 16-bit shift, on AVX-512 a shift and a mask that give the even and odd elements of 32;
-// f16: vcvtph2ps with F16C / AVX-512, integer arithmetic on SSE2); every product and sum is in
-// float.
+// (bf16: a 16-bit shift; f16: vcvtph2ps with F16C / AVX-512, integer arithmetic on SSE2); every
+// product and sum is in float.
 //
 // Causality through the key rule (kernels/key_rule.hpp): row (t, g) sees keys [key_begin(rule,
 // t), key_end(rule, t)), with the rule's offset length - T for new tokens that end the sequence
@@ -154,56 +153,6 @@ Vec<Arch> load_elems(const F16* p) {
 }
 #endif
 
-/// bf16 elements on AVX-512 as pairs of vectors: of the 32 elements at p, the even-indexed ones
-/// (p[0], p[2], ..., p[30]: the low halves shifted up 16) and the odd ones (the high halves,
-/// masked): one integer operation per 16 floats instead of a widening shuffle and a shift. The
-/// micro-kernels run on elements in this order inside a pair of vectors and put their results
-/// back in order when they store them (natural_order; split_order for the output they reload),
-/// so each lane's sums are those of load_elems, in the same order: the results do not change.
-/// Measured on the Zen 5 with the keys in L2 (a 512-key slice of 4 kv heads, best of 10 x 2000
-/// calls, both forms in one process): 6.41 against 6.54-6.57 us with one row per kv head, 14.2-14.3
-/// against 14.7 with four; from memory the gain is inside the noise of this shared machine. AVX2
-/// (kv_heads 4 bf16 from memory: 273-310 us a step against 206-264) keeps load_elems: its pairs
-/// need four shuffles to come back in order, against AVX-512's two two-source permutes.
-template <class Arch, class E>
-inline constexpr bool kSplitPairs = false;
-#if defined(__AVX512F__)
-template <>
-inline constexpr bool kSplitPairs<xsimd::avx512bw, Bf16> = true;
-template <class Arch>
-void load_split(const Bf16* p, Vec<Arch>& even, Vec<Arch>& odd) {
-  const __m512i x = _mm512_loadu_si512(p);
-  even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-  odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-}
-/// Elements 0-15 and 16-31 in order from a pair (even, odd), and back.
-template <class Arch>
-void natural_order(const Vec<Arch>& even, const Vec<Arch>& odd, Vec<Arch>& lo, Vec<Arch>& hi) {
-  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i ihi =
-      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const __m512 l = _mm512_permutex2var_ps(even, ilo, odd),
-               h = _mm512_permutex2var_ps(even, ihi, odd);
-  lo = l;
-  hi = h;
-}
-template <class Arch>
-void split_order(const Vec<Arch>& lo, const Vec<Arch>& hi, Vec<Arch>& even, Vec<Arch>& odd) {
-  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 e = _mm512_permutex2var_ps(lo, ie, hi), o = _mm512_permutex2var_ps(lo, io, hi);
-  even = e;
-  odd = o;
-}
-#else  // declared for the micro-kernels' discarded branches: kSplitPairs is false here
-template <class Arch, class E>
-void load_split(const E*, Vec<Arch>&, Vec<Arch>&) {}
-template <class Arch>
-void natural_order(const Vec<Arch>&, const Vec<Arch>&, Vec<Arch>&, Vec<Arch>&) {}
-template <class Arch>
-void split_order(const Vec<Arch>&, const Vec<Arch>&, Vec<Arch>&, Vec<Arch>&) {}
-#endif
-
 /// Asks for the cache line at p. The micro-kernels prefetch the task's item two ahead (the keys
 /// and values of a head two heads on, or of a head in the next block: another block of the pool,
 /// a jump the hardware prefetchers do not follow), one line per kPrefetchRows rows of the rows
@@ -244,7 +193,6 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
                          std::size_t d, float scale, float* s, const E* next) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
-  constexpr bool kSplit = kSplitPairs<Arch, E> && kV % 2 == 0;
   V acc[kR][kV];
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
@@ -253,14 +201,8 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
   }
   auto step = [&](std::size_t dd) {
     V k[kV];
-    if constexpr (kSplit) {
 #pragma GCC unroll 8
-      for (std::size_t c = 0; c < kV; c += 2)
-        load_split<Arch>(kt + dd * kt_stride + c * kW, k[c], k[c + 1]);
-    } else {
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kV; ++c) k[c] = load_elems<Arch>(kt + dd * kt_stride + c * kW);
-    }
+    for (std::size_t c = 0; c < kV; ++c) k[c] = load_elems<Arch>(kt + dd * kt_stride + c * kW);
 #pragma GCC unroll 8
     for (std::size_t r = 0; r < kR; ++r) {
       const V qr(q[r * q_stride + dd]);
@@ -270,14 +212,6 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
   };
   rows_with_prefetch(d, next, kt_stride, step);
   const V vs(scale);
-  if constexpr (kSplit) {
-#pragma GCC unroll 8
-    for (std::size_t r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kV; c += 2)
-        natural_order<Arch>(acc[r][c], acc[r][c + 1], acc[r][c], acc[r][c + 1]);
-    }
-  }
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
@@ -292,29 +226,17 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
                           const float* alpha, float* o, std::size_t o_stride, const E* next) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
-  constexpr bool kSplit = kSplitPairs<Arch, E> && kC % 2 == 0;
   V acc[kR][kC];
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
     const V a(alpha[r]);
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kC; ++c) acc[r][c] = V::load_aligned(o + r * o_stride + c * kW) * a;
-    if constexpr (kSplit) {
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kC; c += 2)
-        split_order<Arch>(acc[r][c], acc[r][c + 1], acc[r][c], acc[r][c + 1]);
-    }
   }
   auto step = [&](std::size_t j) {
     V vv[kC];
-    if constexpr (kSplit) {
 #pragma GCC unroll 8
-      for (std::size_t c = 0; c < kC; c += 2)
-        load_split<Arch>(v + j * v_stride + c * kW, vv[c], vv[c + 1]);
-    } else {
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kC; ++c) vv[c] = load_elems<Arch>(v + j * v_stride + c * kW);
-    }
+    for (std::size_t c = 0; c < kC; ++c) vv[c] = load_elems<Arch>(v + j * v_stride + c * kW);
 #pragma GCC unroll 8
     for (std::size_t r = 0; r < kR; ++r) {
       const V pr(p[r * kKeyBlock + j]);
@@ -325,11 +247,6 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
   rows_with_prefetch(nkeys, next, v_stride, step);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
-    if constexpr (kSplit) {
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kC; c += 2)
-        natural_order<Arch>(acc[r][c], acc[r][c + 1], acc[r][c], acc[r][c + 1]);
-    }
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kC; ++c) acc[r][c].store_aligned(o + r * o_stride + c * kW);
   }
