@@ -430,6 +430,16 @@ void attention_tiles(const AttentionArgs& a) {
   // 64); a group's first and last 16 keys computed for the one query vector that sees them (0-2%
   // faster on AVX-512, 2% slower on AVX2); the next block's copy done in shares during this block's
   // groups into a second buffer, the block after prefetched (1% slower).
+  // Tried again, no gain (best of 5 calls per round, 2-9 rounds interleaved, one thread, AVX-512,
+  // load 1-5; medians of the rounds' ratios, this code at 1.32x): the K/V prefetch two or three
+  // blocks ahead, the first ones at the task's start (1.32x, 1.31x); prefetcht1, t2 or nta
+  // instead of t0 (1.37x, 1.31x, 1.32x); a group's output rows prefetched on its next-to-last
+  // block (1.29x). A block's 64 source rows, 2 KiB apart at E = 512, fall into 8 of the L1's 64
+  // sets, so an L1 prefetch of a whole block likely lands in L2 whatever its distance. At two
+  // threads (load 6-7), runs of 2, 4 or 8 consecutive row tasks per scheduled unit, so that one
+  // core's tasks share K/V in its L2: 1.33x, 1.35x, 1.31x against 1.29x. What the prefetches
+  // give at all (one thread, 3 rounds, load 5-9): 1.34x without them, 1.32x and 1.34x with only
+  // the first one or two lines of each row, against 1.28x.
   const float qscale = a.scale * kLog2e;
   constexpr std::size_t kMaxGroups = kMaxTaskRows / kGroup;
   bool packed[kMaxGroups] = {}, finished[kMaxGroups] = {};

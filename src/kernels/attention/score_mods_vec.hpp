@@ -182,7 +182,10 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
       // (wrong results, timing only) 2% less. Prefetching instead the next query group's rows of
       // this block, or two blocks ahead, or into L2 only (prefetcht1) measured within -3%..+6%
       // of this, never better (CPU time, interleaved, load 5-10); dropping the prefetch leaves a
-      // shared bias unchanged and makes [N, H, Lq, Lk] (from memory) 1.28 -> 1.37x.
+      // shared bias unchanged and makes [N, H, Lq, Lk] (from memory) 1.28 -> 1.37x. A
+      // non-temporal prefetch (prefetchnta) instead: within the noise (7 interleaved rounds, best
+      // of 5 calls each, load 2-3.5: medians 1.21 -> 1.17x shared and 1.25 -> 1.23x [N, H, ...],
+      // best calls of all rounds 1.18 -> 1.18x and 1.23 -> 1.26x).
       const std::size_t next_end = std::min(r.lk - k0, 2 * nk);
       const V vu(unit);
       std::size_t j0 = 0;
