@@ -324,22 +324,19 @@ void paged_block(const PagedAttentionArgs& a, const float* q, float* s, float* a
     }
   }
   std::size_t used = 0;  // keys of this block that some row sees
-  // Row r is (t, g) = (r / groups, r % groups), counted rather than divided (see the item loop
-  // in paged_attention_typed).
-  for (std::size_t r = 0, t = 0, g = 0; r < rows; ++r, g = g + 1 == a.groups ? 0 : g + 1) {
-    if (r != 0 && g == 0) ++t;
+  for (std::size_t r = 0; r < rows; ++r) {
     if (modify) {  // the scores are final here; hiding comes after
       ScoreMods mods;
       mods.softcap = a.softcap;
-      if (alibi != nullptr) mods.alibi_slope = alibi[g];
-      modify_score_row<Arch>(a.rule, mods, t, k0, nk, s + r * kKeyBlock);
+      if (alibi != nullptr) mods.alibi_slope = alibi[r % a.groups];
+      modify_score_row<Arch>(a.rule, mods, r / a.groups, k0, nk, s + r * kKeyBlock);
     }
-    const std::size_t row_end = key_end(a.rule, t);
+    const std::size_t row_end = key_end(a.rule, r / a.groups);
     const std::size_t visible = row_end <= k0 ? 0 : std::min(nk, row_end - k0);
     used = std::max(used, visible);
     std::fill(s + r * kKeyBlock + visible, s + (r + 1) * kKeyBlock, kNegInf);
     // Keys before the row's window (a sliding window), if any in this block.
-    const std::size_t row_begin = key_begin(a.rule, t);
+    const std::size_t row_begin = key_begin(a.rule, r / a.groups);
     const std::size_t before = row_begin <= k0 ? 0 : std::min(visible, row_begin - k0);
     std::fill(s + r * kKeyBlock, s + r * kKeyBlock + before, kNegInf);
     alpha[r] = paged_softmax_row<Arch>(s + r * kKeyBlock, rec0[r * rec + 1], rec0[r * rec + 2]);
@@ -401,60 +398,36 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   const std::size_t block_elems = a.block_bytes / sizeof(E);
   const std::size_t key_head = a.key_head_bytes / sizeof(E);
   const std::size_t value_head = a.value_head_bytes / sizeof(E);
-  // Key k's keys and values of head i, from the first key's place in its block (k_at(k)): the
-  // divisions once per key block, not once per item, and the query rows read in place when
-  // they can be, not copied per item. Measured on the Zen 5 with the keys in L2 (a 512-key slice
-  // of 4 kv heads, bf16, best of 10 x 2000 calls, both forms in one process): 4 rows per kv head
-  // 14.3-14.4 against 14.9-15.0 us, 1 row 6.44-6.65 against 6.52-6.69.
-  struct At {
-    const E* block;
-    std::size_t offset;  // k % block_tokens
+  auto keys_at = [&](std::size_t k, std::size_t i) {
+    return pool + a.blocks[k / a.block_tokens] * block_elems + a.key_offset / sizeof(E) +
+           i * key_head + k % a.block_tokens;
   };
-  auto k_at = [&](std::size_t k) {
-    return At{pool + a.blocks[k / a.block_tokens] * block_elems, k % a.block_tokens};
+  auto values_at = [&](std::size_t k, std::size_t i) {
+    return pool + a.blocks[k / a.block_tokens] * block_elems + a.value_offset / sizeof(E) +
+           i * value_head + k % a.block_tokens * a.row_elems;
   };
-  auto keys_at = [&](At at, std::size_t i) {
-    return at.block + a.key_offset / sizeof(E) + i * key_head + at.offset;
-  };
-  auto values_at = [&](At at, std::size_t i) {
-    return at.block + a.value_offset / sizeof(E) + i * value_head + at.offset * a.row_elems;
-  };
-  // Query rows in place when they already lie [heads x groups][d] (one token, heads d apart).
-  const bool q_in_place = a.tokens == 1 && a.q_head_stride == d;
   // Heads inside key blocks: the task's heads lie side by side in a block, so each key block
   // is read as one run of heads x (keys, values) in address order, which the hardware
   // prefetchers follow, not as 16 KiB pieces scattered over the pool.
   for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
     const std::size_t nk = std::min(kKeyBlock, end - k0);
-    // The blocks of this key block and the next kPrefetchItemsAhead (items run ahead into
-    // them when the task has fewer heads than that).
-    At ahead[kPrefetchItemsAhead + 1] = {};
-    std::size_t n_ahead = 0;
-    for (; n_ahead <= kPrefetchItemsAhead && k0 + n_ahead * kKeyBlock < end; ++n_ahead) {
-      ahead[n_ahead] = k_at(k0 + n_ahead * kKeyBlock);
-    }
     for (std::size_t i = 0; i < a.heads; ++i) {
       const E* next_kt = nullptr;  // a later item, to prefetch while this one runs
       const E* next_vb = nullptr;
-      std::size_t nb = 0, ni = i + kPrefetchItemsAhead;  // its key block (from k0) and head
-      for (; ni >= a.heads; ni -= a.heads) ++nb;
-      if (kPrefetch && nb < n_ahead) {
-        next_kt = keys_at(ahead[nb], ni);
-        next_vb = values_at(ahead[nb], ni);
+      const std::size_t ni = i + kPrefetchItemsAhead, nk0 = k0 + ni / a.heads * kKeyBlock;
+      if (kPrefetch && nk0 < end) {
+        next_kt = keys_at(nk0, ni % a.heads);
+        next_vb = values_at(nk0, ni % a.heads);
       }
-      const float* qi = a.q + i * a.groups * d;
-      if (!q_in_place) {
-        qi = q;
-        for (std::size_t t = 0; t < a.tokens; ++t) {
-          for (std::size_t g = 0; g < a.groups; ++g) {
-            const float* row = a.q + (i * a.groups + g) * a.q_head_stride + t * a.q_stride;
-            std::copy(row, row + d, q + (t * a.groups + g) * d);
-          }
+      for (std::size_t t = 0; t < a.tokens; ++t) {
+        for (std::size_t g = 0; g < a.groups; ++g) {
+          const float* row = a.q + (i * a.groups + g) * a.q_head_stride + t * a.q_stride;
+          std::copy(row, row + d, q + (t * a.groups + g) * d);
         }
       }
       const float* alibi = a.alibi == nullptr ? nullptr : a.alibi + i * a.groups;
-      paged_block<Arch, E>(a, qi, s, alpha, alibi, keys_at(ahead[0], i), values_at(ahead[0], i),
-                           next_kt, next_vb, k0, nk, records(i));
+      paged_block<Arch, E>(a, q, s, alpha, alibi, keys_at(k0, i), values_at(k0, i), next_kt,
+                           next_vb, k0, nk, records(i));
     }
   }
   // Records: lse = m + log(l) and o / l; a row that saw nothing keeps lse = -inf (its output
