@@ -155,11 +155,17 @@ Vec<Arch> load_elems(const F16* p) {
 
 /// Asks for the cache line at p. The micro-kernels prefetch the task's item two ahead (the keys
 /// and values of a head two heads on, or of a head in the next block: another block of the pool,
-/// a jump the hardware prefetchers do not follow), one line per kPrefetchRows rows of the rows
-/// they read; the hardware prefetchers fetch the lines between. Measured on the Zen 5 (AVX-512,
-/// 1 thread, kv_heads 4, f32, cold): no prefetch 410-430 us per step, every line of the next
-/// item 370-500, one line per 4 rows of the next item 340-360, of the item two ahead 331-343;
-/// kv_heads 16, f32, 1 thread: 1.27-1.54 ms without prefetch, 0.99-1.23 ms with it.
+/// a jump the hardware prefetchers do not follow), kPrefetchLines lines per kPrefetchRows rows
+/// of the rows they read; the hardware prefetchers fetch the lines between. Measured on the
+/// Zen 5 (AVX-512, 1 thread, kv_heads 4, f32, cold): no prefetch 410-430 us per step, every line
+/// of the next item 370-500, one line per 4 rows of the next item 340-360, of the item two ahead
+/// 331-343; kv_heads 16, f32, 1 thread: 1.27-1.54 ms without prefetch, 0.99-1.23 ms with it.
+/// Two-byte elements want two lines per row, every line of a 64-key row of K^T or a 64-wide row
+/// of V (128 bytes). With one line per 4 rows as for f32, AVX-512 (2 threads, cold, 3 rounds
+/// interleaved) ran kv_heads 4 bf16 at 175-192 us per step against 139-161, and AVX2 left the
+/// prefetches out, being slower with them; with two lines per row AVX2 gains too, kv_heads 16
+/// bf16 506-681 -> 356-484 us (5 rounds), kv_heads 4 unchanged. f32 with two lines per row, in
+/// turn, ran 1.4x slower (1.03-1.22 -> 1.45-1.95 ms at 1 thread).
 /// An asm statement, not __builtin_prefetch: GCC 12 deduced a helper made of prefetches alone to
 /// be const and dropped its calls, so the kernel had no prefetch at all.
 inline void prefetch_line(const void* p) {
@@ -169,19 +175,23 @@ inline void prefetch_line(const void* p) {
   __builtin_prefetch(p);
 #endif
 }
-inline constexpr std::size_t kPrefetchRows = 4;
+template <class E>
+inline constexpr std::size_t kPrefetchRows = sizeof(E) == 4 ? 4 : 1;
+template <class E>
+inline constexpr std::size_t kPrefetchLines = sizeof(E) == 4 ? 1 : 2;
 inline constexpr std::size_t kPrefetchItemsAhead = 2;
 
-/// step(i) for i in [0, n), with one prefetch of row i of `next` (rows `stride` elements apart;
-/// nullptr: none) per kPrefetchRows rows: whole groups, then the rest, so that the loop holding
-/// a micro-kernel's accumulators has no branch.
+/// step(i) for i in [0, n), with kPrefetchLines<E> lines from the start of row i of `next` (rows
+/// `stride` elements apart; nullptr: none) prefetched per kPrefetchRows<E> rows: whole groups,
+/// then the rest, so that the loop holding a micro-kernel's accumulators has no branch.
 template <class E, class Step>
 inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride, const Step& step) {
+  constexpr std::size_t kRows = kPrefetchRows<E>;
   std::size_t i = 0;
-  for (; next != nullptr && i + kPrefetchRows <= n; i += kPrefetchRows) {
-    prefetch_line(next + i * stride);
-#pragma GCC unroll 4
-    for (std::size_t u = 0; u < kPrefetchRows; ++u) step(i + u);
+  for (; next != nullptr && i + kRows <= n; i += kRows) {
+    const char* row = reinterpret_cast<const char*>(next + i * stride);
+    for (std::size_t c = 0; c < kPrefetchLines<E>; ++c) prefetch_line(row + 64 * c);
+    for (std::size_t u = 0; u < kRows; ++u) step(i + u);
   }
   for (; i < n; ++i) step(i);
 }
@@ -373,11 +383,6 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   using Tile = PagedTile<Arch>;
   static_assert(kKeyBlock % (Tile::kScoreVecs * kW) == 0, "a key block is whole score tiles");
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // AVX2 with bf16 or f16 elements ran slower with the prefetches (1 thread, cold, kv_heads 16:
-  // bf16 1.14-1.16 ms with, 0.86-0.89 without; f16 1.07-1.08 vs 0.91-0.92; kv_heads 4 bf16
-  // 407-411 vs 360-363 us) while AVX-512 ran faster with them (bf16 0.77-0.78 vs 0.88-0.89 ms;
-  // f16 0.74 vs 0.94-0.98; kv_heads 4 bf16 236-269 vs 298-320 us): AVX2 leaves them out there.
-  constexpr bool kPrefetch = !(kW == 8 && sizeof(E) == 2);
   const std::size_t rows = a.groups * a.tokens, d = a.d, rec = partial_record_floats(d);
   // Scratch: q rows [rows][d], scores [rows][kKeyBlock], alpha [rows].
   float* q = a.scratch;
@@ -415,7 +420,7 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
       const E* next_kt = nullptr;  // a later item, to prefetch while this one runs
       const E* next_vb = nullptr;
       const std::size_t ni = i + kPrefetchItemsAhead, nk0 = k0 + ni / a.heads * kKeyBlock;
-      if (kPrefetch && nk0 < end) {
+      if (nk0 < end) {
         next_kt = keys_at(nk0, ni % a.heads);
         next_vb = values_at(nk0, ni % a.heads);
       }
