@@ -11,6 +11,7 @@
 
 #include "common.hpp"
 #include "isa/registry.hpp"
+#include "kernels/blocking.hpp"
 #include "kernels/gemm/pack.hpp"
 #include "kernels/kernel_table.hpp"
 
@@ -144,41 +145,50 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
   struct Shape {
     std::size_t m, n, k;
   };
-  // n past one and two panels, k past one kKc = 256 pass, m past one micro-tile; calls of
-  // fewer rows than a micro-tile (several panels per tile) with n past whole groups of them,
-  // and remainders of panels shared with the tile before (the tutorial's 2 x 256 x 256).
-  const Shape shapes[] = {{1, 1, 1},      {2, 17, 3},   {13, 33, 257}, {7, 48, 64},
-                          {25, 100, 600}, {3, 16, 512}, {12, 32, 256}, {2, 209, 300},
-                          {1, 200, 257},  {5, 403, 64}, {2, 256, 256}, {1, 100, 70}};
+  // n past one and two panels, k past one kKc = 256 pass, m past one micro-tile and past the
+  // kGemmTaskRows rows of A's copy; calls of fewer rows than a micro-tile (several panels per
+  // tile) with n past whole groups of them, and remainders of panels shared with the tile
+  // before (the tutorial's 2 x 256 x 256). A's rows are 3 floats wider than k.
+  const Shape shapes[] = {{1, 1, 1},      {2, 17, 3},    {13, 33, 257}, {7, 48, 64},
+                          {25, 100, 600}, {3, 16, 512},  {12, 32, 256}, {2, 209, 300},
+                          {1, 200, 257},  {5, 403, 64},  {2, 256, 256}, {1, 100, 70},
+                          {100, 40, 300}, {131, 17, 37}, {97, 64, 513}};
+  AlignedFloats a_pack = aligned_floats(kernels::kGemmPackFloats);
   for (const kernels::KernelTable* t : tables()) {
     for (const Shape& sh : shapes) {
       for (bool with_bias : {false, true}) {
         INFO("ISA " << isa_name(t->isa) << " m=" << sh.m << " n=" << sh.n << " k=" << sh.k
                     << " bias=" << with_bias);
-        const auto a = test::random_normal(sh.m * sh.k, 1);
+        const std::size_t lda = sh.k + 3;
+        const auto a = test::random_normal(sh.m * lda, 1);
         const auto w = test::random_normal(sh.n * sh.k, 2);  // [n, k], PyTorch layout
         const auto bias = test::random_normal(sh.n, 3);
         AlignedFloats packed = aligned_floats(kernels::packed_weight_floats(sh.n, sh.k));
         kernels::pack_weight(w.data(), sh.n, sh.k, sh.k, packed.get());
         const std::size_t ldc = sh.n + 5;  // a row stride wider than the row
-        std::vector<float> c(sh.m * ldc, 7.0f);
+        std::vector<float> c(sh.m * ldc, 7.0f), in_place(sh.m * ldc, 7.0f);
         kernels::GemmArgs g;
         g.a = a.data();
-        g.lda = sh.k;
+        g.lda = lda;
         g.m = sh.m;
         g.n = sh.n;
         g.k = sh.k;
         g.b_packed = packed.get();
         g.bias = with_bias ? bias.data() : nullptr;
-        g.c = c.data();
+        g.c = in_place.data();
         g.ldc = ldc;
         t->gemm(g);
+        // With scratch for A's copy (where the ISA's tile uses one): the same sums, bit for bit.
+        g.c = c.data();
+        g.a_pack = a_pack.get();
+        t->gemm(g);
+        REQUIRE(std::memcmp(c.data(), in_place.data(), c.size() * sizeof(float)) == 0);
         double worst = 0.0, scale = 0.0;
         for (std::size_t i = 0; i < sh.m; ++i) {
           for (std::size_t j = 0; j < sh.n; ++j) {
             double want = with_bias ? bias[j] : 0.0;
             for (std::size_t p = 0; p < sh.k; ++p) {
-              want += static_cast<double>(a[i * sh.k + p]) * w[j * sh.k + p];
+              want += static_cast<double>(a[i * lda + p]) * w[j * sh.k + p];
             }
             worst = std::max(worst, std::fabs(c[i * ldc + j] - want));
             scale = std::max(scale, std::fabs(want));
@@ -201,10 +211,12 @@ TEST_CASE("kernel GEMM: a row's result does not depend on how many rows the call
   const auto bias = test::random_normal(n, 6);
   AlignedFloats packed = aligned_floats(kernels::packed_weight_floats(n, k));
   kernels::pack_weight(w.data(), n, k, k, packed.get());
+  AlignedFloats a_pack = aligned_floats(kernels::kGemmPackFloats);  // as the driver passes
   for (const kernels::KernelTable* t : tables()) {
     INFO("ISA " << isa_name(t->isa));
     std::vector<float> all(m * n), few(m * n);
     kernels::GemmArgs g;
+    g.a_pack = a_pack.get();
     g.a = a.data();
     g.lda = k;
     g.m = m;

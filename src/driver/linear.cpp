@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "driver/parallel.hpp"
+#include "driver/scratch.hpp"
 #include "kernels/blocking.hpp"
 
 namespace simdattn::detail {
@@ -41,6 +42,7 @@ void run_linear(const kernels::KernelTable& table, const float* x, std::size_t r
     g.bias = bias != nullptr ? bias + cb * task_cols : nullptr;
     g.c = y + rb * kGemmTaskRows * ldy + cb * task_cols;
     g.ldc = ldy;
+    g.a_pack = thread_scratch(ScratchSlot::gemm, kernels::kGemmPackFloats);
     table.gemm(g);
   };
   // Many rows: dynamic, since a short last row block left the threads' static shares uneven

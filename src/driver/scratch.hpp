@@ -8,6 +8,7 @@ namespace simdattn::detail {
 /// Independent scratch buffers of a thread; a call may hold several at once.
 enum class ScratchSlot {
   kernel,       ///< a kernel task's working set (attention_scratch_floats, decode_scratch_floats)
+  gemm,         ///< a projection GEMM task's copy of A's rows (kGemmPackFloats)
   activations,  ///< the module's projected Q, K, V and concatenated heads
   partials,     ///< decode slices' partial results, merged after the parallel region
   lse,          ///< rows' log-sum-exp when only the attention weights need them

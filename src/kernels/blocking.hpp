@@ -150,21 +150,26 @@ inline constexpr std::size_t kKc = 256;
 template <std::size_t kW>
 struct GemmTileFor;
 /// AVX-512: 12 x 32 = 24 zmm accumulators, 2 B vectors, 1 broadcast (27 of 32 registers).
+/// kPackA: A's rows are copied per k block (gemm.hpp): read in place, 12 rows lda apart (4 KiB
+/// at E = 1024: one L1 set) and the two B panels (8 lines per set) overflow the L1's 12 ways.
 template <>
 struct GemmTileFor<16> {
   static constexpr std::size_t kMr = 12, kNp = 2;
+  static constexpr bool kPackA = true;
 };
 /// AVX2: 6 x 16 = 12 ymm accumulators, 2 B vectors, 1 broadcast (15 of 16). Forced AVX2 on the
 /// Zen 5: 114 GFLOP/s at 1 thread, its measured ymm peak.
 template <>
 struct GemmTileFor<8> {
   static constexpr std::size_t kMr = 6, kNp = 1;
+  static constexpr bool kPackA = false;  // 6 rows + 4 lines of B per set fit
 };
 /// SSE2 (16 xmm): 4 x 16 = 16 accumulators; with B and the broadcast some spill. SSE2 is the
 /// baseline fallback, not tuned.
 template <>
 struct GemmTileFor<4> {
   static constexpr std::size_t kMr = 4, kNp = 1;
+  static constexpr bool kPackA = false;
 };
 
 /// The most panels (B streams) per micro-tile of a call with fewer rows than kMr (gemm.hpp's
@@ -181,6 +186,11 @@ inline constexpr std::size_t kGemmTaskCols = 256;
 /// With fewer row blocks than threads (the tutorial's L = 2, decoding) the columns are split
 /// evenly instead, in multiples of this (the widest micro-tile).
 inline constexpr std::size_t kGemmMinTaskCols = 32;
+/// Row stride of the GEMM's copy of A (gemm.hpp): kKc floats and one cache line more, so that
+/// the kMr rows a micro-tile reads fall into kMr different L1 sets whatever lda is.
+inline constexpr std::size_t kGemmPackStride = kKc + 16;
+/// Floats of the copy: kGemmTaskRows rows of kGemmPackStride.
+inline constexpr std::size_t kGemmPackFloats = kGemmTaskRows * kGemmPackStride;
 
 // ---- when to use threads at all ------------------------------------------------------------
 

@@ -26,6 +26,9 @@ struct GemmArgs {
   const float* bias = nullptr;      // [n] (offset like b_packed) or nullptr
   float* c = nullptr;
   std::size_t ldc = 0;
+  /// kGemmPackFloats floats of scratch for copies of A's rows (gemm.hpp), or nullptr to read A
+  /// in place.
+  float* a_pack = nullptr;
 };
 
 /// One task of the tile path: query rows [row_begin, row_end) of one (batch, head).

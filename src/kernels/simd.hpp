@@ -42,6 +42,23 @@ inline void keep_in_register(Vec<Arch>& v) {
 #endif
 }
 
+/// Copies n rows of d floats (rows `stride` floats apart) to dst, rows dp floats apart, zeros
+/// past d.
+template <class Arch>
+void pack_rows(const float* src, std::size_t stride, std::size_t n, std::size_t d, std::size_t dp,
+               float* dst) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  const std::size_t dv = d / kW * kW;
+  for (std::size_t j = 0; j < n; ++j) {
+    const float* s = src + j * stride;
+    float* t = dst + j * dp;
+    for (std::size_t c = 0; c < dv; c += kW) V::load_unaligned(s + c).store_aligned(t + c);
+    for (std::size_t c = dv; c < d; ++c) t[c] = s[c];
+    for (std::size_t c = d; c < dp; ++c) t[c] = 0.0f;
+  }
+}
+
 /// Calls f(std::integral_constant<std::size_t, R>) for the runtime value r in [1, kMax]:
 /// micro-kernels are templates on their row count so that every accumulator is a register.
 template <std::size_t kMax, class F>

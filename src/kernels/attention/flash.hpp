@@ -100,23 +100,6 @@ std::size_t tile_key_block(std::size_t dp) {
   return std::max(kKeys, std::min(fit, kKeyBlock) / kKeys * kKeys);
 }
 
-/// Copies n rows of d floats (rows `stride` floats apart) to dst, rows dp floats apart, zeros
-/// past d.
-template <class Arch>
-void pack_rows(const float* src, std::size_t stride, std::size_t n, std::size_t d, std::size_t dp,
-               float* dst) {
-  using V = Vec<Arch>;
-  constexpr std::size_t kW = kWidth<Arch>;
-  const std::size_t dv = d / kW * kW;
-  for (std::size_t j = 0; j < n; ++j) {
-    const float* s = src + j * stride;
-    float* t = dst + j * dp;
-    for (std::size_t c = 0; c < dv; c += kW) V::load_unaligned(s + c).store_aligned(t + c);
-    for (std::size_t c = dv; c < d; ++c) t[c] = s[c];
-    for (std::size_t c = d; c < dp; ++c) t[c] = 0.0f;
-  }
-}
-
 /// Asks for rows [begin, end) (rows `stride` floats apart, d floats each) to come into cache.
 inline void prefetch_rows(const float* src, std::size_t stride, std::size_t begin, std::size_t end,
                           std::size_t d) {

@@ -1,9 +1,15 @@
 // Projection GEMM: C[m, n] = A[m, k] B + bias, B = W^T packed by pack_weight().
 //
-// Layout: A row-major (lda), read in place: the micro-kernel broadcasts A[r][k] straight from
-// the rows, which costs the same loads as a packed copy and skips a scalar transpose that
-// measured 12-25% of the kernel at n = 256. B in panels of kPanel = 16 columns (pack.hpp), one
-// 64-byte row per k, 64-byte aligned. C row-major (ldc), any alignment.
+// Layout: A row-major (lda); the micro-kernel broadcasts A[r][k] straight from the rows, not
+// from a transposed copy, whose scalar transpose measured 12-25% of the kernel at n = 256.
+// Where the tile's rows would share L1 sets (GemmTileFor::kPackA: AVX-512's 12 rows, at
+// E = 1024 4 KiB apart), each k block of a chunk of kGemmTaskRows rows is first copied, rows
+// still, to a stride of kKc + 16 floats (GemmArgs::a_pack; a vector copy, about 1% of the
+// work at n = 256): bench_projections on AVX-512, 3 rounds interleaved, the input projections
+// at 1 thread s512 4.65-5.01 -> 3.96-4.13 ms, bert 45.5-46.5 -> 37.9-38.8 ms, s4096 176-230
+// -> 146 ms; at 2 threads 10-20% less time too. AVX2's 6 rows gained nothing: read in place.
+// B in panels of kPanel = 16 columns (pack.hpp), one 64-byte row per k, 64-byte aligned. C
+// row-major (ldc), any alignment.
 //
 // Blocking (BLIS names, sizes and their reasons in kernels/blocking.hpp): kKc rows of B per
 // pass, the micro-tile kMr rows x kNp panels per vector width. Every element of C sums its k
@@ -153,27 +159,40 @@ void gemm(const GemmArgs& g) {
   constexpr std::size_t kNp = GemmTile<Arch>::kNp;
   constexpr std::size_t kGroup = kNp * kPanel;  // columns per micro-tile
   const std::size_t panel_stride = g.k * kPanel;
-  for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
-    const std::size_t kc = std::min(kKc, g.k - k0);
-    const bool first = k0 == 0;
-    for (std::size_t j0 = 0; j0 < g.n; j0 += kGroup) {
-      const std::size_t cols = std::min(kGroup, g.n - j0);
-      const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
-      const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
-      const bool full_group = cols > (kNp - 1) * kPanel;
-      for (std::size_t i0 = 0; i0 < g.m; i0 += kMr) {
-        const std::size_t rows = std::min(kMr, g.m - i0);
-        const float* a = g.a + i0 * g.lda + k0;
-        float* c = g.c + i0 * g.ldc + j0;
-        with_rows<kMr>(rows, [&](auto r) {
-          if (full_group) {
-            gemm_ukernel<Arch, decltype(r)::value, kNp>(a, g.lda, b, panel_stride, kc, c, g.ldc,
-                                                        cols, bias, first);
-          } else {
-            gemm_ukernel<Arch, decltype(r)::value, 1>(a, g.lda, b, panel_stride, kc, c, g.ldc, cols,
-                                                      bias, first);
-          }
-        });
+  // Rows in chunks of kGemmTaskRows, each copied per k block when there is scratch: read in
+  // place, a micro-tile's kMr rows lie lda apart, at E = 1024 (4 KiB) all in one L1 set, beside
+  // the B panels the tile keeps there.
+  const bool pack = GemmTile<Arch>::kPackA && g.a_pack != nullptr;
+  const std::size_t chunk = pack ? kGemmTaskRows : g.m;
+  for (std::size_t m0 = 0; m0 < g.m; m0 += chunk) {
+    const std::size_t m_end = std::min(g.m, m0 + chunk);
+    for (std::size_t k0 = 0; k0 < g.k; k0 += kKc) {
+      const std::size_t kc = std::min(kKc, g.k - k0);
+      const bool first = k0 == 0;
+      if (pack) {
+        pack_rows<Arch>(g.a + m0 * g.lda + k0, g.lda, m_end - m0, kc, kGemmPackStride, g.a_pack);
+      }
+      const float* a0 = pack ? g.a_pack : g.a + m0 * g.lda + k0;
+      const std::size_t lda = pack ? kGemmPackStride : g.lda;
+      for (std::size_t j0 = 0; j0 < g.n; j0 += kGroup) {
+        const std::size_t cols = std::min(kGroup, g.n - j0);
+        const float* b = g.b_packed + (j0 / kPanel) * panel_stride + k0 * kPanel;
+        const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
+        const bool full_group = cols > (kNp - 1) * kPanel;
+        for (std::size_t i0 = m0; i0 < m_end; i0 += kMr) {
+          const std::size_t rows = std::min(kMr, m_end - i0);
+          const float* a = a0 + (i0 - m0) * lda;
+          float* c = g.c + i0 * g.ldc + j0;
+          with_rows<kMr>(rows, [&](auto r) {
+            if (full_group) {
+              gemm_ukernel<Arch, decltype(r)::value, kNp>(a, lda, b, panel_stride, kc, c, g.ldc,
+                                                          cols, bias, first);
+            } else {
+              gemm_ukernel<Arch, decltype(r)::value, 1>(a, lda, b, panel_stride, kc, c, g.ldc, cols,
+                                                        bias, first);
+            }
+          });
+        }
       }
     }
   }
