@@ -165,7 +165,7 @@ Vec<Arch> load_elems(const F16* p) {
 /// interleaved) ran kv_heads 4 bf16 at 175-192 us per step against 139-161, and AVX2 left the
 /// prefetches out, being slower with them; with two lines per row AVX2 gains too, kv_heads 16
 /// bf16 506-681 -> 356-484 us (5 rounds), kv_heads 4 unchanged. f32 with two lines per row, in
-/// turn, ran 1.4x slower (1.03-1.22 -> 1.45-1.95 ms at 1 thread).
+/// turn, ran 1.3-1.4x slower (kv_heads 16, 1 thread: 0.95-1.15 -> 1.39-1.45 ms).
 /// An asm statement, not __builtin_prefetch: GCC 12 deduced a helper made of prefetches alone to
 /// be const and dropped its calls, so the kernel had no prefetch at all.
 inline void prefetch_line(const void* p) {
