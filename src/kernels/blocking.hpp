@@ -150,8 +150,7 @@ inline constexpr std::size_t kKc = 256;
 template <std::size_t kW>
 struct GemmTileFor;
 /// AVX-512: 12 x 32 = 24 zmm accumulators, 2 B vectors, 1 broadcast (27 of 32 registers).
-/// kPackA: A's rows are copied per k block (gemm.hpp): read in place, 12 rows lda apart (4 KiB
-/// at E = 1024: one L1 set) and the two B panels (8 lines per set) overflow the L1's 12 ways.
+/// kPackA: A's rows are copied per k block (gemm.hpp says why).
 template <>
 struct GemmTileFor<16> {
   static constexpr std::size_t kMr = 12, kNp = 2;

@@ -42,11 +42,12 @@ inline void keep_in_register(Vec<Arch>& v) {
 #endif
 }
 
-/// Copies n rows of d floats (rows `stride` floats apart) to dst, rows dp floats apart, zeros
-/// past d.
+/// Copies n rows of d floats (rows `stride` floats apart) to dst, rows dp floats apart, and sets
+/// columns [d, zero_to) of each copied row to zero: the attention kernels read whole vectors
+/// past d (zero_to = dp); the GEMM reads d columns only (zero_to = d).
 template <class Arch>
 void pack_rows(const float* src, std::size_t stride, std::size_t n, std::size_t d, std::size_t dp,
-               float* dst) {
+               float* dst, std::size_t zero_to) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   const std::size_t dv = d / kW * kW;
@@ -55,7 +56,7 @@ void pack_rows(const float* src, std::size_t stride, std::size_t n, std::size_t 
     float* t = dst + j * dp;
     for (std::size_t c = 0; c < dv; c += kW) V::load_unaligned(s + c).store_aligned(t + c);
     for (std::size_t c = dv; c < d; ++c) t[c] = s[c];
-    for (std::size_t c = d; c < dp; ++c) t[c] = 0.0f;
+    for (std::size_t c = d; c < zero_to; ++c) t[c] = 0.0f;
   }
 }
 

@@ -455,8 +455,8 @@ void attention_tiles(const AttentionArgs& a) {
   const std::size_t task_key_end = key_end(a.rule, a.row_end - 1);
   for (std::size_t k0 = task_key_begin; k0 < task_key_end; k0 += key_block) {
     const std::size_t nk = std::min(key_block, a.lk - k0);
-    pack_rows<Arch>(a.k + k0 * a.k_stride, a.k_stride, nk, d, dp, kp);
-    pack_rows<Arch>(a.v + k0 * a.v_stride, a.v_stride, nk, dv, dvp, vp);
+    pack_rows<Arch>(a.k + k0 * a.k_stride, a.k_stride, nk, d, dp, kp, dp);
+    pack_rows<Arch>(a.v + k0 * a.v_stride, a.v_stride, nk, dv, dvp, vp, dvp);
     // The group's keys of this block: past its last row's causal end and before its first
     // row's window every query has p = 0, so they are not computed (a window costs L x W).
     // Empty when the whole block is past every row's causal end or before every row's window.

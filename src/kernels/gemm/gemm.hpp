@@ -3,7 +3,8 @@
 // Layout: A row-major (lda); the micro-kernel broadcasts A[r][k] straight from the rows, not
 // from a transposed copy, whose scalar transpose measured 12-25% of the kernel at n = 256.
 // Where the tile's rows would share L1 sets (GemmTileFor::kPackA: AVX-512's 12 rows, at
-// E = 1024 4 KiB apart), each k block of a chunk of kGemmTaskRows rows is first copied, rows
+// E = 1024 4 KiB apart, all in one set beside the two B panels' 8 lines there: 20 lines for
+// the L1's 12 ways), each k block of a chunk of kGemmTaskRows rows is first copied, rows
 // still, to a stride of kKc + 16 floats (GemmArgs::a_pack; a vector copy, about 1% of the
 // work at n = 256): bench_projections on AVX-512, 3 rounds interleaved, the input projections
 // at 1 thread s512 4.65-5.01 -> 3.96-4.13 ms, bert 45.5-46.5 -> 37.9-38.8 ms, s4096 176-230
@@ -159,9 +160,8 @@ void gemm(const GemmArgs& g) {
   constexpr std::size_t kNp = GemmTile<Arch>::kNp;
   constexpr std::size_t kGroup = kNp * kPanel;  // columns per micro-tile
   const std::size_t panel_stride = g.k * kPanel;
-  // Rows in chunks of kGemmTaskRows, each copied per k block when there is scratch: read in
-  // place, a micro-tile's kMr rows lie lda apart, at E = 1024 (4 KiB) all in one L1 set, beside
-  // the B panels the tile keeps there.
+  // Rows in chunks of kGemmTaskRows, each copied per k block where the tile wants it (the
+  // header says why).
   const bool pack = GemmTile<Arch>::kPackA && g.a_pack != nullptr;
   const std::size_t chunk = pack ? kGemmTaskRows : g.m;
   for (std::size_t m0 = 0; m0 < g.m; m0 += chunk) {
@@ -170,7 +170,8 @@ void gemm(const GemmArgs& g) {
       const std::size_t kc = std::min(kKc, g.k - k0);
       const bool first = k0 == 0;
       if (pack) {
-        pack_rows<Arch>(g.a + m0 * g.lda + k0, g.lda, m_end - m0, kc, kGemmPackStride, g.a_pack);
+        pack_rows<Arch>(g.a + m0 * g.lda + k0, g.lda, m_end - m0, kc, kGemmPackStride, g.a_pack,
+                        kc);
       }
       const float* a0 = pack ? g.a_pack : g.a + m0 * g.lda + k0;
       const std::size_t lda = pack ? kGemmPackStride : g.lda;
