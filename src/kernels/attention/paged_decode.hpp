@@ -166,13 +166,19 @@ Vec<Arch> load_elems(const F16* p) {
 /// prefetches out, being slower with them; with two lines per row AVX2 gains too, kv_heads 16
 /// bf16 506-681 -> 356-484 us (5 rounds), kv_heads 4 unchanged. f32 with two lines per row, in
 /// turn, ran 1.3-1.4x slower (kv_heads 16, 1 thread: 0.95-1.15 -> 1.39-1.45 ms).
+/// kToL2: into L2 only (prefetcht1), else into L1 (prefetcht0).
 /// An asm statement, not __builtin_prefetch: GCC 12 deduced a helper made of prefetches alone to
 /// be const and dropped its calls, so the kernel had no prefetch at all.
+template <bool kToL2>
 inline void prefetch_line(const void* p) {
 #if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+  if constexpr (kToL2) {
+    asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+  } else {
+    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+  }
 #else
-  __builtin_prefetch(p);
+  __builtin_prefetch(p, 0, kToL2 ? 2 : 3);
 #endif
 }
 template <class E>
@@ -181,16 +187,40 @@ template <class E>
 inline constexpr std::size_t kPrefetchLines = sizeof(E) == 4 ? 1 : 2;
 inline constexpr std::size_t kPrefetchItemsAhead = 2;
 
-/// step(i) for i in [0, n), with kPrefetchLines<E> lines from the start of row i of `next` (rows
-/// `stride` elements apart; nullptr: none) prefetched per kPrefetchRows<E> rows: whole groups,
+/// What a micro-kernel of kR rows, reading kCols elements of each row with vectors of kW floats,
+/// prefetches of the later item. Above, one row per kv head. With several (grouped heads, new
+/// tokens) each d or key step holds kR times the multiply-adds between its loads, so the
+/// out-of-order window covers fewer of the lines in flight and the stream slows: on the Zen 5
+/// (AVX-512, one thread, f32, cold), kv_heads 4 of 16 query heads took 1.75-1.9 us per 64-key
+/// block and kv head, against 1.1-1.2 with one query head per kv head, though both take 0.5 us
+/// with K and V in cache. There AVX-512 asks for every line the call reads, into L2 (two 16 KiB
+/// items ahead in L1 would evict the one in use). The core's decode over a 4096-token cache,
+/// kv_heads 4, f32 (12 caches in turn, median of 400 calls, 5 rounds interleaved): 2 threads
+/// 209-217 -> 173-208 us; 1 thread unchanged on a quiet machine (343-387 against 356-402 us),
+/// 354-389 -> 282-290 us while the other core was busy. bf16 and f16, already two lines per
+/// row, unchanged (2 threads 102-106 us both). AVX2, whose tile computes twice as long per
+/// block, ran no faster with it (2 threads 277-280 against 262-282 us), so it keeps the rule
+/// above, as do SSE2 and NEON.
+template <class E, std::size_t kR, std::size_t kCols, std::size_t kW>
+struct PrefetchPlan {
+  static constexpr bool kEveryLine = kR > 1 && kW == 16;
+  static constexpr std::size_t kRowsPer = kEveryLine ? 1 : kPrefetchRows<E>;
+  static constexpr std::size_t kLines =
+      kEveryLine ? (kCols * sizeof(E) + 63) / 64 : kPrefetchLines<E>;
+};
+
+/// step(i) for i in [0, n), with Plan::kLines lines from the start of row i of `next` (rows
+/// `stride` elements apart; nullptr: none) prefetched per Plan::kRowsPer rows: whole groups,
 /// then the rest, so that the loop holding a micro-kernel's accumulators has no branch.
-template <class E, class Step>
+template <class Plan, class E, class Step>
 inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride, const Step& step) {
-  constexpr std::size_t kRows = kPrefetchRows<E>;
+  constexpr std::size_t kRows = Plan::kRowsPer;
   std::size_t i = 0;
   for (; next != nullptr && i + kRows <= n; i += kRows) {
     const char* row = reinterpret_cast<const char*>(next + i * stride);
-    for (std::size_t c = 0; c < kPrefetchLines<E>; ++c) prefetch_line(row + 64 * c);
+    for (std::size_t c = 0; c < Plan::kLines; ++c) {
+      prefetch_line<Plan::kEveryLine>(row + 64 * c);
+    }
     for (std::size_t u = 0; u < kRows; ++u) step(i + u);
   }
   for (; i < n; ++i) step(i);
@@ -220,7 +250,8 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
       for (std::size_t c = 0; c < kV; ++c) acc[r][c] = madd<Arch>(qr, k[c], acc[r][c]);
     }
   };
-  rows_with_prefetch(d, next, kt_stride, step);
+  rows_with_prefetch<PrefetchPlan<E, kR, kV * kWidth<Arch>, kWidth<Arch>>>(d, next, kt_stride,
+                                                                           step);
   const V vs(scale);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
@@ -254,7 +285,8 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
       for (std::size_t c = 0; c < kC; ++c) acc[r][c] = madd<Arch>(pr, vv[c], acc[r][c]);
     }
   };
-  rows_with_prefetch(nkeys, next, v_stride, step);
+  rows_with_prefetch<PrefetchPlan<E, kR, kC * kWidth<Arch>, kWidth<Arch>>>(nkeys, next, v_stride,
+                                                                           step);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
