@@ -195,12 +195,13 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// block and kv head, against 1.1-1.2 with one query head per kv head, though both take 0.5 us
 /// with K and V in cache. There AVX-512 asks for every line the call reads, into L2 (two 16 KiB
 /// items ahead in L1 would evict the one in use). The core's decode over a 4096-token cache,
-/// kv_heads 4, f32 (12 caches in turn, median of 400 calls, 5 rounds interleaved): 2 threads
-/// 209-217 -> 173-208 us; 1 thread unchanged on a quiet machine (343-387 against 356-402 us),
-/// 354-389 -> 282-290 us while the other core was busy. bf16 and f16, already two lines per
-/// row, unchanged (2 threads 102-106 us both). AVX2, whose tile computes twice as long per
-/// block, ran no faster with it (2 threads 277-280 against 262-282 us), so it keeps the rule
-/// above, as do SSE2 and NEON.
+/// kv_heads 4, f32, binaries in turn: over 12 caches (median of 400 calls, 5 rounds) 2 threads
+/// 209-217 -> 173-208 us; bench_attention --set=stream (32 caches, 6 rounds) 278-340 -> 256-300
+/// us, and within the noise in 4 other rounds; 1 thread unchanged on a quiet machine (343-387
+/// against 356-402 us), 354-389 -> 282-290 us while the other core was busy. bf16 and f16, already
+/// two lines per row, unchanged (2 threads 102-106 us both). AVX2, whose tile computes twice as
+/// long per block, ran no faster with it (2 threads 277-280 against 262-282 us), so it keeps the
+/// rule above, as do SSE2 and NEON.
 template <class E, std::size_t kR, std::size_t kCols, std::size_t kW>
 struct PrefetchPlan {
   static constexpr bool kEveryLine = kR > 1 && kW == 16;
