@@ -179,10 +179,20 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
         g.ldc = ldc;
         t->gemm(g);
         // With scratch for A's copy (where the ISA's tile uses one): the same sums, bit for bit.
+        // The scratch starts as NaN, so that a read of anything the copy did not write (past
+        // k, or past the copied rows) reaches C. An ISA that does not copy leaves it untouched.
+        std::fill(a_pack.get(), a_pack.get() + kernels::kGemmPackFloats,
+                  std::numeric_limits<float>::quiet_NaN());
         g.c = c.data();
         g.a_pack = a_pack.get();
         t->gemm(g);
         REQUIRE(std::memcmp(c.data(), in_place.data(), c.size() * sizeof(float)) == 0);
+        const bool scratch_written =
+            std::any_of(a_pack.get(), a_pack.get() + kernels::kGemmPackFloats,
+                        [](float x) { return !std::isnan(x); });
+        // From 16 rows (at least every ISA's micro-tile) a copying ISA takes the tiled path.
+        if (!t->gemm_copies_a) REQUIRE_FALSE(scratch_written);
+        if (t->gemm_copies_a && sh.m >= 16) REQUIRE(scratch_written);
         double worst = 0.0, scale = 0.0;
         for (std::size_t i = 0; i < sh.m; ++i) {
           for (std::size_t j = 0; j < sh.n; ++j) {
@@ -212,6 +222,8 @@ TEST_CASE("kernel GEMM: a row's result does not depend on how many rows the call
   AlignedFloats packed = aligned_floats(kernels::packed_weight_floats(n, k));
   kernels::pack_weight(w.data(), n, k, k, packed.get());
   AlignedFloats a_pack = aligned_floats(kernels::kGemmPackFloats);  // as the driver passes
+  std::fill(a_pack.get(), a_pack.get() + kernels::kGemmPackFloats,
+            std::numeric_limits<float>::quiet_NaN());  // a read of what no copy wrote shows
   for (const kernels::KernelTable* t : tables()) {
     INFO("ISA " << isa_name(t->isa));
     std::vector<float> all(m * n), few(m * n);

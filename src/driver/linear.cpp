@@ -42,7 +42,8 @@ void run_linear(const kernels::KernelTable& table, const float* x, std::size_t r
     g.bias = bias != nullptr ? bias + cb * task_cols : nullptr;
     g.c = y + rb * kGemmTaskRows * ldy + cb * task_cols;
     g.ldc = ldy;
-    g.a_pack = thread_scratch(ScratchSlot::gemm, kernels::kGemmPackFloats);
+    g.a_pack =
+        table.gemm_copies_a ? thread_scratch(ScratchSlot::gemm, kernels::kGemmPackFloats) : nullptr;
     table.gemm(g);
   };
   // Many rows: dynamic, since a short last row block left the threads' static shares uneven

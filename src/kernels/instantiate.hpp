@@ -67,6 +67,7 @@ template <class Arch>
 constexpr KernelTable make_table(Isa isa) {
   return KernelTable{isa,
                      &gemm<Arch>,
+                     GemmTile<Arch>::kPackA,
                      &attention_tiles<Arch>,
                      &attention_decode<typename DecodeArch<Arch>::type>,
                      &paged_attention<Arch>,

@@ -171,6 +171,9 @@ struct BackwardArgs;  // kernels/attention/backward_args.hpp
 struct KernelTable {
   Isa isa;
   void (*gemm)(const GemmArgs& args);
+  /// Whether gemm copies A's rows into GemmArgs::a_pack (GemmTileFor::kPackA); where it does
+  /// not, the driver passes no scratch.
+  bool gemm_copies_a;
   void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
   void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
   void (*paged_attention)(const PagedAttentionArgs& args);  // over a KvCache, one slice
