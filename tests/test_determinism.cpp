@@ -87,6 +87,31 @@ TEST_CASE("scaled_dot_product_attention is bitwise deterministic run to run and 
   }
 }
 
+TEST_CASE("MultiHeadAttention::forward with a packed weight above 4 MiB: oracle, 1-3 threads",
+          "[reliability][determinism]") {
+  // E = 600: the [3E, E] self-attention weight (4.3 MB) is past the projection driver's
+  // kGemmWeightMajorBytes, so its tasks run in weight-major order; 2 x 100 rows are several
+  // row blocks.
+  const std::size_t e = 600, heads = 4, n = 2, l = 100;
+  MultiHeadAttention m(e, heads, 31);
+  const auto x = test::random_normal(n * l * e, 32);
+  const ConstTensorView xv{x.data(), n, l, e};
+  Options o;
+  o.threads = 1;
+  std::vector<float> base(n * l * e);
+  m.forward(xv, xv, xv, {}, {base.data(), n, l, e}, o);
+  test::check_close(base.data(), test::oracle_forward(m, xv, xv, xv, {}, o),
+                    "threads = 1 vs oracle");
+  disturb_scratch(m, xv, xv);
+  for (int threads : {1, 2, 3, 0}) {
+    o.threads = threads;
+    std::vector<float> out(n * l * e, -1.0f);
+    m.forward(xv, xv, xv, {}, {out.data(), n, l, e}, o);
+    INFO("threads " << threads);
+    CHECK(first_difference(base, out) == "");
+  }
+}
+
 TEST_CASE("MultiHeadAttention::forward is bitwise deterministic run to run and for 1-3 threads",
           "[reliability][determinism]") {
   // E = 100, H = 4 (head_dim 25): the [3E, E] self-attention GEMM has several row and column

@@ -29,9 +29,11 @@ void run_linear(const kernels::KernelTable& table, const float* x, std::size_t r
   const std::size_t col_blocks = (w.out + task_cols - 1) / task_cols;
   const std::size_t tasks = row_blocks * col_blocks;
 
+  // Which operand consecutive tasks share: kernels/blocking.hpp, kGemmWeightMajorBytes.
+  const bool weight_major = w.out * w.in * sizeof(float) > kernels::kGemmWeightMajorBytes;
   auto run_task = [&](std::size_t t) {
-    const std::size_t rb = t / col_blocks;
-    const std::size_t cb = t % col_blocks;
+    const std::size_t rb = weight_major ? t % row_blocks : t / col_blocks;
+    const std::size_t cb = weight_major ? t / row_blocks : t % col_blocks;
     kernels::GemmArgs g;
     g.a = x + rb * kGemmTaskRows * w.in;
     g.lda = w.in;

@@ -182,6 +182,17 @@ inline constexpr std::size_t kMaxFewRowPanels = 6;
 /// panels of the task) x kGemmTaskCols columns (a multiple of every micro-tile's width).
 inline constexpr std::size_t kGemmTaskRows = 96;
 inline constexpr std::size_t kGemmTaskCols = 256;
+/// Task order: consecutive tasks (one thread's next, or the other threads' current ones) share
+/// either a row block of A (row-major order: the whole packed weight streams once per row
+/// block) or a column block of the weight (column-major: A streams once per column block, a
+/// 256-column slab of the weight, 1 MiB at E = 1024, is reused). Column-major above this many
+/// bytes of packed weight. AVX2 forced on the Zen 5, 3 rounds interleaved, row-major against
+/// column-major: input projections (weight 3E x E) at 1 thread s4096 (12 MiB) 277-284 ->
+/// 242-248 ms, bert (6.75 MiB) 74-80 -> 68-70 ms; at 2 threads 141-149 -> 126-131 and 37.6-39.5
+/// -> 35.4-38.4 ms; but with a small weight, which stays in cache either way, column-major lost the
+/// reuse of A: 2 threads s2048 input (3 MiB) 15.4-16.4 -> 16.4-17.3 ms, bert output (2.25 MiB)
+/// 11.5-11.7 -> 11.8-12.8 ms. s4096's output (4 MiB) within the noise either way.
+inline constexpr std::size_t kGemmWeightMajorBytes = std::size_t{4} << 20;
 /// With fewer row blocks than threads (the tutorial's L = 2, decoding) the columns are split
 /// evenly instead, in multiples of this (the widest micro-tile).
 inline constexpr std::size_t kGemmMinTaskCols = 32;
