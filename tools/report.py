@@ -539,6 +539,9 @@ def readme_section(rows, threads, context, command, plot_rel, note):
         "- a forced ISA: `tools/run_bench.sh --isa=avx2` (sets `SIMDATTN_ISA`); every ISA side "
         "by side: `tools/run_bench.sh --isa=all`",
         "- PyTorch's columns beside ours (needs `python3-torch`): `tools/run_bench.sh --peers`",
+        "- the module's projection GEMMs alone, per ISA and thread count: "
+        "`build/release/bench/bench_projections --isa=avx2,avx512` (bench/README.md, "
+        "\"bench_projections\")",
         "- peak resident memory of sdpa at N=1, L=16384, E=512, H=8 against inputs plus output: "
         "`build/release/bench/bench_attention --set=memory` (counters `peak_rss_MiB`, "
         "`rss_ratio`), or the same under `/usr/bin/time -v` (\"Maximum resident set size\")",
