@@ -202,6 +202,16 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// two lines per row, unchanged (2 threads 102-106 us both). AVX2, whose tile computes twice as
 /// long per block, ran no faster with it (2 threads 277-280 against 262-282 us), so it keeps the
 /// rule above, as do SSE2 and NEON.
+/// What the prefetches leave (AVX-512, cold, interleaved runs; timing-only builds): with the
+/// arithmetic taken out, each item's lines only touched once under the same prefetches, the
+/// 4-kv-head f32 step took 196 us at 2 threads (1.16x its bytes over the read bandwidth) against
+/// 318 us for the kernel, and the 16-head bf16 step 284-324 us against 403-437; the 16-head f32
+/// step took 665 us both ways. Where an item's arithmetic is large beside its bytes (grouped
+/// heads, two-byte elements) a step costs about the stream plus that arithmetic, and more or
+/// further prefetching does not change it. bf16, one row, 2 threads: every line two items ahead
+/// (this plan) 340-384 us, one line per row 480-586, per 2 rows 434-466, per 4 rows 392-436; one
+/// or three items ahead, or into L2 two or four ahead: within the noise. 4 kv heads, 4 or 8 items
+/// ahead: within the noise, from memory and with the cache in L3.
 template <class E, std::size_t kR, std::size_t kCols, std::size_t kW>
 struct PrefetchPlan {
   static constexpr bool kEveryLine = kR > 1 && kW == 16;
