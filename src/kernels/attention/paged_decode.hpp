@@ -212,6 +212,15 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// (this plan) 340-384 us, one line per row 480-586, per 2 rows 434-466, per 4 rows 392-436; one
 /// or three items ahead, or into L2 two or four ahead: within the noise. 4 kv heads, 4 or 8 items
 /// ahead: within the noise, from memory and with the cache in L3.
+/// Overlap is possible all the same: a stand-alone loop of this kernel's shape (the 4 x 4 tile,
+/// 64-key items of K^T then V, these prefetches, a polynomial softmax) read 8 MiB at 2 threads in
+/// 1.00-1.11x the time it took without its arithmetic (168-181 us against 151-181; the arithmetic
+/// alone, in cache, about 70 us). Put in place of paged_block (timing only) it ran the 4-kv-head
+/// f32 step in 196-199 us against 210-226, and the 16-head bf16 one-row step (its own loop) in
+/// 367-370 against 398-403. Of the difference, leaving the softmax out (timing only) recovered
+/// 3-18%; 2^x in place of xsimd::exp with a vector max, 5% with the item in cache and nothing
+/// measurable cold; starting each block's exponentials from the previous maximum, so that they need
+/// not wait for this block's, none.
 template <class E, std::size_t kR, std::size_t kCols, std::size_t kW>
 struct PrefetchPlan {
   static constexpr bool kEveryLine = kR > 1 && kW == 16;
@@ -457,6 +466,10 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   // Heads inside key blocks: the task's heads lie side by side in a block, so each key block
   // is read as one run of heads x (keys, values) in address order, which the hardware
   // prefetchers follow, not as 16 KiB pieces scattered over the pool.
+  // The reads keep that order: the next item's scores computed before this item's outputs
+  // (so that the softmax's dependent steps overlap independent multiply-adds) read the next
+  // head's K before this head's V, and ran slower (cold, 2 threads, AVX-512: 16 kv heads bf16
+  // 439-459 us against 361-363, 4 kv heads f32 254-260 against 192-198).
   for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
     const std::size_t nk = std::min(kKeyBlock, end - k0);
     for (std::size_t i = 0; i < a.heads; ++i) {
