@@ -43,6 +43,7 @@
 
 #include "kernels/attention/score_mods_vec.hpp"
 #include "kernels/blocking.hpp"
+#include "kernels/exp2.hpp"
 #include "kernels/kernel_table.hpp"
 #include "kernels/key_rule.hpp"
 #include "kernels/simd.hpp"
@@ -217,10 +218,13 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// 1.00-1.11x the time it took without its arithmetic (168-181 us against 151-181; the arithmetic
 /// alone, in cache, about 70 us). Put in place of paged_block (timing only) it ran the 4-kv-head
 /// f32 step in 196-199 us against 210-226, and the 16-head bf16 one-row step (its own loop) in
-/// 367-370 against 398-403. Of the difference, leaving the softmax out (timing only) recovered
-/// 3-18%; 2^x in place of xsimd::exp with a vector max, 5% with the item in cache and nothing
-/// measurable cold; starting each block's exponentials from the previous maximum, so that they need
-/// not wait for this block's, none.
+/// 367-370 against 398-403; leaving the softmax out of paged_block (timing only) recovered 3-18%.
+/// Hence paged_softmax_rows (2^x, one vector exp for the rows' rescale factors), the query rows
+/// read in place and no hiding pass over wholly visible blocks: a 4-kv-head f32 block with K and V
+/// in cache 0.61 -> 0.54 us (1 thread); bench_attention, cold, interleaved, 3 rounds: the 4-kv-head
+/// f32 step 208-236 -> 199-208 us at 2 threads, 334-374 -> 324-342 at 1, the others within the
+/// noise. Starting each block's exponentials from the previous maximum, so that they need not wait
+/// for this block's, gained nothing.
 template <class E, std::size_t kR, std::size_t kCols, std::size_t kW>
 struct PrefetchPlan {
   static constexpr bool kEveryLine = kR > 1 && kW == 16;
@@ -314,46 +318,80 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
   }
 }
 
-/// One row's online-softmax step over a block: s[0, kKeyBlock) <- exp(s - m_new) (scores of
-/// hidden keys are -inf and give 0), l = l alpha + sum, m = m_new; returns alpha =
-/// exp(m_old - m_new). A row with nothing visible yet keeps m = -inf, gets p = 0 and alpha = 1
-/// and computes no exp(-inf - -inf); a NaN score reaches the row through its sum.
+/// The largest lane of v (any lane if one is NaN: the row's sum turns NaN through that score).
 template <class Arch>
-float paged_softmax_row(float* s, float& m, float& l) {
+inline float paged_block_max(const Vec<Arch>& v) {
+#if defined(__AVX512F__)
+  if constexpr (kWidth<Arch> == 16) return _mm512_reduce_max_ps(v);
+#endif
+  return hmax<Arch>(v);
+}
+
+/// The online-softmax step of a block for rows [0, rows) (row r's scores at s + r x kKeyBlock,
+/// its running max and sum at rec0 + r x rec: [1], [2]): s <- exp(s - m_new) (scores of hidden
+/// keys are -inf and give 0), l = l alpha + sum, m = m_new, alpha[r] = exp(m_old - m_new). A row
+/// with nothing visible yet keeps m = -inf, gets p = 0 and alpha = 1 and computes no
+/// exp(-inf - -inf); a NaN score reaches the row through its sum.
+/// exp(x) = 2^(x log2(e)) with the tile path's 2^x (exp2.hpp): the scores stay in natural units
+/// (the score modifications and the records use them), and the product rounds relative to
+/// s - m, not to s. The rows' alphas come from one vector exp2. With grouped heads (4 rows of
+/// 64 keys per block), xsimd::exp and a scalar std::exp per row took a sixth of a block's time
+/// with K and V in cache.
+template <class Arch>
+void paged_softmax_rows(float* s, std::size_t rows, float* rec0, std::size_t rec, float* alpha) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  V vmax = V::load_aligned(s);
-  for (std::size_t j = kW; j < kKeyBlock; j += kW) vmax = xsimd::max(vmax, V::load_aligned(s + j));
-  const float bmax = hmax<Arch>(vmax);
-  const float m_new = bmax > m ? bmax : m;
-  if (m_new == kNegInf) {
-    for (std::size_t j = 0; j < kKeyBlock; ++j) {
-      if (std::isnan(s[j])) l = s[j];
-      s[j] = 0.0f;
+  constexpr float kLog2e = 1.44269504088896341f;
+  // The exponents of the alphas, m_old - m_new (0 where alpha is 1), whole vectors of them.
+  alignas(64) float shift[(kPagedMaxRows + 15) / 16 * 16];
+  std::fill(shift, shift + paged_round_up(rows, kW), 0.0f);
+  for (std::size_t r = 0; r < rows; ++r) {
+    float* sr = s + r * kKeyBlock;
+    float& m = rec0[r * rec + 1];
+    float& l = rec0[r * rec + 2];
+    V vmax = V::load_aligned(sr);
+    for (std::size_t j = kW; j < kKeyBlock; j += kW) {
+      vmax = xsimd::max(vmax, V::load_aligned(sr + j));
     }
-    return 1.0f;
+    const float bmax = paged_block_max<Arch>(vmax);
+    const float m_new = bmax > m ? bmax : m;
+    if (m_new == kNegInf) {
+      for (std::size_t j = 0; j < kKeyBlock; ++j) {
+        if (std::isnan(sr[j])) l = sr[j];
+        sr[j] = 0.0f;
+      }
+      shift[r] = 0.0f;
+      continue;
+    }
+    const V vm(m_new), unit(kLog2e);
+    V sum(0.0f);
+    for (std::size_t j = 0; j < kKeyBlock; j += kW) {
+      const V p = exp2_nonpositive<Arch>((V::load_aligned(sr + j) - vm) * unit);
+      p.store_aligned(sr + j);
+      sum += p;
+    }
+    shift[r] = (m - m_new) * kLog2e;  // m = -inf: exp2(-inf) = 0, nothing to keep
+    alpha[r] = xsimd::hadd(sum);      // this block's sum, for now
+    m = m_new;
   }
-  const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
-  const V vm(m_new);
-  V sum(0.0f);
-  for (std::size_t j = 0; j < kKeyBlock; j += kW) {
-    const V p = xsimd::exp(V::load_aligned(s + j) - vm);
-    p.store_aligned(s + j);
-    sum += p;
+  for (std::size_t r = 0; r < rows; r += kW) {
+    exp2_nonpositive<Arch>(V::load_aligned(shift + r)).store_aligned(shift + r);
   }
-  l = l * alpha + xsimd::hadd(sum);
-  m = m_new;
-  return alpha;
+  for (std::size_t r = 0; r < rows; ++r) {
+    float& l = rec0[r * rec + 2];
+    if (rec0[r * rec + 1] != kNegInf) l = l * shift[r] + alpha[r];
+    alpha[r] = shift[r];
+  }
 }
 
 /// One key block [k0, k0 + nk) of one kv head (keys kt, values vb): scores, softmax and output
 /// of every row, with row r's running max, sum and unnormalised output in its record (rec0 + r x
 /// rec: [1], [2], from [16]). next_kt / next_vb: a later item of the task, prefetched.
 template <class Arch, class E>
-void paged_block(const PagedAttentionArgs& a, const float* q, float* s, float* alpha,
-                 const float* alibi, const E* kt, const E* vb, const E* next_kt, const E* next_vb,
-                 std::size_t k0, std::size_t nk, float* rec0) {
+void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stride, float* s,
+                 float* alpha, const float* alibi, const E* kt, const E* vb, const E* next_kt,
+                 const E* next_vb, std::size_t k0, std::size_t nk, float* rec0) {
   constexpr std::size_t kW = kWidth<Arch>;
   using Tile = PagedTile<Arch>;
   constexpr std::size_t kScoreKeys = Tile::kScoreVecs * kW;
@@ -371,7 +409,8 @@ void paged_block(const PagedAttentionArgs& a, const float* q, float* s, float* a
   // tile is computed and the scores past nk hidden below.
   const bool one_row = rows == 1 && kOneRowVecs > Tile::kScoreVecs;
   for (std::size_t j0 = 0; one_row && j0 < kKeyBlock; j0 += kOneRowVecs * kW) {
-    paged_score_ukernel<Arch, E, 1, kOneRowVecs>(q, d, kt + j0, a.block_tokens, d, a.scale, s + j0,
+    paged_score_ukernel<Arch, E, 1, kOneRowVecs>(q, q_stride, kt + j0, a.block_tokens, d, a.scale,
+                                                 s + j0,
                                                  next_kt == nullptr ? nullptr : next_kt + j0);
   }
   for (std::size_t r0 = 0; !one_row && r0 < rows; r0 += Tile::kScoreRows) {
@@ -381,18 +420,23 @@ void paged_block(const PagedAttentionArgs& a, const float* q, float* s, float* a
       const E* next = r0 == 0 && next_kt != nullptr ? next_kt + j0 : nullptr;
       with_rows<Tile::kScoreRows>(nr, [&](auto r) {
         paged_score_ukernel<Arch, E, decltype(r)::value, Tile::kScoreVecs>(
-            q + r0 * d, d, kt + j0, a.block_tokens, d, a.scale, s + r0 * kKeyBlock + j0, next);
+            q + r0 * q_stride, q_stride, kt + j0, a.block_tokens, d, a.scale,
+            s + r0 * kKeyBlock + j0, next);
       });
     }
   }
-  std::size_t used = 0;  // keys of this block that some row sees
-  for (std::size_t r = 0; r < rows; ++r) {
+  // Every row sees the whole block (decoding far from the window's start): nothing to hide.
+  const bool whole =
+      nk == kKeyBlock && key_end(a.rule, 0) >= k0 + nk && key_begin(a.rule, a.tokens - 1) <= k0;
+  std::size_t used = whole ? nk : 0;  // keys of this block that some row sees
+  for (std::size_t r = 0; r < rows && (modify || !whole); ++r) {
     if (modify) {  // the scores are final here; hiding comes after
       ScoreMods mods;
       mods.softcap = a.softcap;
       if (alibi != nullptr) mods.alibi_slope = alibi[r % a.groups];
       modify_score_row<Arch>(a.rule, mods, r / a.groups, k0, nk, s + r * kKeyBlock);
     }
+    if (whole) continue;
     const std::size_t row_end = key_end(a.rule, r / a.groups);
     const std::size_t visible = row_end <= k0 ? 0 : std::min(nk, row_end - k0);
     used = std::max(used, visible);
@@ -401,8 +445,8 @@ void paged_block(const PagedAttentionArgs& a, const float* q, float* s, float* a
     const std::size_t row_begin = key_begin(a.rule, r / a.groups);
     const std::size_t before = row_begin <= k0 ? 0 : std::min(visible, row_begin - k0);
     std::fill(s + r * kKeyBlock, s + r * kKeyBlock + before, kNegInf);
-    alpha[r] = paged_softmax_row<Arch>(s + r * kKeyBlock, rec0[r * rec + 1], rec0[r * rec + 2]);
   }
+  paged_softmax_rows<Arch>(s, rows, rec0, rec, alpha);
   for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kOutRows) {
     const std::size_t nr = std::min(Tile::kOutRows, rows - r0);
     float* o = rec0 + r0 * rec + 16;
@@ -480,15 +524,22 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
         next_kt = keys_at(nk0, ni % a.heads);
         next_vb = values_at(nk0, ni % a.heads);
       }
-      for (std::size_t t = 0; t < a.tokens; ++t) {
-        for (std::size_t g = 0; g < a.groups; ++g) {
-          const float* row = a.q + (i * a.groups + g) * a.q_head_stride + t * a.q_stride;
-          std::copy(row, row + d, q + (t * a.groups + g) * d);
+      // One token: the head's rows are read in place, a head stride apart.
+      const float* qi = a.q + i * a.groups * a.q_head_stride;
+      std::size_t q_stride = a.q_head_stride;
+      if (a.tokens > 1) {
+        for (std::size_t t = 0; t < a.tokens; ++t) {
+          for (std::size_t g = 0; g < a.groups; ++g) {
+            const float* row = a.q + (i * a.groups + g) * a.q_head_stride + t * a.q_stride;
+            std::copy(row, row + d, q + (t * a.groups + g) * d);
+          }
         }
+        qi = q;
+        q_stride = d;
       }
       const float* alibi = a.alibi == nullptr ? nullptr : a.alibi + i * a.groups;
-      paged_block<Arch, E>(a, q, s, alpha, alibi, keys_at(k0, i), values_at(k0, i), next_kt,
-                           next_vb, k0, nk, records(i));
+      paged_block<Arch, E>(a, qi, q_stride, s, alpha, alibi, keys_at(k0, i), values_at(k0, i),
+                           next_kt, next_vb, k0, nk, records(i));
     }
   }
   // Records: lse = m + log(l) and o / l; a row that saw nothing keeps lse = -inf (its output
