@@ -425,7 +425,8 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
       });
     }
   }
-  // Every row sees the whole block (decoding far from the window's start): nothing to hide.
+  // Every row sees the whole block (a full block before every row's causal end and inside its
+  // window): nothing to hide.
   const bool whole =
       nk == kKeyBlock && key_end(a.rule, 0) >= k0 + nk && key_begin(a.rule, a.tokens - 1) <= k0;
   std::size_t used = whole ? nk : 0;  // keys of this block that some row sees
@@ -480,7 +481,8 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   static_assert(kKeyBlock % (Tile::kScoreVecs * kW) == 0, "a key block is whole score tiles");
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const std::size_t rows = a.groups * a.tokens, d = a.d, rec = partial_record_floats(d);
-  // Scratch: q rows [rows][d], scores [rows][kKeyBlock], alpha [rows].
+  // Scratch: q rows [rows][d] (copied for several new tokens only), scores [rows][kKeyBlock],
+  // alpha [rows].
   float* q = a.scratch;
   float* s = q + paged_round_up(kPagedMaxRows * d, 16);
   float* alpha = s + kPagedMaxRows * kKeyBlock;
