@@ -361,7 +361,7 @@ void paged_softmax_rows(float* s, std::size_t rows, float* rec0, std::size_t rec
         if (std::isnan(sr[j])) l = sr[j];
         sr[j] = 0.0f;
       }
-      shift[r] = 0.0f;
+      alpha[r] = 0.0f;  // no sum; its shift stays 0, so l is kept as it is
       continue;
     }
     const V vm(m_new), unit(kLog2e);
@@ -380,7 +380,7 @@ void paged_softmax_rows(float* s, std::size_t rows, float* rec0, std::size_t rec
   }
   for (std::size_t r = 0; r < rows; ++r) {
     float& l = rec0[r * rec + 2];
-    if (rec0[r * rec + 1] != kNegInf) l = l * shift[r] + alpha[r];
+    l = l * shift[r] + alpha[r];
     alpha[r] = shift[r];
   }
 }
