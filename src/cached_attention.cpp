@@ -113,7 +113,7 @@ void cached_attention_paged(const kernels::KernelTable& table, const KvCache::Im
     --together;
   }
   const std::size_t jobs = tasks / together;
-  const std::size_t scratch_floats = kernels::paged_scratch_floats(d);
+  const std::size_t scratch_floats = kernels::paged_scratch_floats(d, together * rows);
   parallel_tasks(jobs, threads, /*dynamic=*/true, [&](std::size_t job) {
     const std::size_t task = job * together;  // the job's first record: heads are outermost
     const std::size_t b =

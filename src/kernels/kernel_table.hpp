@@ -158,13 +158,14 @@ struct PagedAttentionArgs {
   /// sink), its normalised output from [16] (see merge.hpp).
   float* partial = nullptr;
   std::size_t partial_head_stride = 0;
-  float* scratch = nullptr;  // paged_scratch_floats(d) floats, 64-byte aligned
+  float* scratch = nullptr;  // paged_scratch_floats(d, heads x rows) floats, 64-byte aligned
 };
 
-/// Floats of scratch one paged task needs: its query rows, a score tile, and each row's rescale
-/// factor, running max and sum.
-inline std::size_t paged_scratch_floats(std::size_t d) {
-  return (kPagedMaxRows * d + 15) / 16 * 16 + kPagedMaxRows * kKeyBlock + 3 * kPagedMaxRows + 64;
+/// Floats of scratch one paged task needs: its query rows, a score tile, each row's rescale
+/// factor, and the running record of each of its `records` rows (heads x G x T).
+inline std::size_t paged_scratch_floats(std::size_t d, std::size_t records) {
+  return (kPagedMaxRows * d + 15) / 16 * 16 + kPagedMaxRows * kKeyBlock + 3 * kPagedMaxRows + 64 +
+         records * partial_record_floats(d);
 }
 struct BackwardArgs;  // kernels/attention/backward_args.hpp
 
