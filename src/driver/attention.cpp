@@ -34,7 +34,7 @@ void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, in
   const std::size_t tasks = n * slices;
   float* partial = thread_scratch(ScratchSlot::partials, tasks * per_slice);
   if (static_cast<double>(n) * heads * lq * lk * d < kernels::kAttentionSerialWork) threads = 1;
-  const std::size_t scratch_floats = kernels::decode_scratch_floats(heads);
+  const std::size_t scratch_floats = kernels::decode_scratch_floats(heads, dv);
   parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
     const std::size_t b = t / slices, slice = t % slices;
     kernels::DecodeArgs a;

@@ -88,7 +88,7 @@ struct DecodeArgs {
   /// (partial_record_floats(dv)): the slice's log-sum-exp at [0] (scores modified, no sink) and
   /// its normalised output (Dv floats) from [16] on; see merge.hpp.
   float* partial = nullptr;
-  float* scratch = nullptr;  // decode_scratch_floats(heads) floats, 64-byte aligned
+  float* scratch = nullptr;  // decode_scratch_floats(heads, dv) floats, 64-byte aligned
 };
 
 /// Floats per record of a decode slice's partial result: the log-sum-exp at [0] and the output
@@ -112,9 +112,9 @@ inline std::size_t attention_scratch_floats(std::size_t d) {
 }
 
 /// Floats of scratch one decode task needs: scores and rescale factors of every head for one
-/// key block.
-inline std::size_t decode_scratch_floats(std::size_t heads) {
-  return heads * (kKeyBlock + 1) + 64;
+/// key block, and every head's running record for one query row.
+inline std::size_t decode_scratch_floats(std::size_t heads, std::size_t dv) {
+  return heads * kKeyBlock + (heads + 15) / 16 * 16 + heads * partial_record_floats(dv) + 64;
 }
 
 /// One task of attention over a paged KV cache (attention/paged_decode.hpp): `heads` kv heads
