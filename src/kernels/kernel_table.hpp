@@ -111,10 +111,15 @@ inline std::size_t attention_scratch_floats(std::size_t d) {
   return attention_scratch_floats(d, d);
 }
 
-/// Floats of scratch one decode task needs: scores and rescale factors of every head for one
-/// key block, and every head's running record for one query row.
+/// Where a decode task's running records start in its scratch: after the scores and rescale
+/// factors of every head for one key block (64-byte aligned).
+inline std::size_t decode_running_offset(std::size_t heads) {
+  return heads * kKeyBlock + (heads + 15) / 16 * 16;
+}
+/// Floats of scratch one decode task needs: the above, and every head's running record for one
+/// query row.
 inline std::size_t decode_scratch_floats(std::size_t heads, std::size_t dv) {
-  return heads * kKeyBlock + (heads + 15) / 16 * 16 + heads * partial_record_floats(dv) + 64;
+  return decode_running_offset(heads) + heads * partial_record_floats(dv) + 64;
 }
 
 /// One task of attention over a paged KV cache (attention/paged_decode.hpp): `heads` kv heads
@@ -161,11 +166,15 @@ struct PagedAttentionArgs {
   float* scratch = nullptr;  // paged_scratch_floats(d, heads x rows) floats, 64-byte aligned
 };
 
-/// Floats of scratch one paged task needs: its query rows, a score tile, each row's rescale
-/// factor, and the running record of each of its `records` rows (heads x G x T).
+/// Where a paged task's running records start in its scratch: after its query rows, a score
+/// tile and each row's rescale factor (with room to spare; 64-byte aligned).
+inline std::size_t paged_running_offset(std::size_t d) {
+  return (kPagedMaxRows * d + 15) / 16 * 16 + kPagedMaxRows * kKeyBlock + 3 * kPagedMaxRows + 64;
+}
+/// Floats of scratch one paged task needs: the above, and the running record of each of its
+/// `records` rows (heads x G x T).
 inline std::size_t paged_scratch_floats(std::size_t d, std::size_t records) {
-  return (kPagedMaxRows * d + 15) / 16 * 16 + kPagedMaxRows * kKeyBlock + 3 * kPagedMaxRows + 64 +
-         records * partial_record_floats(d);
+  return paged_running_offset(d) + records * partial_record_floats(d);
 }
 struct BackwardArgs;  // kernels/attention/backward_args.hpp
 

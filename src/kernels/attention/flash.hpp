@@ -619,7 +619,7 @@ void attention_decode(const DecodeArgs& a) {
   // by the driver's merge) once per row, as the paged kernel does (paged_decode.hpp). Updated in
   // a.partial block by block, a step at Lk = 4096, 16 heads, f32, 2 threads, cold took 1.21-1.51x
   // its bytes at the read bandwidth against 1.19-1.27x (Zen 5, AVX-512, 4 interleaved rounds).
-  float* running = alpha + (a.heads + 15) / 16 * 16;
+  float* running = a.scratch + decode_running_offset(a.heads);
   auto head_rule = [&](std::size_t h) {
     KeyRule r = a.rule;
     if (r.mask != nullptr) r.mask += h * a.mask_head_stride;

@@ -486,7 +486,7 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   float* q = a.scratch;
   float* s = q + paged_round_up(kPagedMaxRows * d, 16);
   float* alpha = s + kPagedMaxRows * kKeyBlock;
-  float* running = alpha + 3 * kPagedMaxRows + 64;
+  float* running = a.scratch + paged_running_offset(d);
   auto records = [&](std::size_t i) { return running + i * rows * rec; };
   // While the slice runs, a row's record holds its running max at [1] and sum at [2], and its
   // output unnormalised from [16]. The records live in the thread's scratch and reach a.partial
