@@ -5,6 +5,10 @@
 #include <cstddef>
 #include <xsimd/xsimd.hpp>
 
+/// Inlines a micro-kernel's step lambda: GCC 12 otherwise left one (paged_decode.hpp, bf16 on
+/// AVX-512, two rows with keys of their own) out of line, its accumulators in memory.
+#define SIMDATTN_ALWAYS_INLINE __attribute__((always_inline))
+
 namespace simdattn::kernels {
 
 template <class Arch>

@@ -11,6 +11,9 @@
 // order. Grouped-query heads are rows of one small tile against the shared K/V stream, not G
 // passes over it (ONNX Runtime's loop over query heads gains 1.3x from 4x fewer bytes).
 //
+// On AVX-512 a task of one row per kv head runs two kv heads' blocks as the two rows of one tile
+// (paged_attention_typed says why), and bf16 vectors are loaded in pairs (kBf16Pairs).
+//
 // Per block of kKeyBlock = 64 keys: scores S[row][key] with keys in vector lanes, from the
 // transposed keys K^T[d][key] (a K^T row of 64 keys is contiguous): for each d, kScoreVecs
 // vectors of keys are loaded once and multiplied by each row's q[d] broadcast; no horizontal
@@ -234,27 +237,195 @@ struct PrefetchPlan {
 };
 
 /// step(i) for i in [0, n), with Plan::kLines lines from the start of row i of `next` (rows
-/// `stride` elements apart; nullptr: none) prefetched per Plan::kRowsPer rows: whole groups,
+/// `stride` elements apart; nullptr: none), and of the kStreams - 1 streams after it
+/// (`next_stream` elements apart), prefetched per Plan::kRowsPer rows: whole groups,
 /// then the rest, so that the loop holding a micro-kernel's accumulators has no branch.
-template <class Plan, class E, class Step>
-inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride, const Step& step) {
+template <class Plan, std::size_t kStreams = 1, class E, class Step>
+inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride, const Step& step,
+                               std::size_t next_stream = 0) {
   constexpr std::size_t kRows = Plan::kRowsPer;
   std::size_t i = 0;
   for (; next != nullptr && i + kRows <= n; i += kRows) {
-    const char* row = reinterpret_cast<const char*>(next + i * stride);
-    for (std::size_t c = 0; c < Plan::kLines; ++c) {
-      prefetch_line<Plan::kEveryLine>(row + 64 * c);
+#pragma GCC unroll 4
+    for (std::size_t h = 0; h < kStreams; ++h) {
+      const char* row = reinterpret_cast<const char*>(next + h * next_stream + i * stride);
+      for (std::size_t c = 0; c < Plan::kLines; ++c) {
+        prefetch_line<Plan::kEveryLine>(row + 64 * c);
+      }
     }
     for (std::size_t u = 0; u < kRows; ++u) step(i + u);
   }
   for (; i < n; ++i) step(i);
 }
 
+#if defined(__AVX512F__)
+/// bf16 on AVX-512, vectors in pairs: one 64-byte load holds 32 elements, lane i the elements
+/// 2i (low half) and 2i + 1 (high half), so a shift gives the even elements as floats and a
+/// mask the odd ones: one load and two integer operations per 32 elements, against two loads,
+/// two widenings (vpmovzxwd, a shuffle each) and two shifts. The sums come out split into even
+/// and odd elements and are interleaved back once per call. 4 kv heads, bf16, Lk = 4096, cold, 2
+/// threads (median of 600 calls, 4 rounds in turn): 120 -> 110 us while memory was fast,
+/// unchanged while it was slow (149 both); in cache alone (an earlier trial) 5% faster per item.
+template <class Arch, class E, std::size_t kVecs>
+inline constexpr bool kBf16Pairs =
+    std::is_same_v<Arch, xsimd::avx512bw>&& std::is_same_v<E, Bf16>&& kVecs % 2 == 0;
+
+/// The even elements (as floats) of the 32 bf16 at p, and the odd ones.
+inline void load_bf16_pairs(const Bf16* p, __m512& even, __m512& odd) {
+  __m512i x = _mm512_loadu_si512(p);
+  asm("" : "+v"(x));  // one load: GCC would fold it into both operations (see keep_in_register)
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+/// Elements 0-15 (lo) and 16-31 (hi) in order, from their even and odd ones.
+inline void interleave_pairs(__m512 even, __m512 odd, __m512& lo, __m512& hi) {
+  const __m512i ilo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i ihi =
+      _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  lo = _mm512_permutex2var_ps(even, ilo, odd);
+  hi = _mm512_permutex2var_ps(even, ihi, odd);
+}
+/// The even and odd elements of 32 in order (lo: 0-15, hi: 16-31).
+inline void split_pairs(__m512 lo, __m512 hi, __m512& even, __m512& odd) {
+  const __m512i ieven = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i iodd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  even = _mm512_permutex2var_ps(lo, ieven, hi);
+  odd = _mm512_permutex2var_ps(lo, iodd, hi);
+}
+
+/// One step of a pairs micro-kernel: acc[r][c] += x[r x x_stride] times the elements of row r
+/// (at src + r x row with kOwn, else at src for every row), acc[r][c] the even elements of pair
+/// c / 2 (c even) or its odd ones.
+template <class Arch, std::size_t kR, std::size_t kN, bool kOwn>
+SIMDATTN_ALWAYS_INLINE inline void madd_bf16_pairs(const float* x, std::size_t x_stride,
+                                                   const Bf16* src, std::size_t row,
+                                                   Vec<Arch> (&acc)[kR][kN]) {
+  using V = Vec<Arch>;
+  __m512 e[kOwn ? 1 : kN];  // a shared row, loaded once for every row
+  if constexpr (!kOwn) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kN; c += 2) load_bf16_pairs(src + c * 16, e[c], e[c + 1]);
+  }
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+    const V xr(x[r * x_stride]);
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kN; c += 2) {
+      __m512 even, odd;
+      if constexpr (kOwn) {
+        load_bf16_pairs(src + r * row + c * 16, even, odd);
+      } else {
+        even = e[c];
+        odd = e[c + 1];
+      }
+      acc[r][c] = madd<Arch>(xr, V(even), acc[r][c]);
+      acc[r][c + 1] = madd<Arch>(xr, V(odd), acc[r][c + 1]);
+    }
+  }
+}
+
+/// dst[r x dst_stride, + kN x 16) = the pairs of acc[r] (as madd_bf16_pairs holds them) times
+/// `scale`, interleaved back into order.
+template <class Arch, std::size_t kR, std::size_t kN>
+inline void store_bf16_pairs(const Vec<Arch> (&acc)[kR][kN], const Vec<Arch>& scale, float* dst,
+                             std::size_t dst_stride) {
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kN; c += 2) {
+      __m512 lo, hi;
+      interleave_pairs(acc[r][c] * scale, acc[r][c + 1] * scale, lo, hi);
+      _mm512_store_ps(dst + r * dst_stride + c * 16, lo);
+      _mm512_store_ps(dst + r * dst_stride + c * 16 + 16, hi);
+    }
+  }
+}
+
+/// paged_score_ukernel for kBf16Pairs.
+template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn>
+void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
+                       std::size_t d, float scale, float* s, const E* next, std::size_t kt_row) {
+  using V = Vec<Arch>;
+  V acc[kR][kV];
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kV; ++c) acc[r][c] = V(0.0f);
+  }
+  auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
+    madd_bf16_pairs<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
+  };
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kV * 16, 16>, kOwn ? kR : 1>(d, next, kt_stride,
+                                                                                 step, kt_row);
+  store_bf16_pairs<Arch, kR, kV>(acc, V(scale), s, kKeyBlock);
+}
+
+/// paged_output_ukernel for kBf16Pairs.
+template <class Arch, class E, std::size_t kR, std::size_t kC, bool kOwn>
+void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
+                        const float* alpha, float* o, std::size_t o_stride, const E* next,
+                        std::size_t v_row) {
+  using V = Vec<Arch>;
+  V acc[kR][kC];
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+    const V a(alpha[r]);
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kC; c += 2) {
+      __m512 even, odd;
+      split_pairs(_mm512_load_ps(o + r * o_stride + c * 16),
+                  _mm512_load_ps(o + r * o_stride + c * 16 + 16), even, odd);
+      acc[r][c] = V(even) * a;
+      acc[r][c + 1] = V(odd) * a;
+    }
+  }
+  auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
+    madd_bf16_pairs<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
+  };
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kC * 16, 16>, kOwn ? kR : 1>(
+      nkeys, next, v_stride, step, v_row);
+  store_bf16_pairs<Arch, kR, kC>(acc, V(1.0f), o, o_stride);  // x 1: exact
+}
+#endif
+
+/// One step of a micro-kernel: acc[r][c] += x[r x x_stride] times vector c of the elements of
+/// row r (at src + r x row with kOwn, else at src for every row, loaded once).
+template <class Arch, std::size_t kR, std::size_t kN, bool kOwn, class E>
+SIMDATTN_ALWAYS_INLINE inline void madd_rows(const float* x, std::size_t x_stride, const E* src,
+                                             std::size_t row, Vec<Arch> (&acc)[kR][kN]) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  V e[kOwn ? 1 : kN];
+  if constexpr (!kOwn) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kN; ++c) e[c] = load_elems<Arch>(src + c * kW);
+  }
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+    const V xr(x[r * x_stride]);
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kN; ++c) {
+      if constexpr (kOwn) {
+        acc[r][c] = madd<Arch>(xr, load_elems<Arch>(src + r * row + c * kW), acc[r][c]);
+      } else {
+        acc[r][c] = madd<Arch>(xr, e[c], acc[r][c]);
+      }
+    }
+  }
+}
+
 /// s[r][j] = scale * sum_d q[r][d] K^T[d][j] for kR rows and kV vectors of keys; the same
 /// columns of a later item's K^T (next, or nullptr) are prefetched.
-template <class Arch, class E, std::size_t kR, std::size_t kV>
+template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn = false>
 void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
-                         std::size_t d, float scale, float* s, const E* next) {
+                         std::size_t d, float scale, float* s, const E* next,
+                         std::size_t kt_row = 0) {
+#if defined(__AVX512F__)
+  if constexpr (kBf16Pairs<Arch, E, kV>) {
+    paged_score_pairs<Arch, E, kR, kV, kOwn>(q, q_stride, kt, kt_stride, d, scale, s, next, kt_row);
+    return;
+  }
+#endif
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kV];
@@ -263,19 +434,12 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kV; ++c) acc[r][c] = V(0.0f);
   }
-  auto step = [&](std::size_t dd) {
-    V k[kV];
-#pragma GCC unroll 8
-    for (std::size_t c = 0; c < kV; ++c) k[c] = load_elems<Arch>(kt + dd * kt_stride + c * kW);
-#pragma GCC unroll 8
-    for (std::size_t r = 0; r < kR; ++r) {
-      const V qr(q[r * q_stride + dd]);
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kV; ++c) acc[r][c] = madd<Arch>(qr, k[c], acc[r][c]);
-    }
+  auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
+    madd_rows<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kR, kV * kWidth<Arch>, kWidth<Arch>>>(d, next, kt_stride,
-                                                                           step);
+  // Own keys: each row is its own stream of K^T, prefetched as a single row's.
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kV * kWidth<Arch>, kWidth<Arch>>,
+                     kOwn ? kR : 1>(d, next, kt_stride, step, kt_row);
   const V vs(scale);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
@@ -286,9 +450,17 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
 
 /// o[r][c0, c0 + kC W) = alpha[r] o[r] + sum_{j < nkeys} p[r][j] v[j] for kR rows; the same
 /// columns of a later item's V rows (next, or nullptr) are prefetched.
-template <class Arch, class E, std::size_t kR, std::size_t kC>
+template <class Arch, class E, std::size_t kR, std::size_t kC, bool kOwn = false>
 void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
-                          const float* alpha, float* o, std::size_t o_stride, const E* next) {
+                          const float* alpha, float* o, std::size_t o_stride, const E* next,
+                          std::size_t v_row = 0) {
+#if defined(__AVX512F__)
+  if constexpr (kBf16Pairs<Arch, E, kC>) {
+    paged_output_pairs<Arch, E, kR, kC, kOwn>(p, v, v_stride, nkeys, alpha, o, o_stride, next,
+                                              v_row);
+    return;
+  }
+#endif
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kC];
@@ -298,19 +470,11 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kC; ++c) acc[r][c] = V::load_aligned(o + r * o_stride + c * kW) * a;
   }
-  auto step = [&](std::size_t j) {
-    V vv[kC];
-#pragma GCC unroll 8
-    for (std::size_t c = 0; c < kC; ++c) vv[c] = load_elems<Arch>(v + j * v_stride + c * kW);
-#pragma GCC unroll 8
-    for (std::size_t r = 0; r < kR; ++r) {
-      const V pr(p[r * kKeyBlock + j]);
-#pragma GCC unroll 8
-      for (std::size_t c = 0; c < kC; ++c) acc[r][c] = madd<Arch>(pr, vv[c], acc[r][c]);
-    }
+  auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
+    madd_rows<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kR, kC * kWidth<Arch>, kWidth<Arch>>>(nkeys, next, v_stride,
-                                                                           step);
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kC * kWidth<Arch>, kWidth<Arch>>,
+                     kOwn ? kR : 1>(nkeys, next, v_stride, step, v_row);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
@@ -388,10 +552,14 @@ void paged_softmax_rows(float* s, std::size_t rows, float* rec0, std::size_t rec
 /// One key block [k0, k0 + nk) of one kv head (keys kt, values vb): scores, softmax and output
 /// of every row, with row r's running max, sum and unnormalised output in its record (rec0 + r x
 /// rec: [1], [2], from [16]). next_kt / next_vb: a later item of the task, prefetched.
+/// With `paired` (one row per kv head), the block of two kv heads, i and i + 1, their keys and
+/// values kt_head and vb_head elements apart, as two rows (records, query rows and slopes of
+/// head i + 1 after head i's); the next items too.
 template <class Arch, class E>
 void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stride, float* s,
                  float* alpha, const float* alibi, const E* kt, const E* vb, const E* next_kt,
-                 const E* next_vb, std::size_t k0, std::size_t nk, float* rec0) {
+                 const E* next_vb, std::size_t k0, std::size_t nk, float* rec0, bool paired,
+                 std::size_t kt_head, std::size_t vb_head) {
   constexpr std::size_t kW = kWidth<Arch>;
   using Tile = PagedTile<Arch>;
   constexpr std::size_t kScoreKeys = Tile::kScoreVecs * kW;
@@ -402,9 +570,13 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
   constexpr std::size_t kOneRowVecs =
       std::is_same_v<E, float> ? Tile::kOneRowVecs : Tile::kScoreVecs;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const std::size_t rows = a.groups * a.tokens, d = a.d, rec = partial_record_floats(d);
+  const std::size_t rows = paired ? 2 : a.groups * a.tokens, d = a.d;
+  const std::size_t rec = partial_record_floats(d);
   const std::size_t dv = paged_round_up(d, kW);  // output vectors: inside the padded V rows
   const bool modify = a.softcap != 0.0f || alibi != nullptr;
+  // Row r's new token, for the key rule, and its slope.
+  auto token_of = [&](std::size_t r) { return paired ? 0 : r / a.groups; };
+  auto slope_of = [&](std::size_t r) { return alibi[paired ? r : r % a.groups]; };
   // Keys past the block's end belong to no one (or to another sequence): the whole 64-key
   // tile is computed and the scores past nk hidden below.
   const bool one_row = rows == 1 && kOneRowVecs > Tile::kScoreVecs;
@@ -413,7 +585,14 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
                                                  s + j0,
                                                  next_kt == nullptr ? nullptr : next_kt + j0);
   }
-  for (std::size_t r0 = 0; !one_row && r0 < rows; r0 += Tile::kScoreRows) {
+  if constexpr (kW == 16) {
+    for (std::size_t j0 = 0; paired && j0 < kKeyBlock; j0 += kScoreKeys) {
+      paged_score_ukernel<Arch, E, 2, Tile::kScoreVecs, true>(
+          q, q_stride, kt + j0, a.block_tokens, d, a.scale, s + j0,
+          next_kt == nullptr ? nullptr : next_kt + j0, kt_head);
+    }
+  }
+  for (std::size_t r0 = 0; !one_row && !paired && r0 < rows; r0 += Tile::kScoreRows) {
     const std::size_t nr = std::min(Tile::kScoreRows, rows - r0);
     for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
       // The first row group streams the keys in; the others find them in L1.
@@ -434,20 +613,36 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
     if (modify) {  // the scores are final here; hiding comes after
       ScoreMods mods;
       mods.softcap = a.softcap;
-      if (alibi != nullptr) mods.alibi_slope = alibi[r % a.groups];
-      modify_score_row<Arch>(a.rule, mods, r / a.groups, k0, nk, s + r * kKeyBlock);
+      if (alibi != nullptr) mods.alibi_slope = slope_of(r);
+      modify_score_row<Arch>(a.rule, mods, token_of(r), k0, nk, s + r * kKeyBlock);
     }
     if (whole) continue;
-    const std::size_t row_end = key_end(a.rule, r / a.groups);
+    const std::size_t row_end = key_end(a.rule, token_of(r));
     const std::size_t visible = row_end <= k0 ? 0 : std::min(nk, row_end - k0);
     used = std::max(used, visible);
     std::fill(s + r * kKeyBlock + visible, s + (r + 1) * kKeyBlock, kNegInf);
     // Keys before the row's window (a sliding window), if any in this block.
-    const std::size_t row_begin = key_begin(a.rule, r / a.groups);
+    const std::size_t row_begin = key_begin(a.rule, token_of(r));
     const std::size_t before = row_begin <= k0 ? 0 : std::min(visible, row_begin - k0);
     std::fill(s + r * kKeyBlock, s + r * kKeyBlock + before, kNegInf);
   }
   paged_softmax_rows<Arch>(s, rows, rec0, rec, alpha);
+  if constexpr (kW == 16) {
+    if (paired) {
+      float* o = rec0 + 16;
+      auto next = [&](std::size_t c) { return next_vb != nullptr ? next_vb + c : nullptr; };
+      std::size_t c0 = 0;
+      for (; c0 + Tile::kOutVecs * kW <= dv; c0 += Tile::kOutVecs * kW) {
+        paged_output_ukernel<Arch, E, 2, Tile::kOutVecs, true>(s, vb + c0, a.row_elems, used, alpha,
+                                                               o + c0, rec, next(c0), vb_head);
+      }
+      for (; c0 < dv; c0 += kW) {
+        paged_output_ukernel<Arch, E, 2, 1, true>(s, vb + c0, a.row_elems, used, alpha, o + c0, rec,
+                                                  next(c0), vb_head);
+      }
+      return;
+    }
+  }
   for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kOutRows) {
     const std::size_t nr = std::min(Tile::kOutRows, rows - r0);
     float* o = rec0 + r0 * rec + 16;
@@ -521,9 +716,22 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
   // (so that the softmax's dependent steps overlap independent multiply-adds) read the next
   // head's K before this head's V, and ran slower (cold, 2 threads, AVX-512: 16 kv heads bf16
   // 439-459 us against 361-363, 4 kv heads f32 254-260 against 192-198).
+  // One row per kv head (decoding without grouped heads), AVX-512: two kv heads' blocks at a
+  // time, as the two rows of one tile, each row with its own keys and values. A single row's
+  // tile has 4 accumulators, each a chain of dependent multiply-adds (latency 4), and its
+  // softmax a chain of reductions: two independent rows run side by side. Same sums in the same
+  // order per row. Measured on the Zen 5 (16 kv heads, Lk = 4096, cold, 2 threads, median of 600
+  // calls, old and new in turn, 4-5 rounds; with the bf16 pair loads above): f32 554-628 ->
+  // 501-559 us in three windows and 751 -> 653 in a slow one; bf16 and f16 3-12% less while
+  // memory was fast (bf16 389-398 -> 352-381), unchanged while it was slow (479 both); with K
+  // and V in cache (2 kv heads, Lk = 2048, 1 thread) bf16 18.5 -> 15.3 us, f16 18.8 -> 16.4.
+  // AVX2 has 16 registers, too few for two rows' tiles (its single f32 row already reads whole
+  // 256-byte rows, kOneRowVecs).
+  const bool paired = kW == 16 && rows == 1 && a.heads % 2 == 0;
+  const std::size_t heads_per_step = paired ? 2 : 1;
   for (std::size_t k0 = a.key_begin; k0 < end; k0 += kKeyBlock) {
     const std::size_t nk = std::min(kKeyBlock, end - k0);
-    for (std::size_t i = 0; i < a.heads; ++i) {
+    for (std::size_t i = 0; i < a.heads; i += heads_per_step) {
       const E* next_kt = nullptr;  // a later item, to prefetch while this one runs
       const E* next_vb = nullptr;
       const std::size_t ni = i + kPrefetchItemsAhead, nk0 = k0 + ni / a.heads * kKeyBlock;
@@ -546,7 +754,7 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
       }
       const float* alibi = a.alibi == nullptr ? nullptr : a.alibi + i * a.groups;
       paged_block<Arch, E>(a, qi, q_stride, s, alpha, alibi, keys_at(k0, i), values_at(k0, i),
-                           next_kt, next_vb, k0, nk, records(i));
+                           next_kt, next_vb, k0, nk, records(i), paired, key_head, value_head);
     }
   }
   // Records: lse = m + log(l) and o / l; a row that saw nothing keeps lse = -inf (its output
