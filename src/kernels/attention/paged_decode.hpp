@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/attention/score_mods_vec.hpp"
 #include "kernels/blocking.hpp"
@@ -258,6 +259,16 @@ inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride,
   for (; i < n; ++i) step(i);
 }
 
+/// acc = 0, for a micro-kernel's accumulators.
+template <class V, std::size_t kR, std::size_t kN>
+SIMDATTN_ALWAYS_INLINE inline void zero_tile(V (&acc)[kR][kN]) {
+#pragma GCC unroll 8
+  for (std::size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < kN; ++c) acc[r][c] = V(0.0f);
+  }
+}
+
 #if defined(__AVX512F__)
 /// bf16 on AVX-512, vectors in pairs: one 64-byte load holds 32 elements, lane i the elements
 /// 2i (low half) and 2i + 1 (high half), so a shift gives the even elements as floats and a
@@ -268,7 +279,8 @@ inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride,
 /// unchanged while it was slow (149 both); in cache alone (an earlier trial) 5% faster per item.
 template <class Arch, class E, std::size_t kVecs>
 inline constexpr bool kBf16Pairs =
-    std::is_same_v<Arch, xsimd::avx512bw>&& std::is_same_v<E, Bf16>&& kVecs % 2 == 0;
+    std::conjunction_v<std::is_same<Arch, xsimd::avx512bw>, std::is_same<E, Bf16>,
+                       std::bool_constant<kVecs % 2 == 0>>;
 
 /// The even elements (as floats) of the 32 bf16 at p, and the odd ones.
 inline void load_bf16_pairs(const Bf16* p, __m512& even, __m512& odd) {
@@ -347,11 +359,7 @@ void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::s
                        std::size_t d, float scale, float* s, const E* next, std::size_t kt_row) {
   using V = Vec<Arch>;
   V acc[kR][kV];
-#pragma GCC unroll 8
-  for (std::size_t r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-    for (std::size_t c = 0; c < kV; ++c) acc[r][c] = V(0.0f);
-  }
+  zero_tile(acc);
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
@@ -429,11 +437,7 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kV];
-#pragma GCC unroll 8
-  for (std::size_t r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-    for (std::size_t c = 0; c < kV; ++c) acc[r][c] = V(0.0f);
-  }
+  zero_tile(acc);
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_rows<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
@@ -479,6 +483,25 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kC; ++c) acc[r][c].store_aligned(o + r * o_stride + c * kW);
+  }
+}
+
+/// Output columns [c0, dv) of kR rows (paged_output_ukernel's arguments, o and next_vb at
+/// column 0): PagedTile::kOutVecs vectors at a time, then one.
+template <class Arch, class E, std::size_t kR, bool kOwn>
+void paged_output_columns(const float* p, const E* vb, std::size_t v_stride, std::size_t nkeys,
+                          const float* alpha, float* o, std::size_t o_stride, const E* next_vb,
+                          std::size_t v_row, std::size_t c0, std::size_t dv) {
+  constexpr std::size_t kW = kWidth<Arch>;
+  constexpr std::size_t kC = PagedTile<Arch>::kOutVecs;
+  auto next = [&](std::size_t c) { return next_vb != nullptr ? next_vb + c : nullptr; };
+  for (; c0 + kC * kW <= dv; c0 += kC * kW) {
+    paged_output_ukernel<Arch, E, kR, kC, kOwn>(p, vb + c0, v_stride, nkeys, alpha, o + c0,
+                                                o_stride, next(c0), v_row);
+  }
+  for (; c0 < dv; c0 += kW) {
+    paged_output_ukernel<Arch, E, kR, 1, kOwn>(p, vb + c0, v_stride, nkeys, alpha, o + c0, o_stride,
+                                               next(c0), v_row);
   }
 }
 
@@ -629,43 +652,24 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
   paged_softmax_rows<Arch>(s, rows, rec0, rec, alpha);
   if constexpr (kW == 16) {
     if (paired) {
-      float* o = rec0 + 16;
-      auto next = [&](std::size_t c) { return next_vb != nullptr ? next_vb + c : nullptr; };
-      std::size_t c0 = 0;
-      for (; c0 + Tile::kOutVecs * kW <= dv; c0 += Tile::kOutVecs * kW) {
-        paged_output_ukernel<Arch, E, 2, Tile::kOutVecs, true>(s, vb + c0, a.row_elems, used, alpha,
-                                                               o + c0, rec, next(c0), vb_head);
-      }
-      for (; c0 < dv; c0 += kW) {
-        paged_output_ukernel<Arch, E, 2, 1, true>(s, vb + c0, a.row_elems, used, alpha, o + c0, rec,
-                                                  next(c0), vb_head);
-      }
+      paged_output_columns<Arch, E, 2, true>(s, vb, a.row_elems, used, alpha, rec0 + 16, rec,
+                                             next_vb, vb_head, 0, dv);
       return;
     }
   }
   for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kOutRows) {
     const std::size_t nr = std::min(Tile::kOutRows, rows - r0);
     float* o = rec0 + r0 * rec + 16;
+    const E* next = r0 == 0 ? next_vb : nullptr;
     std::size_t c0 = 0;
-    auto next = [&](std::size_t c) {
-      return r0 == 0 && next_vb != nullptr ? next_vb + c : nullptr;
-    };
     for (; one_row && c0 + kOneRowVecs * kW <= dv; c0 += kOneRowVecs * kW) {
       paged_output_ukernel<Arch, E, 1, kOneRowVecs>(s, vb + c0, a.row_elems, used, alpha, o + c0,
-                                                    rec, next(c0));
+                                                    rec, next == nullptr ? nullptr : next + c0);
     }
-    for (; c0 + Tile::kOutVecs * kW <= dv; c0 += Tile::kOutVecs * kW) {
-      with_rows<Tile::kOutRows>(nr, [&](auto r) {
-        paged_output_ukernel<Arch, E, decltype(r)::value, Tile::kOutVecs>(
-            s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec, next(c0));
-      });
-    }
-    for (; c0 < dv; c0 += kW) {
-      with_rows<Tile::kOutRows>(nr, [&](auto r) {
-        paged_output_ukernel<Arch, E, decltype(r)::value, 1>(
-            s + r0 * kKeyBlock, vb + c0, a.row_elems, used, alpha + r0, o + c0, rec, next(c0));
-      });
-    }
+    with_rows<Tile::kOutRows>(nr, [&](auto r) {
+      paged_output_columns<Arch, E, decltype(r)::value, false>(
+          s + r0 * kKeyBlock, vb, a.row_elems, used, alpha + r0, o, rec, next, 0, c0, dv);
+    });
   }
 }
 
