@@ -152,11 +152,6 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
     int threads;
   } c{detail::resolve_rule(where, mask, options, n, heads, lq, lk),
       detail::resolve_scale(where, options, d), detail::resolve_threads(where, options)};
-  if (m.kv_heads != m.heads) {
-    detail::fail(where, "grouped K/V heads (kv_heads = " + std::to_string(m.kv_heads) +
-                            " < heads = " + std::to_string(m.heads) +
-                            ") are not supported by the backward pass yet");
-  }
   // The gradients are (re)allocated below: an argument inside them would be freed or written.
   for (const Tensor* t : {&grads.values, &grads.keys, &grads.query}) {
     for (const ConstTensorView* in : {&values, &keys, &query, &d_out}) {
@@ -183,10 +178,10 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
 
   if (table == nullptr) {
     using detail::bias_or_null;
-    const reference::Weights<float> w{m.weight[0].data(),      m.weight[1].data(),
-                                      m.weight[2].data(),      m.weight[3].data(),
-                                      bias_or_null(m.bias[0]), bias_or_null(m.bias[1]),
-                                      bias_or_null(m.bias[2]), m.bias[3].data()};
+    const reference::Weights<float> w{
+        m.weight[0].data(),      m.weight[1].data(),      m.weight[2].data(),
+        m.weight[3].data(),      bias_or_null(m.bias[0]), bias_or_null(m.bias[1]),
+        bias_or_null(m.bias[2]), m.bias[3].data(),        m.kv_heads};
     d_use[0].resize(rows_q * e);
     d_use[1].resize(rows_k * e);
     d_use[2].resize(rows_k * e);
@@ -200,7 +195,8 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
   } else {
     const std::size_t rows = std::max(rows_q, rows_k);
     const std::size_t projected = m.projection_floats(n, lq, lk);
-    const std::size_t width = 3 * e;  // the widest dY: self-attention's [dQ dK dV]
+    // The widest dY: self-attention's [dQ dK dV] (K and V narrower with grouped heads).
+    const std::size_t width = 3 * e;
     const std::size_t packed =
         std::max(kernels::packed_weight_floats(e, rows), kernels::packed_weight_floats(e, width));
     const std::size_t sizes[] = {
@@ -278,14 +274,20 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
     for (std::size_t gi = 0; gi < groups.size(); ++gi) {
       const Group& g = groups[gi];
       const detail::Rows<const float>& x = *args[g.first];
-      const std::size_t gw = g.count * e, x_rows = x.n * x.l;
+      const std::size_t x_rows = x.n * x.l;
+      std::size_t gw = 0;  // dY's width: the group's out features side by side
       std::vector<const std::vector<float>*> w;
-      for (int j = g.first; j < g.first + g.count; ++j) w.push_back(&m.weight[j]);
+      for (int j = g.first; j < g.first + g.count; ++j) {
+        w.push_back(&m.weight[j]);
+        gw += m.out_features(j);
+      }
       linear_group_backward(*table, x.data, x_rows, e, g.dy, gw, w, b.d_x[gi], b, c.threads);
-      for (int j = g.first, col = 0; j < g.first + g.count; ++j, col += static_cast<int>(e)) {
-        std::copy(b.product + col * e, b.product + (col + e) * e, grads.weight_[j].data());
+      for (std::size_t j = g.first, col = 0; j < static_cast<std::size_t>(g.first + g.count);
+           col += m.out_features(static_cast<int>(j)), ++j) {
+        const std::size_t out = m.out_features(static_cast<int>(j));
+        std::copy(b.product + col * e, b.product + (col + out) * e, grads.weight_[j].data());
         if (!grads.bias_[j].empty()) {
-          column_sums(g.dy + col, x_rows, e, gw, grads.bias_[j].data());
+          column_sums(g.dy + col, x_rows, out, gw, grads.bias_[j].data());
         }
         d_arg[j] = b.d_x[gi];
         summed[j] = g.count > 1;

@@ -146,9 +146,11 @@ class MultiHeadAttention {
   /// (projections, heads' output, row log-sum-exp) rather than keeping them between the calls,
   /// then runs the attention core's backward and the projections' gradients on the forward's
   /// packed GEMM; results are bitwise equal for every thread count.
-  /// Throws std::invalid_argument as forward() does (d_out must be [N, Lq, E]), for grouped K/V
-  /// heads (kv_heads < heads: not supported yet), and for the Options that the attention
-  /// core's backward refuses (score modifications, attention weights out).
+  /// With grouped K/V heads (kv_heads < heads), the gradients of the key and value projections
+  /// are shaped as their weights, [kv_heads x head_dim, E], and a K/V head's sums over the query
+  /// heads that read it. Throws std::invalid_argument as forward() does (d_out must be [N, Lq,
+  /// E]), and for the Options that the attention core's backward refuses (score modifications,
+  /// attention weights out).
   void backward(const ConstTensorView& values, const ConstTensorView& keys,
                 const ConstTensorView& query, const ConstTensorView& d_out, Gradients& grads,
                 const Mask& mask = {}, const Options& options = {}) const;

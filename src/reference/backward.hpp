@@ -128,8 +128,8 @@ void linear_backward(const T* x, std::size_t rows, std::size_t in, const T* w, s
   }
 }
 
-/// The module's parameter gradients as plain arrays of T (each [E, E] or [E]); a Q/K/V bias
-/// gradient is null when the module has no such bias.
+/// The module's parameter gradients as plain arrays of T, shaped as the weights (Weights): [out,
+/// E] and [out]; a Q/K/V bias gradient is null when the module has no such bias.
 template <class T>
 struct WeightGradients {
   T* wq = nullptr;
@@ -144,41 +144,49 @@ struct WeightGradients {
 
 /// Gradients of multi_head_attention() for d_out [n, lq, e]: overwrites d_values, d_keys
 /// ([n, lk, e]), d_query ([n, lq, e]) and every gradient of `g`, treating the three inputs as
-/// separate tensors (a caller whose inputs alias sums their gradients).
+/// separate tensors (a caller whose inputs alias sums their gradients). With grouped K/V heads
+/// (w.kv_heads), a K/V head's gradient sums over the query heads that read it.
 template <class T>
 void multi_head_attention_backward(const T* values, const T* keys, const T* query, std::size_t n,
                                    std::size_t lk, std::size_t lq, std::size_t e, std::size_t heads,
                                    const Weights<T>& w, const detail::MaskRule& rule, T scale,
                                    MaskedRows policy, const T* d_out, T* d_values, T* d_keys,
                                    T* d_query, const WeightGradients<T>& g) {
-  const std::size_t d = e / heads, q_size = n * lq * e, kv_size = n * lk * e;
+  const std::size_t d = e / heads;
+  const std::size_t kvh = w.kv_heads == 0 ? heads : w.kv_heads, kv_e = kvh * d;
+  const std::size_t q_size = n * lq * e, in_size = n * lk * e, kv_size = n * lk * kv_e;
   std::vector<T> qp(q_size), kp(kv_size), vp(kv_size), attn(q_size);
   std::vector<T> dqp(q_size), dkp(kv_size), dvp(kv_size), dattn(q_size, T(0));
-  linear(values, n * lk, e, w.wv, e, w.bv, vp.data());
-  linear(keys, n * lk, e, w.wk, e, w.bk, kp.data());
+  linear(values, n * lk, e, w.wv, kv_e, w.bv, vp.data());
+  linear(keys, n * lk, e, w.wk, kv_e, w.bk, kp.data());
   linear(query, n * lq, e, w.wq, e, w.bq, qp.data());
-  auto heads_of = [&](T* p, std::size_t l) { return Heads<T>{p, n, l, heads, d, e, l * e}; };
-  auto cheads = [&](const T* p, std::size_t l) {
-    return Heads<const T>{p, n, l, heads, d, e, l * e};
+  auto heads_of = [&](T* p, std::size_t l, std::size_t h) {
+    return Heads<T>{p, n, l, h, d, h * d, l * h * d};
   };
-  attention<T>(cheads(qp.data(), lq), cheads(kp.data(), lk), cheads(vp.data(), lk),
-               heads_of(attn.data(), lq), rule, scale, policy);
+  auto cheads = [&](const T* p, std::size_t l, std::size_t h) {
+    return Heads<const T>{p, n, l, h, d, h * d, l * h * d};
+  };
+  attention<T>(cheads(qp.data(), lq, heads), cheads(kp.data(), lk, kvh), cheads(vp.data(), lk, kvh),
+               heads_of(attn.data(), lq, heads), rule, scale, policy);
 
   auto zero = [](T* p, std::size_t count) {
     if (p != nullptr) std::fill(p, p + count, T(0));
   };
-  for (T* p : {g.wq, g.wk, g.wv, g.wo}) zero(p, e * e);
-  for (T* p : {g.bq, g.bk, g.bv, g.bo}) zero(p, e);
-  zero(d_values, kv_size);
-  zero(d_keys, kv_size);
+  for (T* p : {g.wq, g.wo}) zero(p, e * e);
+  for (T* p : {g.wk, g.wv}) zero(p, kv_e * e);
+  for (T* p : {g.bq, g.bo}) zero(p, e);
+  for (T* p : {g.bk, g.bv}) zero(p, kv_e);
+  zero(d_values, in_size);
+  zero(d_keys, in_size);
   zero(d_query, q_size);
   linear_backward(attn.data(), n * lq, e, w.wo, e, d_out, dattn.data(), g.wo, g.bo);
-  attention_backward<T>(cheads(qp.data(), lq), cheads(kp.data(), lk), cheads(vp.data(), lk),
-                        cheads(dattn.data(), lq), heads_of(dqp.data(), lq),
-                        heads_of(dkp.data(), lk), heads_of(dvp.data(), lk), rule, scale, policy);
+  attention_backward<T>(cheads(qp.data(), lq, heads), cheads(kp.data(), lk, kvh),
+                        cheads(vp.data(), lk, kvh), cheads(dattn.data(), lq, heads),
+                        heads_of(dqp.data(), lq, heads), heads_of(dkp.data(), lk, kvh),
+                        heads_of(dvp.data(), lk, kvh), rule, scale, policy);
   linear_backward(query, n * lq, e, w.wq, e, dqp.data(), d_query, g.wq, g.bq);
-  linear_backward(keys, n * lk, e, w.wk, e, dkp.data(), d_keys, g.wk, g.bk);
-  linear_backward(values, n * lk, e, w.wv, e, dvp.data(), d_values, g.wv, g.bv);
+  linear_backward(keys, n * lk, e, w.wk, kv_e, dkp.data(), d_keys, g.wk, g.bk);
+  linear_backward(values, n * lk, e, w.wv, kv_e, dvp.data(), d_values, g.wv, g.bv);
 }
 
 }  // namespace simdattn::reference
