@@ -282,15 +282,16 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
         gw += m.out_features(j);
       }
       linear_group_backward(*table, x.data, x_rows, e, g.dy, gw, w, b.d_x[gi], b, c.threads);
-      for (std::size_t j = g.first, col = 0; j < static_cast<std::size_t>(g.first + g.count);
-           col += m.out_features(static_cast<int>(j)), ++j) {
-        const std::size_t out = m.out_features(static_cast<int>(j));
+      std::size_t col = 0;  // projection j's first column of dY (and row of the stacked dW)
+      for (int j = g.first; j < g.first + g.count; ++j) {
+        const std::size_t out = m.out_features(j);
         std::copy(b.product + col * e, b.product + (col + out) * e, grads.weight_[j].data());
         if (!grads.bias_[j].empty()) {
           column_sums(g.dy + col, x_rows, out, gw, grads.bias_[j].data());
         }
         d_arg[j] = b.d_x[gi];
         summed[j] = g.count > 1;
+        col += out;
       }
     }
   }
