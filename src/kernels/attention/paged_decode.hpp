@@ -259,6 +259,12 @@ inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride,
   for (; i < n; ++i) step(i);
 }
 
+/// p + offset, or nullptr for no p (a later item to prefetch, ALiBi slopes).
+template <class E>
+inline const E* offset_or_null(const E* p, std::size_t offset) {
+  return p == nullptr ? nullptr : p + offset;
+}
+
 /// acc = 0, for a micro-kernel's accumulators.
 template <class V, std::size_t kR, std::size_t kN>
 SIMDATTN_ALWAYS_INLINE inline void zero_tile(V (&acc)[kR][kN]) {
@@ -494,14 +500,13 @@ void paged_output_columns(const float* p, const E* vb, std::size_t v_stride, std
                           std::size_t v_row, std::size_t c0, std::size_t dv) {
   constexpr std::size_t kW = kWidth<Arch>;
   constexpr std::size_t kC = PagedTile<Arch>::kOutVecs;
-  auto next = [&](std::size_t c) { return next_vb != nullptr ? next_vb + c : nullptr; };
   for (; c0 + kC * kW <= dv; c0 += kC * kW) {
     paged_output_ukernel<Arch, E, kR, kC, kOwn>(p, vb + c0, v_stride, nkeys, alpha, o + c0,
-                                                o_stride, next(c0), v_row);
+                                                o_stride, offset_or_null(next_vb, c0), v_row);
   }
   for (; c0 < dv; c0 += kW) {
     paged_output_ukernel<Arch, E, kR, 1, kOwn>(p, vb + c0, v_stride, nkeys, alpha, o + c0, o_stride,
-                                               next(c0), v_row);
+                                               offset_or_null(next_vb, c0), v_row);
   }
 }
 
@@ -605,21 +610,20 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
   const bool one_row = rows == 1 && kOneRowVecs > Tile::kScoreVecs;
   for (std::size_t j0 = 0; one_row && j0 < kKeyBlock; j0 += kOneRowVecs * kW) {
     paged_score_ukernel<Arch, E, 1, kOneRowVecs>(q, q_stride, kt + j0, a.block_tokens, d, a.scale,
-                                                 s + j0,
-                                                 next_kt == nullptr ? nullptr : next_kt + j0);
+                                                 s + j0, offset_or_null(next_kt, j0));
   }
   if constexpr (kW == 16) {
     for (std::size_t j0 = 0; paired && j0 < kKeyBlock; j0 += kScoreKeys) {
-      paged_score_ukernel<Arch, E, 2, Tile::kScoreVecs, true>(
-          q, q_stride, kt + j0, a.block_tokens, d, a.scale, s + j0,
-          next_kt == nullptr ? nullptr : next_kt + j0, kt_head);
+      paged_score_ukernel<Arch, E, 2, Tile::kScoreVecs, true>(q, q_stride, kt + j0, a.block_tokens,
+                                                              d, a.scale, s + j0,
+                                                              offset_or_null(next_kt, j0), kt_head);
     }
   }
   for (std::size_t r0 = 0; !one_row && !paired && r0 < rows; r0 += Tile::kScoreRows) {
     const std::size_t nr = std::min(Tile::kScoreRows, rows - r0);
     for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
       // The first row group streams the keys in; the others find them in L1.
-      const E* next = r0 == 0 && next_kt != nullptr ? next_kt + j0 : nullptr;
+      const E* next = r0 == 0 ? offset_or_null(next_kt, j0) : nullptr;
       with_rows<Tile::kScoreRows>(nr, [&](auto r) {
         paged_score_ukernel<Arch, E, decltype(r)::value, Tile::kScoreVecs>(
             q + r0 * q_stride, q_stride, kt + j0, a.block_tokens, d, a.scale,
@@ -664,7 +668,7 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
     std::size_t c0 = 0;
     for (; one_row && c0 + kOneRowVecs * kW <= dv; c0 += kOneRowVecs * kW) {
       paged_output_ukernel<Arch, E, 1, kOneRowVecs>(s, vb + c0, a.row_elems, used, alpha, o + c0,
-                                                    rec, next == nullptr ? nullptr : next + c0);
+                                                    rec, offset_or_null(next, c0));
     }
     with_rows<Tile::kOutRows>(nr, [&](auto r) {
       paged_output_columns<Arch, E, decltype(r)::value, false>(
@@ -756,7 +760,7 @@ void paged_attention_typed(const PagedAttentionArgs& a) {
         qi = q;
         q_stride = d;
       }
-      const float* alibi = a.alibi == nullptr ? nullptr : a.alibi + i * a.groups;
+      const float* alibi = offset_or_null(a.alibi, i * a.groups);
       paged_block<Arch, E>(a, qi, q_stride, s, alpha, alibi, keys_at(k0, i), values_at(k0, i),
                            next_kt, next_vb, k0, nk, records(i), paired, key_head, value_head);
     }
