@@ -12,7 +12,8 @@
 // passes over it (ONNX Runtime's loop over query heads gains 1.3x from 4x fewer bytes).
 //
 // On AVX-512 a task of one row per kv head runs two kv heads' blocks as the two rows of one tile
-// (paged_attention_typed says why), and bf16 vectors are loaded in pairs (kBf16Pairs).
+// (paged_attention_typed says why); on AVX-512 and AVX2 bf16 vectors are loaded in pairs
+// (kBf16Pairs).
 //
 // Per block of kKeyBlock = 64 keys: scores S[row][key] with keys in vector lanes, from the
 // transposed keys K^T[d][key] (a K^T row of 64 keys is contiguous): for each d, kScoreVecs
@@ -275,42 +276,87 @@ SIMDATTN_ALWAYS_INLINE inline void zero_tile(V (&acc)[kR][kN]) {
   }
 }
 
+/// bf16 vectors in pairs (AVX-512 and AVX2): one load of 2W elements holds lane i's elements 2i
+/// (low half) and 2i + 1 (high half), so a shift gives the even elements as floats and a mask
+/// the odd ones: one load and two integer operations per 2W elements, against two loads, two
+/// widenings (vpmovzxwd, a shuffle each) and two shifts. The sums come out split into even and
+/// odd elements and are interleaved back once per call. AVX-512, 4 kv heads, bf16, Lk = 4096,
+/// cold, 2 threads (median of 600 calls, 4 rounds in turn): 120 -> 110 us while memory was
+/// fast, unchanged while it was slow (149 both); in cache alone (an earlier trial) 5% faster
+/// per item. AVX2 (forced on an Intel Xeon VM; one thread, 16 query heads, Lk = 512 in cache,
+/// median of 200 x 50 calls, 3 rounds in turn): 4 kv heads 80-106 -> 68-74 us, 16 kv heads
+/// 163-209 -> 127-158 us; cold at Lk = 4096 the same within the noise (memory-bound there).
+template <class Arch>
+struct Bf16Pairs {
+  static constexpr bool kOn = false;
+};
 #if defined(__AVX512F__)
-/// bf16 on AVX-512, vectors in pairs: one 64-byte load holds 32 elements, lane i the elements
-/// 2i (low half) and 2i + 1 (high half), so a shift gives the even elements as floats and a
-/// mask the odd ones: one load and two integer operations per 32 elements, against two loads,
-/// two widenings (vpmovzxwd, a shuffle each) and two shifts. The sums come out split into even
-/// and odd elements and are interleaved back once per call. 4 kv heads, bf16, Lk = 4096, cold, 2
-/// threads (median of 600 calls, 4 rounds in turn): 120 -> 110 us while memory was fast,
-/// unchanged while it was slow (149 both); in cache alone (an earlier trial) 5% faster per item.
+template <>
+struct Bf16Pairs<xsimd::avx512bw> {
+  static constexpr bool kOn = true;
+  using R = __m512;
+  /// The even elements (as floats) of the 32 bf16 at p, and the odd ones.
+  static void load(const Bf16* p, R& even, R& odd) {
+    __m512i x = _mm512_loadu_si512(p);
+    asm("" : "+v"(x));  // one load: GCC would fold it into both operations (see keep_in_register)
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    odd =
+        _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  /// Elements 0-15 (lo) and 16-31 (hi) in order, from their even and odd ones.
+  static void interleave(R even, R odd, R& lo, R& hi) {
+    const __m512i ilo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i ihi =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    lo = _mm512_permutex2var_ps(even, ilo, odd);
+    hi = _mm512_permutex2var_ps(even, ihi, odd);
+  }
+  /// The even and odd elements of 32 in order (lo: 0-15, hi: 16-31).
+  static void split(R lo, R hi, R& even, R& odd) {
+    const __m512i ieven =
+        _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i iodd =
+        _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    even = _mm512_permutex2var_ps(lo, ieven, hi);
+    odd = _mm512_permutex2var_ps(lo, iodd, hi);
+  }
+};
+#endif
+#if defined(__AVX2__)
+template <>
+struct Bf16Pairs<xsimd::fma3<xsimd::avx2>> {
+  static constexpr bool kOn = true;
+  using R = __m256;
+  /// The even elements (as floats) of the 16 bf16 at p, and the odd ones.
+  static void load(const Bf16* p, R& even, R& odd) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    asm("" : "+x"(x));  // one load, as above
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    odd =
+        _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  /// Elements 0-7 (lo) and 8-15 (hi) in order: unpacking gives (e0 o0 e1 o1 | e4 o4 e5 o5) and
+  /// (e2 o2 e3 o3 | e6 o6 e7 o7), whose 128-bit halves are then regrouped.
+  static void interleave(R even, R odd, R& lo, R& hi) {
+    const __m256 a = _mm256_unpacklo_ps(even, odd), b = _mm256_unpackhi_ps(even, odd);
+    lo = _mm256_permute2f128_ps(a, b, 0x20);
+    hi = _mm256_permute2f128_ps(a, b, 0x31);
+  }
+  /// The even and odd elements of 16 in order (lo: 0-7, hi: 8-15).
+  static void split(R lo, R hi, R& even, R& odd) {
+    const __m256 a = _mm256_permute2f128_ps(lo, hi, 0x20), b = _mm256_permute2f128_ps(lo, hi, 0x31);
+    even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+};
+#endif
+
 template <class Arch, class E, std::size_t kVecs>
 inline constexpr bool kBf16Pairs =
-    std::conjunction_v<std::is_same<Arch, xsimd::avx512bw>, std::is_same<E, Bf16>,
+    std::conjunction_v<std::bool_constant<Bf16Pairs<Arch>::kOn>, std::is_same<E, Bf16>,
                        std::bool_constant<kVecs % 2 == 0>>;
 
-/// The even elements (as floats) of the 32 bf16 at p, and the odd ones.
-inline void load_bf16_pairs(const Bf16* p, __m512& even, __m512& odd) {
-  __m512i x = _mm512_loadu_si512(p);
-  asm("" : "+v"(x));  // one load: GCC would fold it into both operations (see keep_in_register)
-  even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-  odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-}
-/// Elements 0-15 (lo) and 16-31 (hi) in order, from their even and odd ones.
-inline void interleave_pairs(__m512 even, __m512 odd, __m512& lo, __m512& hi) {
-  const __m512i ilo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i ihi =
-      _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  lo = _mm512_permutex2var_ps(even, ilo, odd);
-  hi = _mm512_permutex2var_ps(even, ihi, odd);
-}
-/// The even and odd elements of 32 in order (lo: 0-15, hi: 16-31).
-inline void split_pairs(__m512 lo, __m512 hi, __m512& even, __m512& odd) {
-  const __m512i ieven = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i iodd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  even = _mm512_permutex2var_ps(lo, ieven, hi);
-  odd = _mm512_permutex2var_ps(lo, iodd, hi);
-}
-
+#if defined(__AVX2__)
 /// One step of a pairs micro-kernel: acc[r][c] += x[r x x_stride] times the elements of row r
 /// (at src + r x row with kOwn, else at src for every row), acc[r][c] the even elements of pair
 /// c / 2 (c even) or its odd ones.
@@ -319,19 +365,21 @@ SIMDATTN_ALWAYS_INLINE inline void madd_bf16_pairs(const float* x, std::size_t x
                                                    const Bf16* src, std::size_t row,
                                                    Vec<Arch> (&acc)[kR][kN]) {
   using V = Vec<Arch>;
-  __m512 e[kOwn ? 1 : kN];  // a shared row, loaded once for every row
+  using P = Bf16Pairs<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  typename P::R e[kOwn ? 1 : kN];  // a shared row, loaded once for every row
   if constexpr (!kOwn) {
 #pragma GCC unroll 8
-    for (std::size_t c = 0; c < kN; c += 2) load_bf16_pairs(src + c * 16, e[c], e[c + 1]);
+    for (std::size_t c = 0; c < kN; c += 2) P::load(src + c * kW, e[c], e[c + 1]);
   }
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
     const V xr(x[r * x_stride]);
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kN; c += 2) {
-      __m512 even, odd;
+      typename P::R even, odd;
       if constexpr (kOwn) {
-        load_bf16_pairs(src + r * row + c * 16, even, odd);
+        P::load(src + r * row + c * kW, even, odd);
       } else {
         even = e[c];
         odd = e[c + 1];
@@ -342,19 +390,21 @@ SIMDATTN_ALWAYS_INLINE inline void madd_bf16_pairs(const float* x, std::size_t x
   }
 }
 
-/// dst[r x dst_stride, + kN x 16) = the pairs of acc[r] (as madd_bf16_pairs holds them) times
+/// dst[r x dst_stride, + kN x W) = the pairs of acc[r] (as madd_bf16_pairs holds them) times
 /// `scale`, interleaved back into order.
 template <class Arch, std::size_t kR, std::size_t kN>
 inline void store_bf16_pairs(const Vec<Arch> (&acc)[kR][kN], const Vec<Arch>& scale, float* dst,
                              std::size_t dst_stride) {
+  using P = Bf16Pairs<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kN; c += 2) {
-      __m512 lo, hi;
-      interleave_pairs(acc[r][c] * scale, acc[r][c + 1] * scale, lo, hi);
-      _mm512_store_ps(dst + r * dst_stride + c * 16, lo);
-      _mm512_store_ps(dst + r * dst_stride + c * 16 + 16, hi);
+      typename P::R lo, hi;
+      P::interleave(acc[r][c] * scale, acc[r][c + 1] * scale, lo, hi);
+      Vec<Arch>(lo).store_aligned(dst + r * dst_stride + c * kW);
+      Vec<Arch>(hi).store_aligned(dst + r * dst_stride + c * kW + kW);
     }
   }
 }
@@ -364,12 +414,13 @@ template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn>
 void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
                        std::size_t d, float scale, float* s, const E* next, std::size_t kt_row) {
   using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kV];
   zero_tile(acc);
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kV * 16, 16>, kOwn ? kR : 1>(d, next, kt_stride,
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kV * kW, kW>, kOwn ? kR : 1>(d, next, kt_stride,
                                                                                  step, kt_row);
   store_bf16_pairs<Arch, kR, kV>(acc, V(scale), s, kKeyBlock);
 }
@@ -380,15 +431,17 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
                         const float* alpha, float* o, std::size_t o_stride, const E* next,
                         std::size_t v_row) {
   using V = Vec<Arch>;
+  using P = Bf16Pairs<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kC];
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
     const V a(alpha[r]);
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kC; c += 2) {
-      __m512 even, odd;
-      split_pairs(_mm512_load_ps(o + r * o_stride + c * 16),
-                  _mm512_load_ps(o + r * o_stride + c * 16 + 16), even, odd);
+      typename P::R even, odd;
+      P::split(V::load_aligned(o + r * o_stride + c * kW),
+               V::load_aligned(o + r * o_stride + c * kW + kW), even, odd);
       acc[r][c] = V(even) * a;
       acc[r][c + 1] = V(odd) * a;
     }
@@ -396,7 +449,7 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
   auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kC * 16, 16>, kOwn ? kR : 1>(
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kC * kW, kW>, kOwn ? kR : 1>(
       nkeys, next, v_stride, step, v_row);
   store_bf16_pairs<Arch, kR, kC>(acc, V(1.0f), o, o_stride);  // x 1: exact
 }
@@ -434,7 +487,7 @@ template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn = false
 void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
                          std::size_t d, float scale, float* s, const E* next,
                          std::size_t kt_row = 0) {
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
   if constexpr (kBf16Pairs<Arch, E, kV>) {
     paged_score_pairs<Arch, E, kR, kV, kOwn>(q, q_stride, kt, kt_stride, d, scale, s, next, kt_row);
     return;
@@ -464,7 +517,7 @@ template <class Arch, class E, std::size_t kR, std::size_t kC, bool kOwn = false
 void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
                           const float* alpha, float* o, std::size_t o_stride, const E* next,
                           std::size_t v_row = 0) {
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
   if constexpr (kBf16Pairs<Arch, E, kC>) {
     paged_output_pairs<Arch, E, kR, kC, kOwn>(p, v, v_stride, nkeys, alpha, o, o_stride, next,
                                               v_row);
