@@ -356,7 +356,6 @@ inline constexpr bool kBf16Pairs =
     std::conjunction_v<std::bool_constant<Bf16Pairs<Arch>::kOn>, std::is_same<E, Bf16>,
                        std::bool_constant<kVecs % 2 == 0>>;
 
-#if defined(__AVX2__)
 /// One step of a pairs micro-kernel: acc[r][c] += x[r x x_stride] times the elements of row r
 /// (at src + r x row with kOwn, else at src for every row), acc[r][c] the even elements of pair
 /// c / 2 (c even) or its odd ones.
@@ -453,7 +452,6 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
       nkeys, next, v_stride, step, v_row);
   store_bf16_pairs<Arch, kR, kC>(acc, V(1.0f), o, o_stride);  // x 1: exact
 }
-#endif
 
 /// One step of a micro-kernel: acc[r][c] += x[r x x_stride] times vector c of the elements of
 /// row r (at src + r x row with kOwn, else at src for every row, loaded once).
@@ -487,12 +485,10 @@ template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn = false
 void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
                          std::size_t d, float scale, float* s, const E* next,
                          std::size_t kt_row = 0) {
-#if defined(__AVX2__)
   if constexpr (kBf16Pairs<Arch, E, kV>) {
     paged_score_pairs<Arch, E, kR, kV, kOwn>(q, q_stride, kt, kt_stride, d, scale, s, next, kt_row);
     return;
   }
-#endif
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kV];
@@ -517,13 +513,11 @@ template <class Arch, class E, std::size_t kR, std::size_t kC, bool kOwn = false
 void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
                           const float* alpha, float* o, std::size_t o_stride, const E* next,
                           std::size_t v_row = 0) {
-#if defined(__AVX2__)
   if constexpr (kBf16Pairs<Arch, E, kC>) {
     paged_output_pairs<Arch, E, kR, kC, kOwn>(p, v, v_stride, nkeys, alpha, o, o_stride, next,
                                               v_row);
     return;
   }
-#endif
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kC];
