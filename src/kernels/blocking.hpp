@@ -90,7 +90,8 @@ struct PagedTileFor<16> {
   static constexpr std::size_t kScoreRows = 4, kScoreVecs = 4, kOutRows = 4, kOutVecs = 4;
   static constexpr std::size_t kOneRowVecs = 4;
 };
-/// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast; one f32 row: 8 + 8.
+/// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast; one row: 8 accumulators,
+/// each vector loaded (and converted) right before its multiply-add.
 template <>
 struct PagedTileFor<8> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;

@@ -366,8 +366,9 @@ SIMDATTN_ALWAYS_INLINE inline void madd_bf16_pairs(const float* x, std::size_t x
   using V = Vec<Arch>;
   using P = Bf16Pairs<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
-  typename P::R e[kOwn ? 1 : kN];  // a shared row, loaded once for every row
-  if constexpr (!kOwn) {
+  constexpr bool kInline = kOwn || kR == 1;  // as madd_rows
+  typename P::R e[kInline ? 1 : kN];         // a shared row, loaded once for every row
+  if constexpr (!kInline) {
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kN; c += 2) P::load(src + c * kW, e[c], e[c + 1]);
   }
@@ -377,8 +378,8 @@ SIMDATTN_ALWAYS_INLINE inline void madd_bf16_pairs(const float* x, std::size_t x
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kN; c += 2) {
       typename P::R even, odd;
-      if constexpr (kOwn) {
-        P::load(src + r * row + c * kW, even, odd);
+      if constexpr (kInline) {
+        P::load(src + (kOwn ? r * row : 0) + c * kW, even, odd);
       } else {
         even = e[c];
         odd = e[c + 1];
@@ -454,14 +455,17 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
 }
 
 /// One step of a micro-kernel: acc[r][c] += x[r x x_stride] times vector c of the elements of
-/// row r (at src + r x row with kOwn, else at src for every row, loaded once).
+/// row r (at src + r x row with kOwn, else at src for every row, loaded once). Each vector is
+/// loaded right before its multiply-adds where it serves one row only (kOwn, or a single row), so
+/// that a converted vector needs one register, not kN.
 template <class Arch, std::size_t kR, std::size_t kN, bool kOwn, class E>
 SIMDATTN_ALWAYS_INLINE inline void madd_rows(const float* x, std::size_t x_stride, const E* src,
                                              std::size_t row, Vec<Arch> (&acc)[kR][kN]) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
-  V e[kOwn ? 1 : kN];
-  if constexpr (!kOwn) {
+  constexpr bool kInline = kOwn || kR == 1;
+  V e[kInline ? 1 : kN];
+  if constexpr (!kInline) {
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kN; ++c) e[c] = load_elems<Arch>(src + c * kW);
   }
@@ -470,8 +474,9 @@ SIMDATTN_ALWAYS_INLINE inline void madd_rows(const float* x, std::size_t x_strid
     const V xr(x[r * x_stride]);
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < kN; ++c) {
-      if constexpr (kOwn) {
-        acc[r][c] = madd<Arch>(xr, load_elems<Arch>(src + r * row + c * kW), acc[r][c]);
+      if constexpr (kInline) {
+        acc[r][c] =
+            madd<Arch>(xr, load_elems<Arch>(src + (kOwn ? r * row : 0) + c * kW), acc[r][c]);
       } else {
         acc[r][c] = madd<Arch>(xr, e[c], acc[r][c]);
       }
@@ -638,12 +643,15 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
   constexpr std::size_t kW = kWidth<Arch>;
   using Tile = PagedTile<Arch>;
   constexpr std::size_t kScoreKeys = Tile::kScoreVecs * kW;
-  // A single row (decoding without grouped heads) on AVX2 reads each 256-byte row of K^T and of
-  // V once, not as halves in two passes (blocking.hpp); the same sums in the same order. f32
-  // only: a bf16 or f16 vector is converted in a register of its own, and 8 of them beside 8
-  // accumulators spill (AVX2 bf16 step 0.89 -> 1.25 ms).
-  constexpr std::size_t kOneRowVecs =
-      std::is_same_v<E, float> ? Tile::kOneRowVecs : Tile::kScoreVecs;
+  // A single row (decoding without grouped heads) on AVX2 reads each row of K^T and of V (256
+  // bytes in f32, 128 in bf16 or f16) once, not as halves in two passes (blocking.hpp); the same
+  // sums in the same order. A row's vectors are loaded (and converted) one at a time, right
+  // before their multiply-adds (madd_rows): loaded all first, 8 converted vectors beside 8
+  // accumulators spilled (bf16 step 0.89 -> 1.25 ms), so two-byte rows took two passes of 4
+  // vectors, each with 4 chains of dependent multiply-adds. One pass of 8 (Intel Xeon VM, 16
+  // kv heads, Lk = 4096, cold, 4 rounds in turn): bf16 745-782 -> 647-688 us at 2 threads,
+  // 1436-1503 -> 1234-1292 at 1; f16 698-727 -> 607-622 and 1373-1450 -> 1191-1224; f32 the same.
+  constexpr std::size_t kOneRowVecs = Tile::kOneRowVecs;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const std::size_t rows = paired ? 2 : a.groups * a.tokens, d = a.d;
   const std::size_t rec = partial_record_floats(d);
