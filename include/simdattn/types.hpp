@@ -54,7 +54,9 @@ struct Mask {
 /// are each the full size or 1 (a 1 broadcasts, as for Mask); lk is the full key length.
 /// An entry of -inf hides its key exactly as a 0 of the keep-mask does (no weight; a row whose
 /// every key is hidden follows Options::masked_rows); other entries, NaN included, are added.
-/// `data == nullptr` means no bias.
+/// `data == nullptr` means no bias. A bias with rows per query shared by the heads (h == 1 with
+/// H > 1) is read, for Lq > 4, through each thread's copy of a block of its rows with keys down
+/// (about 1 MiB, at least 32 x lk floats), kept for the thread's next calls.
 struct Bias {
   const float* data = nullptr;
   std::size_t n = 1;

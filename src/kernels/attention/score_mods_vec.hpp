@@ -154,7 +154,19 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
   }
   if (r.bias != nullptr) {
     const float* b0 = bias_row(r, i0) + k0;
-    if (r.bias_row_stride == 0) {  // one bias per key for every query
+    if (r.bias_t != nullptr && r.bias_row_stride != 0) {
+      // Keys down already: one load per vector, the same sums as the transposed pieces below.
+      const V vu(unit);
+      for (std::size_t j = 0; j < nk; ++j) {
+        const float* bt = r.bias_t + (k0 + j) * r.bias_t_stride + (i0 - r.bias_t_row0);
+        float* s = st + j * kGroup;
+        for (std::size_t v = 0; v < kVecs; ++v) {
+          const V b = V::load_unaligned(bt + v * kW);
+          const V x = madd<Arch>(b, vu, V::load_aligned(s + v * kW));
+          xsimd::select(b == hidden, hidden, x).store_aligned(s + v * kW);
+        }
+      }
+    } else if (r.bias_row_stride == 0) {  // one bias per key for every query
       for (std::size_t j = 0; j < nk; ++j) {
         const float b = b0[j];
         float* s = st + j * kGroup;
