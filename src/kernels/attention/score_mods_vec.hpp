@@ -8,7 +8,9 @@
 //     row broadcast over queries is one broadcast per key; a bias with rows per query is read
 //     across rows (the tile holds keys down, the bias keys across): W x W pieces transposed in
 //     registers. Gathering one key's column instead (vgatherdps) made such a bias cost 50% over
-//     plain attention at s2048 (AVX-512, one thread).
+//     plain attention at s2048 (AVX-512, one thread). A bias shared by the heads comes instead
+//     as the driver's copy of the task's rows with keys down (KeyRule::bias_t): one load per
+//     vector.
 //   - Decode path: one head's row of scores, keys across lanes, natural units (unit = 1); the
 //     bias row is read in place.
 // A -inf bias makes the score -inf whatever it was (NaN included), as the key rule hides it.
