@@ -55,8 +55,9 @@ struct Mask {
 /// An entry of -inf hides its key exactly as a 0 of the keep-mask does (no weight; a row whose
 /// every key is hidden follows Options::masked_rows); other entries, NaN included, are added.
 /// `data == nullptr` means no bias. A bias with rows per query shared by the heads (h == 1 with
-/// H > 1) is read, for Lq > 4, through each thread's copy of a block of its rows with keys down
-/// (about 1 MiB, at least 32 x lk floats), kept for the thread's next calls.
+/// H > 1) is read, for Lq > 4 when its rows make work for every thread of the call, through
+/// each thread's copy of a block of its rows with keys down (about 1 MiB, at least 32 x lk
+/// floats), kept for the thread's next calls.
 struct Bias {
   const float* data = nullptr;
   std::size_t n = 1;

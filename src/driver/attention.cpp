@@ -121,10 +121,14 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // rows in every head of a batch, and copies the block's bias keys down first, as the tiles
   // hold scores; each head then reads the copy with one load per vector, where transposing
   // 16 x 16 pieces in registers took 64 shuffles per piece in every head (s2048, 8 heads, one
-  // thread, AVX-512 on a Xeon: 1.15-1.18x plain attention against 1.20-1.57x, 4 interleaved
-  // rounds). The block's rows are capped so that the copy stays within about 1 MiB (L2).
+  // thread, AVX-512 on a Xeon: 1.00-1.18x plain attention against 1.26-1.37x, 3 runs each with
+  // interleaved repetitions). The block's rows are capped so that the copy stays within about
+  // 1 MiB (L2). Where the batches' rows make too few blocks to keep every thread busy, heads
+  // are split across threads as without a bias.
+  const std::size_t quanta = (q.l + kTaskRowQuantum - 1) / kTaskRowQuantum;
   const bool shared_bias = p.rule.bias.data != nullptr && p.rule.bias.lq != 1 &&
-                           p.rule.bias_head_stride() == 0 && q.h > 1;
+                           p.rule.bias_head_stride() == 0 && q.h > 1 &&
+                           q.n * quanta >= 2 * static_cast<std::size_t>(std::max(1, threads));
   const std::size_t units = shared_bias ? q.n : heads;  // what row blocks are split across
   std::size_t max_rows = kernels::kMaxTaskRows;
   if (shared_bias) {
