@@ -311,10 +311,8 @@ AppendPlan plan_append(const char* where, KvCache::Impl& c, const std::vector<Se
   return plan;
 }
 
-void commit_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
+void reserve_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
   const std::size_t bt = c.config.block_tokens;
-  const auto& k = plan.keys;
-  const auto& v = plan.values;
   for (std::size_t i = 0; i < plan.sequences.size(); ++i) {
     KvCache::Impl::Sequence& s = *plan.sequences[i];
     AppendUndo::Entry& undo = plan.undo.entries[i];
@@ -327,23 +325,40 @@ void commit_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
       s.blocks.back() = copy;
       undo.replaced = shared;
     }
-    const std::size_t new_length = s.length + k.l;
+    const std::size_t new_length = s.length + plan.keys.l;
     while (s.blocks.size() < KvCache::blocks_for(new_length, bt)) {
       std::uint32_t b;
       c.take_block(b);
       s.blocks.push_back(b);  // capacity reserved by plan_append: no allocation
     }
-    for (std::size_t t = 0; t < k.l; ++t) {
-      const std::size_t pos = s.length + t;
-      std::byte* block = c.block(s.blocks[pos / bt]);
-      const std::size_t j = pos % bt;
-      for (std::size_t h = 0; h < k.h; ++h) {
-        store(block + c.key_offset(h) + j * c.elem_bytes, bt, k.at(i, t, h), k.d, c.config.storage);
-        store(block + c.value_offset(h) + j * c.row_elems * c.elem_bytes, 1, v.at(i, t, h), v.d,
-              c.config.storage);
-      }
-    }
     s.length = new_length;
+  }
+}
+
+void write_appended(KvCache::Impl& c, const AppendPlan& plan, std::size_t i, std::size_t h_begin,
+                    std::size_t h_end, std::size_t pos_begin, std::size_t pos_end) noexcept {
+  const std::size_t bt = c.config.block_tokens;
+  const auto& k = plan.keys;
+  const auto& v = plan.values;
+  const KvCache::Impl::Sequence& s = *plan.sequences[i];
+  const std::size_t first_new = s.length - k.l;
+  const std::size_t begin = std::max(pos_begin, first_new), end = std::min(pos_end, s.length);
+  for (std::size_t pos = begin; pos < end; ++pos) {
+    const std::size_t t = pos - first_new;
+    std::byte* block = c.block(s.blocks[pos / bt]);
+    const std::size_t j = pos % bt;
+    for (std::size_t h = h_begin; h < h_end; ++h) {
+      store(block + c.key_offset(h) + j * c.elem_bytes, bt, k.at(i, t, h), k.d, c.config.storage);
+      store(block + c.value_offset(h) + j * c.row_elems * c.elem_bytes, 1, v.at(i, t, h), v.d,
+            c.config.storage);
+    }
+  }
+}
+
+void commit_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
+  reserve_append(c, plan);
+  for (std::size_t i = 0; i < plan.sequences.size(); ++i) {
+    write_appended(c, plan, i, 0, plan.keys.h, 0, plan.sequences[i]->length);
   }
 }
 

@@ -98,7 +98,19 @@ AppendPlan plan_append(const char* where, KvCache::Impl& cache, const std::vecto
 /// plan.undo.
 void commit_append(KvCache::Impl& cache, AppendPlan& plan) noexcept;
 
-/// Restores the sequences and the free list as they were before commit_append(plan).
+/// commit_append without the new tokens' bytes: the sequences' lengths and blocks (copy-on-write
+/// of a shared last block included) as after it; write_appended fills the bytes in.
+void reserve_append(KvCache::Impl& cache, AppendPlan& plan) noexcept;
+
+/// After reserve_append: writes the new keys and values of plan.sequences[i] at positions
+/// [pos_begin, pos_end) (those of the new tokens among them) for kv heads [h_begin, h_end).
+/// Calls on disjoint heads or positions may run at once.
+void write_appended(KvCache::Impl& cache, const AppendPlan& plan, std::size_t i,
+                    std::size_t h_begin, std::size_t h_end, std::size_t pos_begin,
+                    std::size_t pos_end) noexcept;
+
+/// Restores the sequences and the free list as they were before commit_append(plan) or
+/// reserve_append(plan).
 void undo_append(KvCache::Impl& cache, const AppendUndo& undo) noexcept;
 
 /// Checks the options of a call over the cache with `heads` query heads: causal none or
@@ -120,18 +132,20 @@ CacheCallOptions check_cache_options(const char* where, const Options& options, 
 void read_tokens(const KvCache::Impl& cache, const KvCache::Impl::Sequence& s, std::size_t begin,
                  std::size_t count, float* keys, float* values, int threads);
 
-/// Attention of q [N, T, H, D] over the cache after an append of T tokens to each of
-/// `sequences` (batch b's history is sequences[b]'s whole length, the last T tokens new):
+/// Attention of q [N, T, H, D] over the cache after reserve_append(plan) of T tokens to each of
+/// plan.sequences (batch b's history is sequences[b]'s whole length, the last T tokens new),
+/// whose keys and values it writes first (the paged kernel's tasks each write theirs right
+/// before reading them, so a short sequence's new lines are fetched once, not for a separate
+/// write pass and again for the attention):
 /// causal, bottom-right aligned, each new token seeing at most the last `rule.window` keys up to
 /// itself (0: no window; the keys before the first new token's window are never read), with the
 /// rule's soft-capping, ALiBi (key k's position is its index in the history, new token t's is
 /// length - T + t) and sinks; query head h reads kv head h / (H / kv_heads). `rule` comes from
 /// check_cache_options. On `table`'s kernels, or the reference when it is nullptr. Throws only
 /// std::bad_alloc (scratch).
-void run_cached_attention(const kernels::KernelTable* table, const KvCache::Impl& cache,
-                          const std::vector<KvCache::Impl::Sequence*>& sequences,
-                          const Heads<const float>& q, const Heads<float>& out, float scale,
-                          int threads, const MaskRule& rule);
+void run_cached_attention(const kernels::KernelTable* table, KvCache::Impl& cache,
+                          const AppendPlan& plan, const Heads<const float>& q,
+                          const Heads<float>& out, float scale, int threads, const MaskRule& rule);
 
 }  // namespace detail
 }  // namespace simdattn

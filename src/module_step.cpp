@@ -55,7 +55,7 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
   const std::size_t n = x.n, t = x.l;
   const ConstHeadsView k_view{qkv + e, n, t, kvh, d, row, t * row};
   const ConstHeadsView v_view{qkv + e + kv_e, n, t, kvh, d, row, t * row};
-  // Checks ids, shapes and free blocks; nothing changes until commit_append.
+  // Checks ids, shapes and free blocks; nothing changes until reserve_append.
   detail::AppendPlan plan = detail::plan_append(where, c, ids, k_view, v_view);
 
   using detail::bias_or_null;
@@ -76,9 +76,9 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
       }
     }
   }
-  detail::commit_append(c, plan);
+  detail::reserve_append(c, plan);
   try {
-    detail::run_cached_attention(table, c, plan.sequences, {qkv, n, t, heads, d, row, t * row},
+    detail::run_cached_attention(table, c, plan, {qkv, n, t, heads, d, row, t * row},
                                  {attn, n, t, heads, d, e, t * e}, scale, threads, rule);
   } catch (...) {
     detail::undo_append(c, plan.undo);

@@ -1,5 +1,6 @@
 // Reliability: one MultiHeadAttention shared by several std::threads that call forward() at the
-// same time, and scaled_dot_product_attention() called from several threads on shared inputs.
+// same time, scaled_dot_product_attention() called from several threads on shared inputs, and
+// decoding over KvCaches (one per std::thread) whose steps' tasks write the new tokens they read.
 //
 // forward() is const and documented as callable from several threads at once; the library's
 // scratch is per thread. Each thread's calls must give the same bits as the same calls made
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "simdattn/kv_cache.hpp"
 
 namespace simdattn {
 namespace {
@@ -179,6 +181,89 @@ TEST_CASE("scaled_dot_product_attention from several threads on shared inputs",
     INFO("thread " << t << ", mask " << test::mask_kind_name(test::kAllMaskKinds[t + 1]));
     CHECK(errors[t].empty());
     CHECK(mismatches[t] == 0);
+  }
+}
+
+TEST_CASE("decoding over a KvCache with a team of threads, in several std::threads",
+          "[reliability][concurrency][kv_cache]") {
+  // Each call's tasks write the new tokens of their own slice and kv heads of the cache right
+  // before reading them; the sequences' slices (512 keys) and heads split the work between the
+  // team's threads. Every std::thread decodes its own cache with threads = 2 inside the call;
+  // outputs and the caches' contents must equal the same steps run with threads = 1.
+  const std::size_t heads = 8, kvh = 2, d = 32, steps = 3, chunk = 3;
+  const std::vector<std::size_t> lengths = {1, 70, 1500};  // enough work for a team of 2
+  const std::size_t n = lengths.size();
+  struct Run {
+    std::vector<float> outputs;                    // every step's output, one after another
+    std::vector<std::vector<float>> keys, values;  // each sequence's whole cache at the end
+    bool mirrored = true;  // the cache holds what append() of the same tokens holds
+  };
+  auto run = [&](int t, int threads) {
+    KvCacheConfig config;
+    config.kv_heads = kvh;
+    config.head_dim = d;
+    config.storage = t % 2 == 0 ? KvStorage::f32 : KvStorage::bf16;
+    for (std::size_t l : lengths) config.blocks += KvCache::blocks_for(l + steps + chunk);
+    KvCache cache(config), mirror(config);  // mirror: the same tokens through append()
+    std::vector<SequenceId> ids;
+    for (std::size_t b = 0; b < n; ++b) {
+      ids.push_back(cache.add_sequence());
+      mirror.add_sequence();  // the same ids: both caches number sequences from 0
+      const auto k = test::random_normal(lengths[b] * kvh * d, 40 + t * 8 + b);
+      const auto v = test::random_normal(lengths[b] * kvh * d, 80 + t * 8 + b);
+      for (KvCache* c : {&cache, &mirror}) {
+        c->append({ids.back()}, {k.data(), 1, lengths[b], kvh, d},
+                  {v.data(), 1, lengths[b], kvh, d});
+      }
+    }
+    Options o;
+    o.threads = threads;
+    Run r;
+    for (std::size_t step = 0; step <= steps; ++step) {
+      const std::size_t tn = step < steps ? 1 : chunk;  // decode steps, then a short chunk
+      const auto q = test::random_normal(n * tn * heads * d, 200 + t * 16 + step);
+      const auto k = test::random_normal(n * tn * kvh * d, 300 + t * 16 + step);
+      const auto v = test::random_normal(n * tn * kvh * d, 400 + t * 16 + step);
+      std::vector<float> out(n * tn * heads * d);
+      scaled_dot_product_attention(cache, ids, {q.data(), n, tn, heads, d},
+                                   {k.data(), n, tn, kvh, d}, {v.data(), n, tn, kvh, d},
+                                   {out.data(), n, tn, heads, d}, o);
+      r.outputs.insert(r.outputs.end(), out.begin(), out.end());
+      mirror.append(ids, {k.data(), n, tn, kvh, d}, {v.data(), n, tn, kvh, d});
+    }
+    for (SequenceId id : ids) {
+      const std::size_t l = cache.length(id);
+      r.keys.emplace_back(l * kvh * d);
+      r.values.emplace_back(l * kvh * d);
+      cache.read(id, 0, l, r.keys.back().data(), r.values.back().data());
+      std::vector<float> mk(l * kvh * d), mv(l * kvh * d);
+      mirror.read(id, 0, l, mk.data(), mv.data());
+      r.mirrored = r.mirrored && mk == r.keys.back() && mv == r.values.back();
+    }
+    return r;
+  };
+  std::vector<Run> expected;
+  for (int t = 0; t < kThreads; ++t) expected.push_back(run(t, 1));
+  std::vector<Run> got(kThreads);
+  std::vector<std::string> errors(kThreads);
+  run_together([&](int t) {
+    try {
+      got[t] = run(t, 2);
+    } catch (const std::exception& ex) {
+      errors[t] = ex.what();
+    }
+  });
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    CHECK(errors[t].empty());
+    CHECK(expected[t].mirrored);
+    CHECK(got[t].mirrored);
+    CHECK(got[t].outputs == expected[t].outputs);
+    CHECK(got[t].keys == expected[t].keys);
+    CHECK(got[t].values == expected[t].values);
+    for (std::size_t b = 0; b < n; ++b) {
+      CHECK(got[t].keys[b].size() == (lengths[b] + steps + chunk) * kvh * d);
+    }
   }
 }
 

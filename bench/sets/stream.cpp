@@ -8,6 +8,7 @@
 //   dense/optimized/decode/...    the same step on plain [1, Lk, H, D] K/V tensors (no cache),
 //                                 through scaled_dot_product_attention on views
 //   cache/optimized/batch/...     the same for 8 sequences of 128 to 4096 tokens in one call
+//                                 and for 96 sequences of 128 tokens
 //   step/optimized/decode/...     MultiHeadAttention::step of one token at Lk = 4096: the Q/K/V
 //                                 projection of the token, the append, the attention and the
 //                                 output projection
@@ -413,6 +414,7 @@ void register_set_stream() {
   for (Isa isa : machine().isas) isas.emplace_back(isa);
   if (isas.empty()) isas.emplace_back();
   const std::vector<std::size_t> batch = {128, 256, 512, 1024, 1536, 2048, 3072, 4096};
+  const std::vector<std::size_t> short_batch(96, 128);  // as many bytes, in short sequences
   for (const OptIsa& isa : isas) {
     for (std::size_t kvh : {16, 4}) {
       for (KvStorage s : {KvStorage::f32, KvStorage::bf16, KvStorage::f16}) {
@@ -442,6 +444,13 @@ void register_set_stream() {
           name_of("cache", "batch", batch.size(), "128-4096", 16, KvStorage::f32, t, isa);
       add_benchmark(name, [=](benchmark::State& st) {
         bench_cache(st, name, batch, 16, KvStorage::f32, t, isa);
+      });
+    }
+    for (int t : config().threads) {
+      const std::string name =
+          name_of("cache", "batch", short_batch.size(), "128", 16, KvStorage::f32, t, isa);
+      add_benchmark(name, [=](benchmark::State& st) {
+        bench_cache(st, name, short_batch, 16, KvStorage::f32, t, isa);
       });
     }
     for (std::size_t kvh : {16, 4}) {
