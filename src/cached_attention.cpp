@@ -245,9 +245,7 @@ void run_cached_attention(const kernels::KernelTable* table, KvCache::Impl& c,
     cached_attention_paged(*table, c, plan, q, out, scale, threads, rule);
     return;
   }
-  for (std::size_t b = 0; b < plan.sequences.size(); ++b) {
-    write_appended(c, plan, b, 0, c.config.kv_heads, 0, plan.sequences[b]->length);
-  }
+  write_all_appended(c, plan);
   if (table == nullptr) {
     cached_attention_naive(c, plan.sequences, q, out, scale, rule);
   } else {

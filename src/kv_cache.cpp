@@ -355,11 +355,15 @@ void write_appended(KvCache::Impl& c, const AppendPlan& plan, std::size_t i, std
   }
 }
 
-void commit_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
-  reserve_append(c, plan);
+void write_all_appended(KvCache::Impl& c, const AppendPlan& plan) noexcept {
   for (std::size_t i = 0; i < plan.sequences.size(); ++i) {
     write_appended(c, plan, i, 0, plan.keys.h, 0, plan.sequences[i]->length);
   }
+}
+
+void commit_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
+  reserve_append(c, plan);
+  write_all_appended(c, plan);
 }
 
 void undo_append(KvCache::Impl& c, const AppendUndo& undo) noexcept {

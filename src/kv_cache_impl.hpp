@@ -109,6 +109,9 @@ void write_appended(KvCache::Impl& cache, const AppendPlan& plan, std::size_t i,
                     std::size_t h_begin, std::size_t h_end, std::size_t pos_begin,
                     std::size_t pos_end) noexcept;
 
+/// After reserve_append: writes every new token of every sequence of the plan.
+void write_all_appended(KvCache::Impl& cache, const AppendPlan& plan) noexcept;
+
 /// Restores the sequences and the free list as they were before commit_append(plan) or
 /// reserve_append(plan).
 void undo_append(KvCache::Impl& cache, const AppendUndo& undo) noexcept;
