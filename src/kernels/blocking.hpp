@@ -92,10 +92,11 @@ struct PagedTileFor<16> {
 };
 /// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast; one row: 8 accumulators,
 /// each vector loaded (and converted) right before its multiply-add. Grouped heads (4 rows per
-/// kv head, f32) cost 1.6-2.0 us per 64-key block and kv head with K and V in L2 (AVX-512: 1.15),
-/// which a cold step pays on top of its stream. Running such rows one at a time over whole
-/// 256-byte rows (the one-row tile) measured the same cold (Lk = 4096, 2 threads: 628-663 us
-/// against 617-670), and unrolling the loops that have no prefetch the same in L2.
+/// kv head, f32) cost 1.6-2.0 us per 64-key block and kv head with K and V in L2 (Intel Xeon VM,
+/// 1 thread; AVX-512 1.15-1.26), which a cold step pays on top of its stream. Running such rows
+/// one at a time over whole 256-byte rows (the one-row tile) measured the same cold (Lk = 4096,
+/// 2 threads: 628-663 us against 617-670), and unrolling the loops that have no prefetch the same
+/// in L2.
 template <>
 struct PagedTileFor<8> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;
