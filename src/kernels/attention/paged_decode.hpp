@@ -356,6 +356,13 @@ inline constexpr bool kBf16Pairs =
     std::conjunction_v<std::bool_constant<Bf16Pairs<Arch>::kOn>, std::is_same<E, Bf16>,
                        std::bool_constant<kVecs % 2 == 0>>;
 
+/// Row r's elements in a micro-kernel step: its own row (kOwn, rows `row` elements apart) or the
+/// one row every query row shares.
+template <bool kOwn, class E>
+SIMDATTN_ALWAYS_INLINE inline const E* row_source(const E* src, std::size_t r, std::size_t row) {
+  return kOwn ? src + r * row : src;
+}
+
 /// One step of a pairs micro-kernel: acc[r][c] += x[r x x_stride] times the elements of row r
 /// (at src + r x row with kOwn, else at src for every row), acc[r][c] the even elements of pair
 /// c / 2 (c even) or its odd ones.
@@ -379,7 +386,7 @@ SIMDATTN_ALWAYS_INLINE inline void madd_bf16_pairs(const float* x, std::size_t x
     for (std::size_t c = 0; c < kN; c += 2) {
       typename P::R even, odd;
       if constexpr (kInline) {
-        P::load(src + (kOwn ? r * row : 0) + c * kW, even, odd);
+        P::load(row_source<kOwn>(src, r, row) + c * kW, even, odd);
       } else {
         even = e[c];
         odd = e[c + 1];
@@ -476,7 +483,7 @@ SIMDATTN_ALWAYS_INLINE inline void madd_rows(const float* x, std::size_t x_strid
     for (std::size_t c = 0; c < kN; ++c) {
       if constexpr (kInline) {
         acc[r][c] =
-            madd<Arch>(xr, load_elems<Arch>(src + (kOwn ? r * row : 0) + c * kW), acc[r][c]);
+            madd<Arch>(xr, load_elems<Arch>(row_source<kOwn>(src, r, row) + c * kW), acc[r][c]);
       } else {
         acc[r][c] = madd<Arch>(xr, e[c], acc[r][c]);
       }
