@@ -126,7 +126,10 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // 1 MiB (L2). Fewer rows would cost more, not less: each task reads every head's K and V
   // again (1 MiB per head at Lk = 2048, D = 64), which a head's row tasks run back to back keep
   // in L2 (1 thread, 2 rounds: 32 rows 1.41-1.56x plain, 64 rows 1.44x, 128 rows 1.15-1.23x,
-  // 256 rows 1.15-1.18x). Where the batches' rows make too few blocks to keep every thread
+  // 256 rows 1.15-1.18x). With 4 KiB pages (buffers without transparent huge pages) this path
+  // ran 1.17-1.37x plain (Intel Xeon VM, one thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row
+  // tasks and the heads' rows back to back with the bias transposed in registers (no copy) measured
+  // the same within the noise. Where the batches' rows make too few blocks to keep every thread
   // busy, heads are split across threads, as without a bias (below).
   const std::size_t quanta = (q.l + kTaskRowQuantum - 1) / kTaskRowQuantum;
   const bool shared_bias = p.rule.bias.data != nullptr && p.rule.bias.lq != 1 &&
