@@ -97,7 +97,8 @@ struct PagedTileFor<16> {
 /// one at a time over whole 256-byte rows (the one-row tile) measured the same cold (Lk = 4096,
 /// 2 threads: 628-663 us against 617-670), and unrolling the loops that have no prefetch the same
 /// in L2. A 4 x 2 tile (each K^T or V vector loaded once for four rows, each line read once) ran
-/// 1.81 us per block in L2 against 1.93-2.00, but cold 699-707 us against 614-660 (2 rounds).
+/// 1.81 us per block and kv head in L2 against 1.93-2.00, but cold (Lk = 4096, 2 threads)
+/// 699-707 us against 614-660 (2 rounds).
 template <>
 struct PagedTileFor<8> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;

@@ -260,6 +260,18 @@ inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride,
   for (; i < n; ++i) step(i);
 }
 
+/// rows_with_prefetch for a micro-kernel of kR rows over kCols columns (kW per vector) of `next`:
+/// rows that share one source (query heads of one kv head) prefetch it as one stream of kR rows'
+/// use; rows with their own keys (kOwn) are kR streams, `row` elements apart, each prefetched as
+/// a single row's.
+template <class E, std::size_t kR, std::size_t kCols, std::size_t kW, bool kOwn, class Step>
+SIMDATTN_ALWAYS_INLINE inline void tile_rows_with_prefetch(std::size_t n, const E* next,
+                                                           std::size_t stride, const Step& step,
+                                                           std::size_t row) {
+  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kCols, kW>, kOwn ? kR : 1>(n, next, stride,
+                                                                               step, row);
+}
+
 /// p + offset, or nullptr for no p (a later item to prefetch, ALiBi slopes).
 template <class E>
 inline const E* offset_or_null(const E* p, std::size_t offset) {
@@ -427,8 +439,7 @@ void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::s
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kV * kW, kW>, kOwn ? kR : 1>(d, next, kt_stride,
-                                                                                 step, kt_row);
+  tile_rows_with_prefetch<E, kR, kV * kW, kW, kOwn>(d, next, kt_stride, step, kt_row);
   store_bf16_pairs<Arch, kR, kV>(acc, V(scale), s, kKeyBlock);
 }
 
@@ -456,8 +467,7 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
   auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kC * kW, kW>, kOwn ? kR : 1>(
-      nkeys, next, v_stride, step, v_row);
+  tile_rows_with_prefetch<E, kR, kC * kW, kW, kOwn>(nkeys, next, v_stride, step, v_row);
   store_bf16_pairs<Arch, kR, kC>(acc, V(1.0f), o, o_stride);  // x 1: exact
 }
 
@@ -508,9 +518,7 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_rows<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
-  // Own keys: each row is its own stream of K^T, prefetched as a single row's.
-  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kV * kWidth<Arch>, kWidth<Arch>>,
-                     kOwn ? kR : 1>(d, next, kt_stride, step, kt_row);
+  tile_rows_with_prefetch<E, kR, kV * kW, kW, kOwn>(d, next, kt_stride, step, kt_row);
   const V vs(scale);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
@@ -542,8 +550,7 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
   auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
     madd_rows<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
   };
-  rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kC * kWidth<Arch>, kWidth<Arch>>,
-                     kOwn ? kR : 1>(nkeys, next, v_stride, step, v_row);
+  tile_rows_with_prefetch<E, kR, kC * kW, kW, kOwn>(nkeys, next, v_stride, step, v_row);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
