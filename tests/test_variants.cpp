@@ -329,6 +329,20 @@ std::string shape_name(const Problem& p) {
          " Dv=" + std::to_string(p.dv);
 }
 
+// The optimized path at 1 and 2 threads against the oracle: `kind` (window w where it has one)
+// with `causal` and a mask of kind mk.
+void check_optimized(const Problem& p, Kind kind, std::size_t w, Causal causal, test::MaskKind mk) {
+  test::MaskCase m = test::make_mask(mk, p.n, p.h, p.lq, p.lk);
+  Variant x = make_variant(kind, p.n, p.h, p.lq, p.lk, w);
+  Options o = x.options;
+  o.causal = causal;
+  const auto ref = p.oracle(m.mask, o);
+  INFO(shape_name(p) << ", " << x.name << ", causal " << static_cast<int>(causal) << ", mask "
+                     << test::mask_kind_name(mk));
+  const auto out = run_threads(p, m.mask, o, Path::optimized);
+  test::check_close(out.data(), ref.out, "vs oracle");
+}
+
 }  // namespace
 
 TEST_CASE("variants: every variant on odd sizes, with every mask kind, against the oracle",
@@ -418,16 +432,27 @@ TEST_CASE("variants: the fused kernels over many key blocks, row tasks and decod
           if (windowed && causal == Causal::none) continue;
           for (test::MaskKind mk : {test::MaskKind::none, test::MaskKind::full}) {
             if (mk == test::MaskKind::full && causal == Causal::top_left) continue;
-            test::MaskCase m = test::make_mask(mk, p.n, p.h, s.lq, s.lk);
-            Variant x = make_variant(kind, p.n, p.h, s.lq, s.lk, w);
-            Options o = x.options;
-            o.causal = causal;
-            const auto ref = p.oracle(m.mask, o);
-            INFO(shape_name(p) << ", " << x.name << ", causal " << static_cast<int>(causal)
-                               << ", mask " << test::mask_kind_name(mk));
-            const auto out = run_threads(p, m.mask, o, Path::optimized);
-            test::check_close(out.data(), ref.out, "vs oracle");
+            check_optimized(p, kind, w, causal, mk);
           }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("variants: a row-wise bias past Lk = 8192 against the oracle",
+          "[variants][bias][kernels]") {
+  // Up to Lk = 8192 a task copies its bias rows keys down; past it a bias per head is transposed
+  // in the tiles, piece by piece (a window of 7 brings the copy back), and a bias shared by the
+  // heads is still copied, one query group of rows per task. Grouped K/V heads (2 over 1).
+  const Problem p(2, 40, 8300, 2, 1, 17, 15, 777);
+  for (Kind kind : {Kind::bias_full, Kind::bias_rows, Kind::everything}) {
+    for (std::size_t w : {7, 9000}) {
+      if (!needs_causal(kind) && w != 7) continue;
+      for (Causal causal : {Causal::none, Causal::bottom_right}) {
+        if (needs_causal(kind) && causal == Causal::none) continue;
+        for (test::MaskKind mk : {test::MaskKind::none, test::MaskKind::full}) {
+          check_optimized(p, kind, w, causal, mk);
         }
       }
     }

@@ -92,24 +92,38 @@ void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, in
   }
 }
 
-// Rows [row_begin, row_end) of a bias with rows per query, keys down: out[k * stride + i -
-// row_begin]; the floats past row_end - row_begin in each key's stride are zeros (the padding
-// lanes of the last query group read them). Rows are read front to back, 8 at a time: 16 rows a
-// multiple of 4 KiB apart map to one set of a 12-way L1.
-void transpose_bias_rows(const kernels::KeyRule& r, std::size_t row_begin, std::size_t row_end,
-                         std::size_t stride, float* out) {
-  constexpr std::size_t kRows = 8;
-  const std::size_t rows = row_end - row_begin;
-  for (std::size_t t0 = 0; t0 < rows; t0 += kRows) {
-    const std::size_t nt = std::min(kRows, rows - t0);
-    const float* src = r.bias + (row_begin + t0) * r.bias_row_stride;
-    for (std::size_t k = 0; k < r.lk; ++k) {
-      for (std::size_t t = 0; t < nt; ++t)
-        out[k * stride + t0 + t] = src[t * r.bias_row_stride + k];
-    }
+// A task's copy of its bias rows with keys down (KeyRule::bias_t): keys [key0, key0 + keys).
+struct BiasCopy {
+  const float* data = nullptr;
+  std::size_t key0 = 0;
+};
+
+// Rows [row_begin, row_end) of rule r's bias, keys down, for the keys those rows can see:
+// out[(k - key0) * stride + i - row_begin], zeros past row_end - row_begin in each key's stride
+// (the padding lanes of the last query group read them).
+BiasCopy copy_bias_keys_down(const kernels::KernelTable& table, const kernels::KeyRule& r,
+                             std::size_t row_begin, std::size_t row_end, std::size_t stride,
+                             float* out) {
+  const std::size_t key0 = kernels::key_begin(r, row_begin);
+  const std::size_t key1 = std::max(key0, kernels::key_end(r, row_end - 1));
+  table.bias_keys_down(r.bias + row_begin * r.bias_row_stride + key0, r.bias_row_stride,
+                       row_end - row_begin, key1 - key0, stride, out);
+  return {out, key0};
+}
+
+// Keys a task of `rows` query rows can see: all of them, or under a window its rows' span
+// and the window.
+std::size_t bias_copy_keys(const kernels::KeyRule& r, std::size_t rows) {
+  return r.window != 0 ? std::min(r.lk, rows + r.window) : r.lk;
+}
+
+// The most rows per task (whole query groups) whose bias copy stays within 1 MiB; 0 if none.
+std::size_t bias_copy_rows(const kernels::KeyRule& r) {
+  constexpr std::size_t kCopyFloats = std::size_t{1} << 18;
+  for (std::size_t rows = kernels::kMaxTaskRows; rows >= kTaskRowQuantum; rows -= kTaskRowQuantum) {
+    if (rows * bias_copy_keys(r, rows) <= kCopyFloats) return rows;
   }
-  for (std::size_t k = 0; k < r.lk; ++k)
-    std::fill(out + k * stride + rows, out + (k + 1) * stride, 0.0f);
+  return 0;
 }
 
 void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int threads) {
@@ -117,30 +131,40 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   const std::size_t group = q.h / p.k.h;
   const std::size_t heads = q.n * q.h;
   if (static_cast<double>(heads) * q.l * p.k.l * q.d < kernels::kAttentionSerialWork) threads = 1;
-  // A bias with rows per query shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of
-  // rows in every head of a batch, and copies the block's bias keys down first, as the tiles
-  // hold scores; each head then reads the copy with one load per vector, where transposing
-  // 16 x 16 pieces in registers took 64 shuffles per piece in every head (s2048, 8 heads, one
-  // thread, AVX-512 on a Xeon: 1.00-1.18x plain attention against 1.26-1.37x, 3 runs each with
-  // interleaved repetitions). The block's rows are capped so that the copy stays within about
-  // 1 MiB (L2). Fewer rows would cost more, not less: each task reads every head's K and V
-  // again (1 MiB per head at Lk = 2048, D = 64), which a head's row tasks run back to back keep
-  // in L2 (1 thread, 2 rounds: 32 rows 1.41-1.56x plain, 64 rows 1.44x, 128 rows 1.15-1.23x,
-  // 256 rows 1.15-1.18x). With 4 KiB pages (buffers without transparent huge pages) this path
-  // ran 1.17-1.37x plain (Intel Xeon VM, one thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row
-  // tasks and the heads' rows back to back with the bias transposed in registers (no copy) measured
-  // the same within the noise. Where the batches' rows make too few blocks to keep every thread
-  // busy, heads are split across threads, as without a bias (below).
+  // A bias with rows per query ([N|1, H|1, Lq, Lk]): each task copies its rows' bias keys down
+  // first (copy_bias_keys_down), as the tiles hold scores, and the kernel reads the copy with
+  // one load per vector. Transposing 16 x 16 pieces in registers inside the tiles instead took 64
+  // shuffles per piece in every head and read the bias as one stream per row, which the
+  // prefetchers serve badly. s2048, 8 heads, AVX-512 on a Xeon: a shared bias 1.00-1.18x plain
+  // attention against 1.26-1.37x (one thread, 3 runs with interleaved repetitions); a per-head
+  // bias (128 MiB from memory; a program over the public API, 9 interleaved calls, 2 rounds,
+  // fastest calls) 1.32x against 1.49-1.53x with one thread, 1.17-1.34x against 1.50-1.54x with
+  // two, 1.24-1.25x against 1.37-1.39x on AVX2. There the copy's wait for memory is 14% of the
+  // samples; prefetching each row 1 KiB ahead in the copy did not shorten it. A task's rows are
+  // capped so that its copy stays within about 1 MiB (L2, beside a head's K and V).
+  // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head
+  // of a batch and makes one copy for all of them. Fewer rows would cost more, not less: each
+  // task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a head's
+  // row tasks run back to back keep in L2 (1 thread, 2 rounds: 32 rows 1.41-1.56x plain, 64
+  // rows 1.44x, 128 rows 1.15-1.23x, 256 rows 1.15-1.18x); copying per head with heads' rows
+  // back to back instead measured 1.41-1.46x against 1.16-1.34x (2 rounds). With 4 KiB pages
+  // (buffers without transparent huge pages) this path ran 1.17-1.37x plain (Intel Xeon VM, one
+  // thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row tasks and the heads' rows back to back
+  // with the bias transposed in registers (no copy) measured the same within the noise. Where
+  // the batches' rows make too few blocks to keep every thread busy, heads are split across
+  // threads and each (head, rows) task copies its own rows, as with a bias per head.
   const std::size_t quanta = (q.l + kTaskRowQuantum - 1) / kTaskRowQuantum;
-  const bool shared_bias = p.rule.bias.data != nullptr && p.rule.bias.lq != 1 &&
-                           p.rule.bias_head_stride() == 0 && q.h > 1 &&
+  const kernels::KeyRule rule0 = p.rule.for_head(0, 0);
+  const bool bias_rows = p.rule.bias.data != nullptr && p.rule.bias.lq != 1;
+  const std::size_t fit_rows = bias_rows ? bias_copy_rows(rule0) : 0;
+  const bool shared_bias = bias_rows && p.rule.bias_head_stride() == 0 && q.h > 1 &&
                            q.n * quanta >= 2 * static_cast<std::size_t>(std::max(1, threads));
+  // Where not even one query group's copy fits (Lk past 8192 without a window) a bias per head
+  // is transposed in the tiles; a shared one is still copied, a group of rows at a time.
+  const bool copy_bias = bias_rows && (shared_bias || fit_rows != 0);
   const std::size_t units = shared_bias ? q.n : heads;  // what row blocks are split across
   std::size_t max_rows = kernels::kMaxTaskRows;
-  if (shared_bias) {
-    const std::size_t fit = (std::size_t{1} << 18) / std::max<std::size_t>(1, p.k.l);
-    max_rows = std::clamp(fit / kTaskRowQuantum * kTaskRowQuantum, kTaskRowQuantum, max_rows);
-  }
+  if (copy_bias) max_rows = std::max(fit_rows, kTaskRowQuantum);
   // Enough tasks for every thread to take several; rows per task a multiple of the quantum.
   std::size_t chunks = 1;
   while (units * chunks < 4 * static_cast<std::size_t>(threads) && q.l > chunks * kTaskRowQuantum) {
@@ -152,7 +176,7 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   const std::size_t tasks = units * row_tasks;
   const std::size_t scratch_floats = kernels::attention_scratch_floats(q.d, p.v.d);
 
-  auto run = [&](std::size_t b, std::size_t h, std::size_t row_task, const float* bias_t) {
+  auto run = [&](std::size_t b, std::size_t h, std::size_t row_task, BiasCopy bias_t) {
     const std::size_t bh = b * q.h + h;
     kernels::AttentionArgs a;
     a.q = q.at(b, 0, h);
@@ -170,10 +194,11 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
     a.row_begin = row_task * rows;
     a.row_end = std::min(q.l, a.row_begin + rows);
     a.rule = p.rule.for_head(b, h);
-    if (bias_t != nullptr) {
-      a.rule.bias_t = bias_t;
+    if (bias_t.data != nullptr) {
+      a.rule.bias_t = bias_t.data;
       a.rule.bias_t_stride = rows;  // a whole number of query groups of any ISA
       a.rule.bias_t_row0 = a.row_begin;
+      a.rule.bias_t_key0 = bias_t.key0;
     }
     a.mods = p.rule.mods_for_head(h);
     a.scale = p.scale;
@@ -184,12 +209,16 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   };
   // Each row's arithmetic is independent of the task it lands in, so results do not depend on
   // the thread count or the schedule; dynamic scheduling evens out causal masks.
+  const std::size_t copy_floats = copy_bias ? rows * bias_copy_keys(rule0, rows) : 0;
+  auto copy_bias_rows = [&](std::size_t b, std::size_t h, std::size_t row_task) {
+    const std::size_t row_begin = row_task * rows, row_end = std::min(q.l, row_begin + rows);
+    float* buffer = thread_scratch(ScratchSlot::bias_transposed, copy_floats);
+    return copy_bias_keys_down(table, p.rule.for_head(b, h), row_begin, row_end, rows, buffer);
+  };
   if (shared_bias) {
     parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
       const std::size_t b = t / row_tasks, row_task = t % row_tasks;
-      const std::size_t row_begin = row_task * rows, row_end = std::min(q.l, row_begin + rows);
-      float* bias_t = thread_scratch(ScratchSlot::bias_transposed, p.k.l * rows);
-      transpose_bias_rows(p.rule.for_head(b, 0), row_begin, row_end, rows, bias_t);
+      const BiasCopy bias_t = copy_bias_rows(b, 0, row_task);
       for (std::size_t h = 0; h < q.h; ++h) run(b, h, row_task, bias_t);
     });
     return;
@@ -200,7 +229,8 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // from memory: medians 29-36 ms against 27-34, 3 rounds; the two threads take the same rows
   // at once, each from memory).
   parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
-    run(t / (q.h * row_tasks), t / row_tasks % q.h, t % row_tasks, nullptr);
+    const std::size_t b = t / (q.h * row_tasks), h = t / row_tasks % q.h, row_task = t % row_tasks;
+    run(b, h, row_task, copy_bias ? copy_bias_rows(b, h, row_task) : BiasCopy{});
   });
 }
 

@@ -12,7 +12,7 @@ enum class ScratchSlot {
   activations,  ///< the module's projected Q, K, V and concatenated heads
   partials,     ///< decode slices' partial results, merged after the parallel region
   lse,          ///< rows' log-sum-exp when only the attention weights need them
-  bias_transposed,    ///< a task's rows of a bias shared by the heads, keys down
+  bias_transposed,    ///< a task's rows of a bias, keys down
   weights,            ///< a weights task's packed keys and score rows
   gathered,           ///< a cached sequence's keys and values as float, for the tile path
   backward,           ///< the attention backward's per-row statistics and dQ partial sums

@@ -72,6 +72,7 @@ constexpr KernelTable make_table(Isa isa) {
                      &attention_decode<typename DecodeArch<Arch>::type>,
                      &paged_attention<Arch>,
                      &attention_backward<Arch>,
+                     &bias_keys_down<Arch>,
                      &exp_array<Arch>,
                      &exp2_array<Arch>,
                      &tanh_array<Arch>};

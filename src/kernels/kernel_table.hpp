@@ -188,6 +188,11 @@ struct KernelTable {
   void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
   void (*paged_attention)(const PagedAttentionArgs& args);  // over a KvCache, one slice
   void (*attention_backward)(const BackwardArgs& args);     // one key block of one (batch, head)
+  /// A task's bias rows copied with keys down for the attention kernel (KeyRule::bias_t):
+  /// out[k * stride + t] = bias[t * row_stride + k] for t < rows, k < keys; zeros for rows
+  /// [rows, stride). stride: a multiple of 16.
+  void (*bias_keys_down)(const float* bias, std::size_t row_stride, std::size_t rows,
+                         std::size_t keys, std::size_t stride, float* out);
   /// y[i] = exp(x[i]) with the kernels' vector exp: a hook for the tests of its accuracy.
   void (*exp)(const float* x, float* y, std::size_t n);
   /// y[i] = 2^x[i] for x[i] <= 0 with the tile path's exp2 (exp2.hpp), likewise.

@@ -44,13 +44,14 @@ struct KeyRule {
   // floats; -inf hides the key. nullptr: no bias.
   const float* bias = nullptr;
   std::size_t bias_row_stride = 0;
-  // Rows [bias_t_row0, ...) of the same bias with keys down, where the driver made that copy
-  // (the tile path then reads it instead of transposing pieces in registers): row i, key k at
-  // bias_t[k * bias_t_stride + i - bias_t_row0], each key's rows padded to whole query groups.
-  // nullptr: none.
+  // Rows [bias_t_row0, ...) and keys [bias_t_key0, ...) of the same bias with keys down, where
+  // the driver made that copy (the tile path then reads it instead of transposing pieces in
+  // registers): row i, key k at bias_t[(k - bias_t_key0) * bias_t_stride + i - bias_t_row0],
+  // each key's rows padded to whole query groups. nullptr: none.
   const float* bias_t = nullptr;
   std::size_t bias_t_stride = 0;
   std::size_t bias_t_row0 = 0;
+  std::size_t bias_t_key0 = 0;
 };
 
 // Free functions with internal linkage, not members: this header is also compiled into the

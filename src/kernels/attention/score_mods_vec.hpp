@@ -8,9 +8,9 @@
 //     row broadcast over queries is one broadcast per key; a bias with rows per query is read
 //     across rows (the tile holds keys down, the bias keys across): W x W pieces transposed in
 //     registers. Gathering one key's column instead (vgatherdps) made such a bias cost 50% over
-//     plain attention at s2048 (AVX-512, one thread). A bias shared by the heads comes instead
-//     as the driver's copy of the task's rows with keys down (KeyRule::bias_t): one load per
-//     vector.
+//     plain attention at s2048 (AVX-512, one thread). Where the task's rows fit (Lk up to 8192,
+//     and any bias shared by the heads), the bias comes instead as the driver's copy of the
+//     task's rows with keys down (KeyRule::bias_t, made by bias_keys_down): one load per vector.
 //   - Decode path: one head's row of scores, keys across lanes, natural units (unit = 1); the
 //     bias row is read in place.
 // A -inf bias makes the score -inf whatever it was (NaN included), as the key rule hides it.
@@ -137,6 +137,34 @@ inline void transpose_square(Vec<Arch>* r) {
   }
 }
 
+/// out[k * stride + t] = bias[t * row_stride + k] for rows t < rows and keys k < keys, and 0 for
+/// rows [rows, stride) (stride a multiple of the vector width): a task's bias rows with keys down
+/// (KeyRule::bias_t), copied as W x W pieces transposed in registers, whole lines written.
+template <class Arch>
+void bias_keys_down(const float* bias, std::size_t row_stride, std::size_t rows, std::size_t keys,
+                    std::size_t stride, float* out) {
+  using V = Vec<Arch>;
+  constexpr std::size_t kW = kWidth<Arch>;
+  const std::size_t keys_vec = keys / kW * kW;
+  for (std::size_t t0 = 0; t0 < stride; t0 += kW) {
+    const std::size_t nt = rows > t0 ? std::min(kW, rows - t0) : 0;
+    const float* src = bias + t0 * row_stride;
+    for (std::size_t k0 = 0; k0 < keys_vec; k0 += kW) {
+      V b[kW];
+      for (std::size_t t = 0; t < kW; ++t) {
+        b[t] = t < nt ? V::load_unaligned(src + t * row_stride + k0) : V(0.0f);
+      }
+      transpose_square<Arch>(b);
+      for (std::size_t j = 0; j < kW; ++j) b[j].store_unaligned(out + (k0 + j) * stride + t0);
+    }
+    for (std::size_t k = keys_vec; k < keys; ++k) {
+      for (std::size_t t = 0; t < kW; ++t) {
+        out[k * stride + t0 + t] = t < nt ? src[t * row_stride + k] : 0.0f;
+      }
+    }
+  }
+}
+
 /// Tile path: modifies st[j * kGroup + lane] for keys k0 + j (j < nk) and query rows i0 + lane
 /// (lane < gn; lanes past gn are padding and are computed on, never read).
 template <class Arch, std::size_t kGroup>
@@ -160,7 +188,8 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
       // Keys down already: one load per vector, the same sums as the transposed pieces below.
       const V vu(unit);
       for (std::size_t j = 0; j < nk; ++j) {
-        const float* bt = r.bias_t + (k0 + j) * r.bias_t_stride + (i0 - r.bias_t_row0);
+        const float* bt =
+            r.bias_t + (k0 + j - r.bias_t_key0) * r.bias_t_stride + (i0 - r.bias_t_row0);
         float* s = st + j * kGroup;
         for (std::size_t v = 0; v < kVecs; ++v) {
           const V b = V::load_unaligned(bt + v * kW);
@@ -179,7 +208,8 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
         }
       }
     } else {
-      // kW x kW pieces: kW rows' bias for kW keys, transposed in registers to kW keys' bias
+      // (A bias per head with Lk past 8192.) kW x kW pieces: kW rows' bias for kW keys,
+      // transposed in registers to kW keys' bias
       // for kW rows. Rows past gn read row gn - 1 (their lanes are padding); the keys past the
       // last whole piece go through a zero-padded copy.
       const float* rows[kGroup];
