@@ -9,8 +9,9 @@
 //     across rows (the tile holds keys down, the bias keys across): W x W pieces transposed in
 //     registers. Gathering one key's column instead (vgatherdps) made such a bias cost 50% over
 //     plain attention at s2048 (AVX-512, one thread). Where the task's rows fit (Lk up to 8192,
-//     and any bias shared by the heads), the bias comes instead as the driver's copy of the
-//     task's rows with keys down (KeyRule::bias_t, made by bias_keys_down): one load per vector.
+//     or a window that keeps a task's keys within that; and any bias shared by the heads), the
+//     bias comes instead as the driver's copy of the task's rows with keys down
+//     (KeyRule::bias_t, made by bias_keys_down): one load per vector.
 //   - Decode path: one head's row of scores, keys across lanes, natural units (unit = 1); the
 //     bias row is read in place.
 // A -inf bias makes the score -inf whatever it was (NaN included), as the key rule hides it.
@@ -148,7 +149,8 @@ void bias_keys_down(const float* bias, std::size_t row_stride, std::size_t rows,
   const std::size_t keys_vec = keys / kW * kW;
   for (std::size_t t0 = 0; t0 < stride; t0 += kW) {
     const std::size_t nt = rows > t0 ? std::min(kW, rows - t0) : 0;
-    const float* src = bias + t0 * row_stride;
+    // Padding rows (nt == 0) read nothing: no pointer is formed past the caller's rows.
+    const float* src = nt != 0 ? bias + t0 * row_stride : bias;
     for (std::size_t k0 = 0; k0 < keys_vec; k0 += kW) {
       V b[kW];
       for (std::size_t t = 0; t < kW; ++t) {
@@ -208,10 +210,10 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
         }
       }
     } else {
-      // (A bias per head with Lk past 8192.) kW x kW pieces: kW rows' bias for kW keys,
-      // transposed in registers to kW keys' bias
-      // for kW rows. Rows past gn read row gn - 1 (their lanes are padding); the keys past the
-      // last whole piece go through a zero-padded copy.
+      // (A bias per head with Lk past 8192 and no window that narrows it.) kW x kW pieces: kW
+      // rows' bias for kW keys, transposed in registers to kW keys' bias for kW rows. Rows past
+      // gn read row gn - 1 (their lanes are padding); the keys past the last whole piece go
+      // through a zero-padded copy.
       const float* rows[kGroup];
       for (std::size_t t = 0; t < kGroup; ++t) {
         rows[t] = b0 + (t < gn ? t : gn - 1) * r.bias_row_stride;
