@@ -117,11 +117,17 @@ std::size_t bias_copy_keys(const kernels::KeyRule& r, std::size_t rows) {
   return r.window != 0 ? std::min(r.lk, rows + r.window) : r.lk;
 }
 
-// The most rows per task (whole query groups) whose bias copy stays within 1 MiB; 0 if none.
-std::size_t bias_copy_rows(const kernels::KeyRule& r) {
-  constexpr std::size_t kCopyFloats = std::size_t{1} << 18;
+// A task's bias copy at most: 1 MiB for a bias per head (the L2 beside a head's K and V); 2 MiB
+// for a bias shared by the heads, whose copy serves a block of rows in every head, so that its
+// tasks are as long as plain attention's (kMaxTaskRows at Lk = 2048).
+constexpr std::size_t kCopyFloats = std::size_t{1} << 18;
+constexpr std::size_t kSharedCopyFloats = std::size_t{1} << 19;
+
+// The most rows per task (whole query groups) whose bias copy stays within copy_floats; 0 if
+// none.
+std::size_t bias_copy_rows(const kernels::KeyRule& r, std::size_t copy_floats) {
   for (std::size_t rows = kernels::kMaxTaskRows; rows >= kTaskRowQuantum; rows -= kTaskRowQuantum) {
-    if (rows * bias_copy_keys(r, rows) <= kCopyFloats) return rows;
+    if (rows * bias_copy_keys(r, rows) <= copy_floats) return rows;
   }
   return 0;
 }
@@ -143,22 +149,26 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // samples; prefetching each row 1 KiB ahead in the copy did not shorten it. A task's rows are
   // capped so that its copy stays within about 1 MiB (L2, beside a head's K and V).
   // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head
-  // of a batch and makes one copy for all of them. Fewer rows would cost more, not less: each
-  // task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a head's
-  // row tasks run back to back keep in L2 (1 thread, 2 rounds: 32 rows 1.41-1.56x plain, 64
-  // rows 1.44x, 128 rows 1.15-1.23x, 256 rows 1.15-1.18x); copying per head with heads' rows
-  // back to back instead measured 1.41-1.46x against 1.16-1.34x (2 rounds). With 4 KiB pages
-  // (buffers without transparent huge pages) this path ran 1.17-1.37x plain (Intel Xeon VM, one
-  // thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row tasks and the heads' rows back to back
-  // with the bias transposed in registers (no copy) measured the same within the noise. Where
-  // the batches' rows make too few blocks to keep every thread busy, heads are split across
-  // threads and each (head, rows) task copies its own rows, as with a bias per head.
+  // of a batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more,
+  // not less: each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64),
+  // which a head's row tasks run back to back keep in L2 (Intel Xeon VM, 1 thread, 2 rounds:
+  // 32 rows 1.41-1.56x plain, 64 rows 1.44x, 128 rows 1.15-1.23x, 256 rows 1.15-1.18x; Zen 5,
+  // AVX-512, 3 runs: 256 rows 1.10-1.12x against 128 rows' 1.17-1.19x at one thread, 1.10-1.13x
+  // against 1.18x at two, while a bias per head with 256-row copies did not move); copying per
+  // head with heads' rows back to back instead measured 1.41-1.46x against 1.16-1.34x (2
+  // rounds). With 4 KiB pages (buffers without transparent huge pages) this path ran 1.17-1.37x
+  // plain (Intel Xeon VM, one thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row tasks and the
+  // heads' rows back to back with the bias transposed in registers (no copy) measured the same
+  // within the noise. Where the batches' rows make too few blocks to keep every thread busy,
+  // heads are split across threads and each (head, rows) task copies its own rows, as with a
+  // bias per head.
   const std::size_t quanta = (q.l + kTaskRowQuantum - 1) / kTaskRowQuantum;
   const kernels::KeyRule rule0 = p.rule.for_head(0, 0);
   const bool bias_rows = p.rule.bias.data != nullptr && p.rule.bias.lq != 1;
-  const std::size_t fit_rows = bias_rows ? bias_copy_rows(rule0) : 0;
   const bool shared_bias = bias_rows && p.rule.bias_head_stride() == 0 && q.h > 1 &&
                            q.n * quanta >= 2 * static_cast<std::size_t>(std::max(1, threads));
+  const std::size_t fit_rows =
+      bias_rows ? bias_copy_rows(rule0, shared_bias ? kSharedCopyFloats : kCopyFloats) : 0;
   // Where not even one query group's copy fits (Lk past 8192 without a window) a bias per head
   // is transposed in the tiles; a shared one is still copied, a group of rows at a time.
   const bool copy_bias = bias_rows && (shared_bias || fit_rows != 0);
