@@ -148,20 +148,20 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // two, 1.24-1.25x against 1.37-1.39x on AVX2. There the copy's wait for memory is 14% of the
   // samples; prefetching each row 1 KiB ahead in the copy did not shorten it. A task's rows are
   // capped so that its copy stays within about 1 MiB (L2, beside a head's K and V).
-  // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head
-  // of a batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more,
-  // not less: each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64),
-  // which a head's row tasks run back to back keep in L2 (Intel Xeon VM, 1 thread, 2 rounds:
-  // 32 rows 1.41-1.56x plain, 64 rows 1.44x, 128 rows 1.15-1.23x, 256 rows 1.15-1.18x; Zen 5,
-  // AVX-512, 3 runs: 256 rows 1.10-1.12x against 128 rows' 1.17-1.19x at one thread, 1.10-1.13x
-  // against 1.18x at two, while a bias per head with 256-row copies did not move); copying per
-  // head with heads' rows back to back instead measured 1.41-1.46x against 1.16-1.34x (2
-  // rounds). With 4 KiB pages (buffers without transparent huge pages) this path ran 1.17-1.37x
-  // plain (Intel Xeon VM, one thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row tasks and the
-  // heads' rows back to back with the bias transposed in registers (no copy) measured the same
-  // within the noise. Where the batches' rows make too few blocks to keep every thread busy,
-  // heads are split across threads and each (head, rows) task copies its own rows, as with a
-  // bias per head.
+  // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head of a
+  // batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more, not less:
+  // each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a
+  // head's row tasks run back to back keep in L2 (Intel Xeon VM, 1 thread, 2 rounds: 32 rows
+  // 1.41-1.56x plain, 64 rows 1.44x, 128 rows 1.15-1.23x, 256 rows 1.15-1.18x; Zen 5, AVX-512:
+  // 256 rows 1.11-1.12x in 4 runs against 128 rows' 1.12-1.18x in 5 at one thread, 1.10-1.13x
+  // against 1.18-1.19x at two, while a bias per head with 256-row copies did not move); copying
+  // per head with heads' rows back to back instead measured 1.41-1.46x against 1.16-1.34x (2
+  // rounds).
+  // With 4 KiB pages (buffers without transparent huge pages) this path ran 1.17-1.37x plain
+  // (Intel Xeon VM, one thread, AVX-512), 64-row tasks 1.40-1.67x; 256-row tasks and the heads'
+  // rows back to back with the bias transposed in registers (no copy) measured the same within
+  // the noise. Where the batches' rows make too few blocks to keep every thread busy, heads are
+  // split across threads and each (head, rows) task copies its own rows, as with a bias per head.
   const std::size_t quanta = (q.l + kTaskRowQuantum - 1) / kTaskRowQuantum;
   const kernels::KeyRule rule0 = p.rule.for_head(0, 0);
   const bool bias_rows = p.rule.bias.data != nullptr && p.rule.bias.lq != 1;
