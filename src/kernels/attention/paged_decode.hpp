@@ -174,14 +174,19 @@ Vec<Arch> load_elems(const F16* p) {
 /// turn, ran 1.3-1.4x slower (kv_heads 16, 1 thread: 0.95-1.15 -> 1.39-1.45 ms).
 /// kToL2: into L2 only (prefetcht1), else into L1 (prefetcht0).
 /// An asm statement, not __builtin_prefetch: GCC 12 deduced a helper made of prefetches alone to
-/// be const and dropped its calls, so the kernel had no prefetch at all.
+/// be const and dropped its calls, so the kernel had no prefetch at all. The address goes in a
+/// register, not as a memory operand: an asm that reads a char may read any object, so GCC
+/// stored every accumulator of a micro-kernel to the stack before each prefetch (8 stores per
+/// step of the bf16 one-row tile). Without them (Zen 5, AVX-512, cold, median of 600 calls,
+/// 3 rounds in turn): 16 kv heads f32 at 1 thread 848-867 -> 750-792 us, 4 kv heads f32 at
+/// 2 threads 204-213 -> 185-189 us, 16 kv heads bf16 at 2 threads 329-344 -> 313-332 us.
 template <bool kToL2>
 inline void prefetch_line(const void* p) {
 #if defined(__x86_64__) || defined(__i386__)
   if constexpr (kToL2) {
-    asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+    asm volatile("prefetcht1 (%0)" : : "r"(p));
   } else {
-    asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+    asm volatile("prefetcht0 (%0)" : : "r"(p));
   }
 #else
   __builtin_prefetch(p, 0, kToL2 ? 2 : 3);
