@@ -233,10 +233,13 @@ void softmax_update(float* s, std::size_t n, float& m, float& l, float& alpha) {
 }
 
 /// st[key][0, kQueryVecs * W) = K[key] . Q^T[:, q] for kKeys keys (rows k_stride floats apart);
-/// qt is one group's Q^T, [d][kQueryVecs * W], already scaled.
+/// qt is one group's Q^T, [d][kQueryVecs * W], already scaled. With a bias tile bt (keys down,
+/// bt_stride floats per key, the group's rows contiguous) each score gets bias x unit on its way
+/// out, and a -inf bias hides it: the sums modify_score_tile makes from st, without its pass
+/// over the tile.
 template <class Arch, std::size_t kKeys>
-void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::size_t d,
-                   float* st) {
+void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::size_t d, float* st,
+                   const float* bt = nullptr, std::size_t bt_stride = 0, float unit = 0.0f) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   constexpr std::size_t kQv = AttentionTile<Arch>::kQueryVecs;
@@ -256,6 +259,17 @@ void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::s
       const V kv(k[r * k_stride + dd]);
 #pragma GCC unroll 4
       for (std::size_t v = 0; v < kQv; ++v) acc[r][v] = madd<Arch>(kv, qv[v], acc[r][v]);
+    }
+  }
+  if (bt != nullptr) {
+    const V vu(unit), hidden(-std::numeric_limits<float>::infinity());
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < kKeys; ++r) {
+#pragma GCC unroll 4
+      for (std::size_t v = 0; v < kQv; ++v) {
+        const V b = V::load_unaligned(bt + r * bt_stride + v * kW);
+        acc[r][v] = xsimd::select(b == hidden, hidden, madd<Arch>(b, vu, acc[r][v]));
+      }
     }
   }
 #pragma GCC unroll 16
@@ -390,7 +404,13 @@ void attention_tiles(const AttentionArgs& a) {
   float* l = m + kMaxTaskRows;
   float* o = l + kMaxTaskRows;
   float* answer = o + kMaxTaskRows * dvp;
-  const bool modify = changes_scores(a.rule, a.mods);
+  // A bias copied with keys down (and no soft-capping, which comes first) is added by the score
+  // micro-kernel; the rest of the modifications see a rule without it.
+  const bool fused_bias =
+      a.rule.bias_t != nullptr && a.rule.bias_row_stride != 0 && a.mods.softcap == 0.0f;
+  KeyRule mods_rule = a.rule;
+  if (fused_bias) mods_rule.bias = nullptr;
+  const bool modify = changes_scores(mods_rule, a.mods);
   // Q^T per group, [d][kGroup] from qt + g0 * d, scaled so that scores come out in base 2;
   // each group's is made on its first block and its rows written after its last one
   // (finish_group), so that under a window, where a 256-row task computes only 287 keys per
@@ -495,17 +515,24 @@ void attention_tiles(const AttentionArgs& a) {
       if (!packed[g0 / kGroup]) pack_group(g0);
       const float* qg = qt + g0 * d;
       const float* kpb = kp + j0 * dp;
+      const std::size_t bts = a.rule.bias_t_stride;
+      const float* bt =
+          fused_bias ? a.rule.bias_t + (kb - a.rule.bias_t_key0) * bts + (i0 - a.rule.bias_t_row0)
+                     : nullptr;
       std::size_t kc = 0;
       for (; kc + kKeys <= nb; kc += kKeys) {
-        score_ukernel<Arch, kKeys>(kpb + kc * dp, dp, qg, d, st + kc * kGroup);
+        score_ukernel<Arch, kKeys>(kpb + kc * dp, dp, qg, d, st + kc * kGroup,
+                                   bt == nullptr ? nullptr : bt + kc * bts, bts, kLog2e);
       }
       if (kc < nb) {
         with_rows<kKeys>(nb - kc, [&](auto r) {
-          score_ukernel<Arch, decltype(r)::value>(kpb + kc * dp, dp, qg, d, st + kc * kGroup);
+          score_ukernel<Arch, decltype(r)::value>(kpb + kc * dp, dp, qg, d, st + kc * kGroup,
+                                                  bt == nullptr ? nullptr : bt + kc * bts, bts,
+                                                  kLog2e);
         });
       }
       // The one point where a block's scores are final: score modifications, then hiding.
-      if (modify) modify_score_tile<Arch, kGroup>(a.rule, a.mods, i0, gn, kb, nb, st, kLog2e);
+      if (modify) modify_score_tile<Arch, kGroup>(mods_rule, a.mods, i0, gn, kb, nb, st, kLog2e);
       if (a.rule.mask != nullptr) {
         for (std::size_t t = 0; t < gn; ++t) hide_masked(a.rule, i0 + t, kb, nb, st + t, kGroup);
       } else {
