@@ -147,7 +147,10 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // fastest calls) 1.32x against 1.49-1.53x with one thread, 1.17-1.34x against 1.50-1.54x with
   // two, 1.24-1.25x against 1.37-1.39x on AVX2. There the copy's wait for memory is 14% of the
   // samples; prefetching each row 1 KiB ahead in the copy did not shorten it. A task's rows are
-  // capped so that its copy stays within about 1 MiB (L2, beside a head's K and V).
+  // capped so that its copy stays within about 1 MiB (L2, beside a head's K and V). On the
+  // Zen 5 (AVX-512, one thread) prefetching the next task's bias rows a share per key block while
+  // a task computes, so that its copy would find them in cache, made it slower: 1.33-1.34x plain
+  // with prefetcht1 against 1.24-1.25x without (2 rounds), 1.26x with prefetcht2 (1 round).
   // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head of a
   // batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more, not less:
   // each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a
@@ -233,10 +236,12 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
     });
     return;
   }
-  // Otherwise a head's rows run back to back, which keeps its K and V in L2. A shared bias
-  // with too few row blocks for the copy above runs so too: running the same rows of every head
-  // back to back instead measured no faster (Lq = 96, Lk = 32768, 2 heads, 2 threads, bias
-  // from memory: medians 29-36 ms against 27-34, 3 rounds; the two threads take the same rows
+  // Otherwise a head's rows run back to back, which keeps its K and V in L2. Under a window, the
+  // heads of a block of rows back to back instead (so that whole K/V rows are read at once) ran
+  // W = 256 at L = 8192 in 29.2 ms against 29.0-29.7 (Zen 5, AVX-512, one thread): no gain. A
+  // shared bias with too few row blocks for the copy above runs so too: running the same rows of
+  // every head back to back instead measured no faster (Lq = 96, Lk = 32768, 2 heads, 2 threads,
+  // bias from memory: medians 29-36 ms against 27-34, 3 rounds; the two threads take the same rows
   // at once, each from memory).
   parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
     const std::size_t b = t / (q.h * row_tasks), h = t / row_tasks % q.h, row_task = t % row_tasks;

@@ -479,7 +479,10 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
 /// One step of a micro-kernel: acc[r][c] += x[r x x_stride] times vector c of the elements of
 /// row r (at src + r x row with kOwn, else at src for every row, loaded once). Each vector is
 /// loaded right before its multiply-adds where it serves one row only (kOwn, or a single row), so
-/// that a converted vector needs one register, not kN.
+/// that a converted vector needs one register, not kN. The two-row tiles hold 8 chains of
+/// multiply-adds, just what the latency asks for; two sets of accumulators taking the steps in
+/// turn (16 chains) measured within the noise (AVX-512, Zen 5, 16 kv heads, Lk = 128 and 512 in
+/// cache, one thread: bf16 6.6-6.7 against 6.8-7.0 us and 32.5-33.6 against 33.6-33.9).
 template <class Arch, std::size_t kR, std::size_t kN, bool kOwn, class E>
 SIMDATTN_ALWAYS_INLINE inline void madd_rows(const float* x, std::size_t x_stride, const E* src,
                                              std::size_t row, Vec<Arch> (&acc)[kR][kN]) {
