@@ -262,13 +262,12 @@ void score_ukernel(const float* k, std::size_t k_stride, const float* qt, std::s
     }
   }
   if (bt != nullptr) {
-    const V vu(unit), hidden(-std::numeric_limits<float>::infinity());
+    const V vu(unit);
 #pragma GCC unroll 16
     for (std::size_t r = 0; r < kKeys; ++r) {
 #pragma GCC unroll 4
       for (std::size_t v = 0; v < kQv; ++v) {
-        const V b = V::load_unaligned(bt + r * bt_stride + v * kW);
-        acc[r][v] = xsimd::select(b == hidden, hidden, madd<Arch>(b, vu, acc[r][v]));
+        acc[r][v] = add_bias<Arch>(acc[r][v], V::load_unaligned(bt + r * bt_stride + v * kW), vu);
       }
     }
   }
@@ -406,8 +405,7 @@ void attention_tiles(const AttentionArgs& a) {
   float* answer = o + kMaxTaskRows * dvp;
   // A bias copied with keys down (and no soft-capping, which comes first) is added by the score
   // micro-kernel; the rest of the modifications see a rule without it.
-  const bool fused_bias =
-      a.rule.bias_t != nullptr && a.rule.bias_row_stride != 0 && a.mods.softcap == 0.0f;
+  const bool fused_bias = has_keys_down_copy(a.rule) && a.mods.softcap == 0.0f;
   KeyRule mods_rule = a.rule;
   if (fused_bias) mods_rule.bias = nullptr;
   const bool modify = changes_scores(mods_rule, a.mods);
@@ -516,19 +514,18 @@ void attention_tiles(const AttentionArgs& a) {
       const float* qg = qt + g0 * d;
       const float* kpb = kp + j0 * dp;
       const std::size_t bts = a.rule.bias_t_stride;
-      const float* bt =
-          fused_bias ? a.rule.bias_t + (kb - a.rule.bias_t_key0) * bts + (i0 - a.rule.bias_t_row0)
-                     : nullptr;
+      auto bias_at = [&](std::size_t kc) {  // the fused bias of keys kb + kc on, or none
+        return fused_bias ? keys_down_bias(a.rule, i0, kb + kc) : nullptr;
+      };
       std::size_t kc = 0;
       for (; kc + kKeys <= nb; kc += kKeys) {
-        score_ukernel<Arch, kKeys>(kpb + kc * dp, dp, qg, d, st + kc * kGroup,
-                                   bt == nullptr ? nullptr : bt + kc * bts, bts, kLog2e);
+        score_ukernel<Arch, kKeys>(kpb + kc * dp, dp, qg, d, st + kc * kGroup, bias_at(kc), bts,
+                                   kLog2e);
       }
       if (kc < nb) {
         with_rows<kKeys>(nb - kc, [&](auto r) {
           score_ukernel<Arch, decltype(r)::value>(kpb + kc * dp, dp, qg, d, st + kc * kGroup,
-                                                  bt == nullptr ? nullptr : bt + kc * bts, bts,
-                                                  kLog2e);
+                                                  bias_at(kc), bts, kLog2e);
         });
       }
       // The one point where a block's scores are final: score modifications, then hiding.

@@ -171,6 +171,25 @@ void bias_keys_down(const float* bias, std::size_t row_stride, std::size_t rows,
   }
 }
 
+/// Whether the rule's bias rows come copied keys down (KeyRule::bias_t).
+inline bool has_keys_down_copy(const KeyRule& r) {
+  return r.bias_t != nullptr && r.bias_row_stride != 0;
+}
+
+/// Row i's bias for key k in that copy; the task's later rows follow it.
+inline const float* keys_down_bias(const KeyRule& r, std::size_t i, std::size_t k) {
+  return r.bias_t + (k - r.bias_t_key0) * r.bias_t_stride + (i - r.bias_t_row0);
+}
+
+/// Scores s (in base `unit`) plus the bias b: s + b x unit, or -inf where b is -inf, whatever
+/// s is (NaN included).
+template <class Arch>
+SIMDATTN_ALWAYS_INLINE inline Vec<Arch> add_bias(const Vec<Arch>& s, const Vec<Arch>& b,
+                                                 const Vec<Arch>& unit) {
+  const Vec<Arch> hidden(-std::numeric_limits<float>::infinity());
+  return xsimd::select(b == hidden, hidden, madd<Arch>(b, unit, s));
+}
+
 /// Tile path: modifies st[j * kGroup + lane] for keys k0 + j (j < nk) and query rows i0 + lane
 /// (lane < gn; lanes past gn are padding and are computed on, never read).
 template <class Arch, std::size_t kGroup>
@@ -190,17 +209,15 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
   }
   if (r.bias != nullptr) {
     const float* b0 = bias_row(r, i0) + k0;
-    if (r.bias_t != nullptr && r.bias_row_stride != 0) {
+    if (has_keys_down_copy(r)) {
       // Keys down already: one load per vector, the same sums as the transposed pieces below.
       const V vu(unit);
       for (std::size_t j = 0; j < nk; ++j) {
-        const float* bt =
-            r.bias_t + (k0 + j - r.bias_t_key0) * r.bias_t_stride + (i0 - r.bias_t_row0);
+        const float* bt = keys_down_bias(r, i0, k0 + j);
         float* s = st + j * kGroup;
         for (std::size_t v = 0; v < kVecs; ++v) {
-          const V b = V::load_unaligned(bt + v * kW);
-          const V x = madd<Arch>(b, vu, V::load_aligned(s + v * kW));
-          xsimd::select(b == hidden, hidden, x).store_aligned(s + v * kW);
+          add_bias<Arch>(V::load_aligned(s + v * kW), V::load_unaligned(bt + v * kW), vu)
+              .store_aligned(s + v * kW);
         }
       }
     } else if (r.bias_row_stride == 0) {  // one bias per key for every query
@@ -246,8 +263,7 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
           transpose_square<Arch>(b);
           for (std::size_t j = 0; j < kW; ++j) {
             float* s = st + (j0 + j) * kGroup + v * kW;
-            const V x = madd<Arch>(b[j], vu, V::load_aligned(s));
-            xsimd::select(b[j] == hidden, hidden, x).store_aligned(s);
+            add_bias<Arch>(V::load_aligned(s), b[j], vu).store_aligned(s);
           }
         }
         if (nk + j0 < next_end) {
@@ -266,8 +282,7 @@ void modify_score_tile(const KeyRule& r, const ScoreMods& m, std::size_t i0, std
           transpose_square<Arch>(b);
           for (std::size_t j = 0; j < nj; ++j) {
             float* s = st + (j0 + j) * kGroup + v * kW;
-            const V x = madd<Arch>(b[j], vu, V::load_aligned(s));
-            xsimd::select(b[j] == hidden, hidden, x).store_aligned(s);
+            add_bias<Arch>(V::load_aligned(s), b[j], vu).store_aligned(s);
           }
         }
       }
