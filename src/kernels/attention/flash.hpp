@@ -514,9 +514,8 @@ void attention_tiles(const AttentionArgs& a) {
       const float* qg = qt + g0 * d;
       const float* kpb = kp + j0 * dp;
       const std::size_t bts = a.rule.bias_t_stride;
-      auto bias_at = [&](std::size_t kc) {  // the fused bias of keys kb + kc on, or none
-        return fused_bias ? keys_down_bias(a.rule, i0, kb + kc) : nullptr;
-      };
+      const float* bt = fused_bias ? keys_down_bias(a.rule, i0, kb) : nullptr;
+      auto bias_at = [&](std::size_t kc) { return bt == nullptr ? nullptr : bt + kc * bts; };
       std::size_t kc = 0;
       for (; kc + kKeys <= nb; kc += kKeys) {
         score_ukernel<Arch, kKeys>(kpb + kc * dp, dp, qg, d, st + kc * kGroup, bias_at(kc), bts,
