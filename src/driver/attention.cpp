@@ -151,6 +151,13 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // Zen 5 (AVX-512, one thread) prefetching the next task's bias rows a share per key block while
   // a task computes, so that its copy would find them in cache, made it slower: 1.33-1.34x plain
   // with prefetcht1 against 1.24-1.25x without (2 rounds), 1.26x with prefetcht2 (1 round).
+  // Copying in the tile kernel instead, just before the rows are used, with the next piece's
+  // source lines prefetched, measured no better (Zen 5, one thread, 2 rounds, binaries in turn,
+  // this code at 1.20-1.25x): each key block's rows for the whole task (a 256-row task, 64 KiB of
+  // source a block, prefetched a block ahead with prefetcht0, t1 or t2) 1.18-1.23x; each query
+  // group's 16 rows of a block, the next group's prefetched in one burst 1.18-1.23x, spread over
+  // the score micro-kernel's calls 1.16-1.22x (prefetcht0; prefetcht1 1.31-1.33x). Copies of
+  // 512 KiB instead of 1 MiB: 1.28-1.33x.
   // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head of a
   // batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more, not less:
   // each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a
