@@ -54,10 +54,12 @@ struct Mask {
 /// are each the full size or 1 (a 1 broadcasts, as for Mask); lk is the full key length.
 /// An entry of -inf hides its key exactly as a 0 of the keep-mask does (no weight; a row whose
 /// every key is hidden follows Options::masked_rows); other entries, NaN included, are added.
-/// `data == nullptr` means no bias. A bias with rows per query shared by the heads (h == 1 with
-/// H > 1) is read, for Lq > 4 when its rows make work for every thread of the call, through
-/// each thread's copy of a block of its rows with keys down (about 1 MiB, at least 32 x lk
-/// floats), kept for the thread's next calls.
+/// `data == nullptr` means no bias. For Lq > 4 a bias with rows per query (lq == Lq) is read
+/// through each thread's copy of a block of its rows with keys down, kept for the thread's next
+/// calls: blocks of up to 2 MiB (or 32 rows where those pass 2 MiB) for a bias shared by the
+/// heads (h == 1 with H > 1) whose rows make work for every thread of the call; otherwise of up
+/// to 1 MiB, and no copy where not even 32 rows fit (lk past 8192 without a window): the tiles
+/// then transpose the bias pieces themselves.
 struct Bias {
   const float* data = nullptr;
   std::size_t n = 1;

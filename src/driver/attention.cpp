@@ -157,7 +157,12 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // source a block, prefetched a block ahead with prefetcht0, t1 or t2) 1.18-1.23x; each query
   // group's 16 rows of a block, the next group's prefetched in one burst 1.18-1.23x, spread over
   // the score micro-kernel's calls 1.16-1.22x (prefetcht0; prefetcht1 1.31-1.33x). Copies of
-  // 512 KiB instead of 1 MiB: 1.28-1.33x.
+  // 512 KiB instead of 1 MiB: 1.28-1.33x. What the copy costs alone (Zen 5, one thread, a
+  // program doing this copy for s2048's 128 MiB in 1 MiB tasks, AVX-512): 6.2-8.1 ms from memory
+  // (16.5-19.8 GB/s, while one core reads sequentially at 45-47 GB/s) and 4.5 ms with its source
+  // in cache, against 48 ms for plain attention; so this design cannot get a bias per head under
+  // 1.10x. Reading each 16-row strip in address order first, or prefetching the next strip's
+  // lines (in one burst or spread over the pieces, prefetcht0, t1 or t2) ran at 11-19 GB/s.
   // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head of a
   // batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more, not less:
   // each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a
