@@ -153,8 +153,11 @@ void SummaryReporter::ReportRuns(const std::vector<Run>& runs) {
 SummaryReporter::Result SummaryReporter::rates_of(const Run& run) {
   Result r;
   r.seconds = seconds_per_call(run);
-  r.gflops = counter(run, "GFLOPS");
-  r.frac_peak = counter(run, "frac_peak");
+  // A benchmark without a FLOP count (generation: tokens per second) has no rate to show.
+  if (run.counters.count("GFLOPS") != 0) {
+    r.gflops = counter(run, "GFLOPS");
+    r.frac_peak = counter(run, "frac_peak");
+  }
   return r;
 }
 
@@ -222,8 +225,12 @@ void SummaryReporter::print_summary(std::FILE* out) const {
         const Result& r = best->second;
         cells.push_back(row.naive.seconds > 0 ? format_cell("%.1fx", row.naive.seconds / r.seconds)
                                               : "-");
-        cells.push_back(format_cell("%.1f", r.gflops));
-        cells.push_back(format_cell(r.frac_peak >= 0.1 ? "%.0f%%" : "%.1f%%", 100 * r.frac_peak));
+        if (r.gflops < 0) {
+          cells.insert(cells.end(), {"-", "-"});
+        } else {
+          cells.push_back(format_cell("%.1f", r.gflops));
+          cells.push_back(format_cell(r.frac_peak >= 0.1 ? "%.0f%%" : "%.1f%%", 100 * r.frac_peak));
+        }
       }
       table.push_back(cells);
     }

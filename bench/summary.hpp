@@ -27,8 +27,8 @@ class SummaryReporter : public benchmark::ConsoleReporter {
  private:
   struct Result {
     double seconds = 0;  // median per call; 0 when there is none
-    double gflops = 0;
-    double frac_peak = 0;
+    double gflops = -1;  // -1: the benchmark counts no FLOPs
+    double frac_peak = -1;
     std::string error;  // why there is no time
   };
   struct Row {
