@@ -238,6 +238,13 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// A stand-alone 4 x 4 tile loop without a softmax (2 threads, 32 KiB items, 8 MiB cold; its
 /// arithmetic alone 46 us in cache) took 147-153 us against 118-132 for its stream alone: there too
 /// a step cost its stream plus about half its arithmetic.
+/// What that leaves two-byte storage (a stand-alone loop of the one-row AVX-512 step, two heads
+/// per tile, 16 kv heads, Lk = 4096, 2 threads, cold, medians of 1000 steps, variants in turn,
+/// ratios to the f32 step of the same round, 561-659 us): bf16 with only the stream (each line
+/// loaded once, no arithmetic) 0.47-0.54 without software prefetches and 0.54-0.60 with this
+/// plan (9 rounds each), before any arithmetic; with these pairs 0.68-0.74 (3 rounds), as the
+/// library's step. So half the bytes leave almost nothing of a budget of 0.55 of f32 for the
+/// arithmetic, which overlaps the stream only in part.
 template <class E, std::size_t kR, std::size_t kCols, std::size_t kW>
 struct PrefetchPlan {
   static constexpr bool kEveryLine = kR > 1 && kW == 16;
@@ -306,6 +313,10 @@ SIMDATTN_ALWAYS_INLINE inline void zero_tile(V (&acc)[kR][kN]) {
 /// per item. AVX2 (forced on an Intel Xeon VM; one thread, 16 query heads, Lk = 512 in cache,
 /// median of 200 x 50 calls, 3 rounds in turn): 4 kv heads 80-106 -> 68-74 us, 16 kv heads
 /// 163-209 -> 127-158 us; cold at Lk = 4096 the same within the noise (memory-bound there).
+/// vdpbf16ps (AVX-512 BF16) would need K^T and V stored with pairs of d and of keys interleaved.
+/// In the stand-alone loop above it ran the 16-head bf16 step in 384-432 us with Q and P rounded
+/// to bf16 and 416-453 with each split into high and low bf16 parts (float accuracy), against
+/// 395-446 for these pairs (3 rounds): no gain worth a second cache layout.
 template <class Arch>
 struct Bf16Pairs {
   static constexpr bool kOn = false;
