@@ -2,12 +2,14 @@
 
 #include <omp.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <fstream>
 #include <memory>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -169,7 +171,7 @@ double measure_peak_gflops(const PeakLoop& loop, int threads) {
 
 double measure_read_gbps(int threads, const float* buffer) {
   threads = std::max(1, std::min(threads, omp_get_num_procs()));
-  constexpr std::size_t kFloats = kReadBufferFloats;
+  const std::size_t kFloats = read_buffer_floats();
   std::unique_ptr<HugeBuffer> own;
   if (buffer == nullptr) own = std::make_unique<HugeBuffer>(kFloats, 1.0f);
   const float* x = buffer == nullptr ? own->data() : buffer;
@@ -189,6 +191,63 @@ double measure_read_gbps(int threads, const float* buffer) {
     best = std::min(best, s);
   }
   return kFloats * sizeof(float) / best * 1e-9;
+}
+
+namespace {
+
+// "307200K" -> bytes; 0 if unreadable.
+std::size_t read_cache_size(const std::string& path) {
+  std::ifstream in(path);
+  std::size_t value = 0;
+  char unit = 0;
+  if (!(in >> value)) return 0;
+  if (in >> unit) {
+    if (unit == 'K') value <<= 10;
+    if (unit == 'M') value <<= 20;
+  }
+  return value;
+}
+
+std::size_t listed_l3_bytes() {
+  // Each L3 instance is listed once per processor sharing it: count each shared_cpu_list once.
+  std::vector<std::string> seen;
+  std::size_t total = 0;
+  const long cpus = sysconf(_SC_NPROCESSORS_CONF);
+  for (long cpu = 0; cpu < cpus; ++cpu) {
+    for (int index = 0; index < 8; ++index) {
+      const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/cache/index" +
+                              std::to_string(index) + "/";
+      std::ifstream level_file(dir + "level");
+      int level = 0;
+      if (!(level_file >> level)) break;
+      if (level != 3) continue;
+      std::ifstream shared_file(dir + "shared_cpu_list");
+      std::string shared;
+      std::getline(shared_file, shared);
+      if (std::find(seen.begin(), seen.end(), shared) != seen.end()) continue;
+      seen.push_back(shared);
+      total += read_cache_size(dir + "size");
+    }
+  }
+  return total;
+}
+
+}  // namespace
+
+std::size_t cold_bytes() {
+  static const std::size_t bytes = [] {
+    std::size_t b = std::max(std::size_t{256} << 20, 8 * listed_l3_bytes());
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) {
+      b = std::min(b, std::max(std::size_t{256} << 20, static_cast<std::size_t>(pages) * page / 8));
+    }
+    return b / (std::size_t{2} << 20) * (std::size_t{2} << 20);  // whole huge pages
+  }();
+  return bytes;
+}
+
+std::size_t read_buffer_floats() {
+  return cold_bytes() / sizeof(float);
 }
 
 std::string cpu_model() {

@@ -26,13 +26,18 @@ PeakLoop peak_loop(simdattn::Isa active);
 // several trials, each thread timed in its own CPU time.
 double measure_peak_gflops(const PeakLoop& loop, int threads);
 
+// Bytes that this machine's caches cannot hold: 8x its L3 (every instance, as the kernel lists
+// them under /sys/devices/system/cpu), at least 256 MiB and at most an eighth of the physical
+// memory. 256 MiB where the kernel lists no caches (some VMs). A server's L3 can be larger than
+// 256 MiB (300 MiB on a 16-core Xeon VM seen), and there a fixed 256 MiB stays partly in cache.
+std::size_t cold_bytes();
+
 // GB/s of `threads` threads together (at most one per processor) summing the floats of one
-// 256 MiB buffer, each thread its own contiguous share: memory read bandwidth, since 256 MiB is
-// 8x the largest L3 of the machines this runs on. Wall time of the parallel region, best of 5
-// passes. The buffer is on transparent huge pages (huge_buffer.hpp), like the stream set's K/V
-// arrays and a KvCache's pool: its own, or `buffer` (kReadBufferFloats floats, already touched)
-// to measure again and again without allocating.
-constexpr std::size_t kReadBufferFloats = (std::size_t{256} << 20) / sizeof(float);
+// buffer of cold_bytes(), each thread its own contiguous share: memory read bandwidth. Wall time
+// of the parallel region, best of 5 passes. The buffer is on transparent huge pages
+// (huge_buffer.hpp), like the stream set's K/V arrays and a KvCache's pool: its own, or `buffer`
+// (read_buffer_floats() floats, already touched) to measure again and again without allocating.
+std::size_t read_buffer_floats();
 double measure_read_gbps(int threads, const float* buffer = nullptr);
 
 // /proc/cpuinfo's "model name", or "unknown".

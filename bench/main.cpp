@@ -240,7 +240,8 @@ int main(int argc, char** argv) {
                   t > 1 ? "s" : "", bench::read_gbps(t));
     bandwidths += buf;
   }
-  std::printf("Memory read bandwidth (sum over 256 MiB): %s\n", bandwidths.c_str());
+  std::printf("Memory read bandwidth (sum over %zu MiB): %s\n", bench::cold_bytes() >> 20,
+              bandwidths.c_str());
   m.rates[Isa::naive] = bench::calibrate(Path::naive);
   std::string rates = "naive " + format_gflops(m.rates[Isa::naive].attention * 1e-9) +
                       " GFLOP/s attention, " +
@@ -274,6 +275,7 @@ int main(int argc, char** argv) {
   for (const auto& [t, gbps] : m.read_gbps) {
     benchmark::AddCustomContext("read_gbps_" + std::to_string(t) + "t", format_gflops(gbps));
   }
+  benchmark::AddCustomContext("read_buffer_mib", std::to_string(bench::cold_bytes() >> 20));
   std::string sets;
   for (const std::string& set : config().sets) {
     sets += (sets.empty() ? "" : ",") + set;

@@ -479,8 +479,8 @@ def header(context, command):
     bandwidths = ", ".join("%s thread%s %s GB/s" % (k[10:-1], "s" if k[10:-1] != "1" else "", v)
                            for k, v in sorted(context.items()) if k.startswith("read_gbps_"))
     if bandwidths:
-        lines.append("- memory read bandwidth measured at start-up (sum over 256 MiB): %s"
-                     % bandwidths)
+        lines.append("- memory read bandwidth measured at start-up (sum over %s MiB): %s"
+                     % (context.get("read_buffer_mib", "256"), bandwidths))
     if command:
         lines.append("- command: `%s`" % command)
     load = context.get("load_avg")

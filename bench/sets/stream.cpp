@@ -18,7 +18,7 @@
 //
 // A decode step reads every cached byte once, so its floor is bytes / read bandwidth. "Cold":
 // each timed call uses the next of several layers' caches (and modules), round-robin, so that
-// together they exceed kColdBytes (8x the largest L3 of the machines this runs on) and each
+// together they exceed cold_bytes() (8x this machine's L3, at least 256 MiB) and each
 // call reads its K/V (and weights) from memory, as in a model with many layers. Every call
 // appends one token and the sequence is cut back by one afterwards (KvCache::truncate, a few
 // nanoseconds), so Lk stays fixed.
@@ -61,9 +61,14 @@ using Clock = std::chrono::steady_clock;
 using OptIsa = std::optional<Isa>;
 
 constexpr std::size_t kE = 1024, kH = 16, kD = kE / kH, kLk = 4096;
-constexpr double kColdBytes = 256.0 * (1 << 20);
 // Results against the naive path on the same cache, before timing.
 constexpr double kCheckRelTol = 1e-4;
+
+// The number of layers of `bytes_per_layer` that together exceed cold_bytes() (at least 2).
+std::size_t cold_layers(double bytes_per_layer) {
+  return static_cast<std::size_t>(
+      std::max(2.0, std::ceil(static_cast<double>(cold_bytes()) / bytes_per_layer)));
+}
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -178,7 +183,7 @@ CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh
   if (!g_layers || g_layers_key != key) {
     release_workloads();
     const double bytes = cache_bytes(lengths, kvh, s);
-    const auto layers = static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / bytes)));
+    const auto layers = cold_layers(bytes);
     g_layers = std::make_unique<CacheLayers>(lengths, kvh, s, layers);
     g_layers_key = key;
   }
@@ -188,9 +193,9 @@ CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh
 // The read bandwidth at `threads` threads measured now, right after a timed repetition: this
 // VM's bandwidth drifts up to 2x within minutes (27 vs 53 GB/s seen at 2 threads), so a figure
 // from start-up can sit far from the one the repetition ran under. The same loop and footprint
-// as at start-up, on a buffer kept for the run (256 MiB: the stream set measures no RSS).
+// as at start-up, on a buffer kept for the run (cold_bytes(): the stream set measures no RSS).
 double read_gbps_now(int threads) {
-  static const HugeBuffer buffer(kReadBufferFloats, 1.0f);
+  static const HugeBuffer buffer(read_buffer_floats(), 1.0f);
   return measure_read_gbps(threads, buffer.data());
 }
 
@@ -272,8 +277,7 @@ void bench_dense(benchmark::State& state, const std::string& name, int threads, 
   const double bytes = cache_bytes({kLk}, kH, KvStorage::f32);
   if (!g_dense) {
     release_workloads();
-    g_dense = std::make_unique<DenseLayers>(
-        static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / bytes))));
+    g_dense = std::make_unique<DenseLayers>(cold_layers(bytes));
   }
   DenseLayers& w = *g_dense;
   const double seconds = time_layers(state, name, w, w.k.size(), threads, isa);
@@ -323,7 +327,7 @@ void bench_step(benchmark::State& state, const std::string& name, std::size_t kv
   if (!g_modules || g_modules_key != key) {
     release_workloads();
     const double per_layer = cache_bytes({kLk}, kvh, s) + (2.0 * kE * kE + 2.0 * kvh * kD * kE) * 4;
-    const auto layers = static_cast<std::size_t>(std::max(2.0, std::ceil(kColdBytes / per_layer)));
+    const auto layers = cold_layers(per_layer);
     g_modules = std::make_unique<ModuleLayers>(kvh, s, layers);
     g_modules_key = key;
   }
