@@ -171,9 +171,9 @@ double measure_peak_gflops(const PeakLoop& loop, int threads) {
 
 double measure_read_gbps(int threads, const float* buffer) {
   threads = std::max(1, std::min(threads, omp_get_num_procs()));
-  const std::size_t kFloats = read_buffer_floats();
+  const std::size_t floats = read_buffer_floats();
   std::unique_ptr<HugeBuffer> own;
-  if (buffer == nullptr) own = std::make_unique<HugeBuffer>(kFloats, 1.0f);
+  if (buffer == nullptr) own = std::make_unique<HugeBuffer>(floats, 1.0f);
   const float* x = buffer == nullptr ? own->data() : buffer;
   double best = 1e30;
   for (int pass = 0; pass < 5; ++pass) {
@@ -182,15 +182,15 @@ double measure_read_gbps(int threads, const float* buffer) {
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
-      const std::size_t share = (kFloats / threads + 15) / 16 * 16;
-      const std::size_t begin = std::min(kFloats, t * share);
-      sink = sum_floats(x + begin, std::min(kFloats, begin + share) - begin);
+      const std::size_t share = (floats / threads + 15) / 16 * 16;
+      const std::size_t begin = std::min(floats, t * share);
+      sink = sum_floats(x + begin, std::min(floats, begin + share) - begin);
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     g_sink = sink;
     best = std::min(best, s);
   }
-  return kFloats * sizeof(float) / best * 1e-9;
+  return floats * sizeof(float) / best * 1e-9;
 }
 
 namespace {
