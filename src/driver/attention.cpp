@@ -18,7 +18,11 @@ constexpr std::size_t kTaskRowQuantum = kernels::kMaxQueryGroup;
 // Decoding (Lq <= kDecodeMaxLq): tasks are (batch, slice of keys) over every head, so threads
 // share the key range even when N x H is small; slices cover the keys that some row sees
 // (a window's keys only), depend on the shape and the rule only and are merged in slice order,
-// so results do not depend on the thread count.
+// so results do not depend on the thread count. Where that makes fewer than two tasks per
+// thread (a short or windowed history, or many threads: Lk = 4096 is 8 slices), each task takes
+// a part of the K/V heads (whole groups of query heads) instead of all of them: a head's
+// arithmetic does not depend on the other heads of its task, so results stay the same bit for
+// bit, and a row's keys are still read as a few contiguous pieces of heads.
 void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, int threads) {
   const auto& q = p.q;
   const std::size_t n = q.n, heads = q.h, d = q.d, dv = p.v.d, lq = q.l, lk = p.k.l;
@@ -31,36 +35,43 @@ void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, in
       1, (keys_end - keys_begin + kernels::kDecodeSlice - 1) / kernels::kDecodeSlice);
   const std::size_t rec = kernels::partial_record_floats(dv);
   const std::size_t per_slice = lq * heads * rec;
-  const std::size_t tasks = n * slices;
-  float* partial = thread_scratch(ScratchSlot::partials, tasks * per_slice);
+  float* partial = thread_scratch(ScratchSlot::partials, n * slices * per_slice);
   if (static_cast<double>(n) * heads * lq * lk * d < kernels::kAttentionSerialWork) threads = 1;
+  const std::size_t kv_heads = p.k.h;
+  std::size_t parts = 1;
+  while (parts < kv_heads && n * slices * parts < 2 * static_cast<std::size_t>(threads)) ++parts;
+  const std::size_t tasks = n * slices * parts;
   const std::size_t scratch_floats = kernels::decode_scratch_floats(heads, dv);
   parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
-    const std::size_t b = t / slices, slice = t % slices;
+    // A slice's parts are neighbours, so threads read the same rows at about the same time.
+    const std::size_t b = t / (slices * parts), slice = t / parts % slices, part = t % parts;
+    const std::size_t kv0 = part * kv_heads / parts, kv1 = (part + 1) * kv_heads / parts;
+    const std::size_t h0 = kv0 * group;
     kernels::DecodeArgs a;
-    a.q = q.at(b, 0, 0);
+    a.q = q.at(b, 0, h0);
     a.q_stride = q.row_stride;
     a.q_head_stride = q.heads_apart();
-    a.k = p.k.at(b, 0, 0);
+    a.k = p.k.at(b, 0, kv0);
     a.k_stride = p.k.row_stride;
     a.k_head_stride = p.k.heads_apart();
-    a.v = p.v.at(b, 0, 0);
+    a.v = p.v.at(b, 0, kv0);
     a.v_stride = p.v.row_stride;
     a.v_head_stride = p.v.heads_apart();
     a.lq = lq;
     a.d = d;
     a.dv = dv;
-    a.heads = heads;
+    a.heads = (kv1 - kv0) * group;
     a.kv_group = group;
-    a.rule = p.rule.for_head(b, 0);
+    a.rule = p.rule.for_head(b, h0);
     a.mask_head_stride = p.rule.mask_head_stride();
     a.bias_head_stride = p.rule.bias_head_stride();
     a.softcap = p.rule.softcap;
-    a.alibi = p.rule.alibi.empty() ? nullptr : p.rule.alibi.data();
+    a.alibi = p.rule.alibi.empty() ? nullptr : p.rule.alibi.data() + h0;
     a.scale = p.scale;
     a.key_begin = keys_begin + slice * kernels::kDecodeSlice;
     a.key_end = std::min(keys_end, a.key_begin + kernels::kDecodeSlice);
-    a.partial = partial + t * per_slice;
+    a.partial = partial + (b * slices + slice) * per_slice + h0 * rec;
+    a.partial_row_stride = heads * rec;
     a.scratch = thread_scratch(ScratchSlot::kernel, scratch_floats);
     table.decode(a);
   });
