@@ -440,31 +440,33 @@ TEST_CASE("variants: the fused kernels over many key blocks, row tasks and decod
   }
 }
 
-TEST_CASE("variants: a decode step split across K/V heads equals one thread, bit for bit",
+TEST_CASE("variants: a short decode step in several slices, against the oracle and bitwise",
           "[variants][kernels][determinism]") {
-  // N = 1 and Lk = 700 make two slices of 512 keys (a window of 64 one): fewer than two tasks
-  // per thread from 2 threads on, so the driver gives each task a part of the K/V heads, more
-  // parts for more threads (up to one K/V head each). Every variant, per-head masks and biases,
-  // grouped heads; each head's result must not depend on which heads share its task.
-  for (std::size_t lq : {1, 3}) {
-    for (std::size_t hkv : {2, 4, 8}) {
-      const Problem p(1, lq, 700, 8, hkv, 33, 31, 900 + lq + hkv);
-      for (Kind kind : kKinds) {
-        const bool windowed = needs_causal(kind);
-        for (test::MaskKind mk : {test::MaskKind::none, test::MaskKind::full}) {
-          test::MaskCase m = test::make_mask(mk, p.n, p.h, p.lq, p.lk);
-          Variant x = make_variant(kind, p.n, p.h, p.lq, p.lk, 64);
-          Options o = x.options;
-          o.causal = windowed ? Causal::bottom_right : m.causal;
-          const auto ref = p.oracle(m.mask, o);
-          INFO(shape_name(p) << ", " << x.name << ", mask " << test::mask_kind_name(mk));
-          o.threads = 1;
-          const auto first = p.run(m.mask, o);
-          test::check_close(first.data(), ref.out, "vs oracle");
-          for (int threads : {2, 3, 5, 8}) {
-            INFO("threads " << threads << " vs 1");
-            o.threads = threads;
-            CHECK(test::same_bits(first, p.run(m.mask, o)));
+  // One sequence of at most 512 keys makes one slice of 512 keys; the driver halves the slices
+  // (down to 128 keys) until there are two: 129 keys make slices of 128 and 1 key, 500 keys two
+  // of 256 (windows of 64 keep one). Every variant, per-head masks and biases, grouped heads, at
+  // threads 1, 2, 3 and 5 bit for bit.
+  for (std::size_t lk : {129, 500}) {
+    for (std::size_t lq : {1, 3}) {
+      for (std::size_t hkv : {2, 8}) {
+        const Problem p(1, lq, lk, 8, hkv, 33, 31, 900 + lk + lq + hkv);
+        for (Kind kind : kKinds) {
+          const bool windowed = needs_causal(kind);
+          for (test::MaskKind mk : {test::MaskKind::none, test::MaskKind::full}) {
+            test::MaskCase m = test::make_mask(mk, p.n, p.h, p.lq, p.lk);
+            Variant x = make_variant(kind, p.n, p.h, p.lq, p.lk, 64);
+            Options o = x.options;
+            o.causal = windowed ? Causal::bottom_right : m.causal;
+            const auto ref = p.oracle(m.mask, o);
+            INFO(shape_name(p) << ", " << x.name << ", mask " << test::mask_kind_name(mk));
+            o.threads = 1;
+            const auto first = p.run(m.mask, o);
+            test::check_close(first.data(), ref.out, "vs oracle");
+            for (int threads : {2, 3, 5}) {
+              INFO("threads " << threads << " vs 1");
+              o.threads = threads;
+              CHECK(test::same_bits(first, p.run(m.mask, o)));
+            }
           }
         }
       }

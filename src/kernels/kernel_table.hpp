@@ -56,12 +56,11 @@ struct AttentionArgs {
 };
 
 /// One task of the decode path (Lq <= kDecodeMaxLq): keys [key_begin, key_end) of one batch,
-/// for every query row and `heads` query heads of it (all of them, or whole K/V groups). Head j
-/// reads its queries at q + j * q_head_stride, its keys and values at k/v + (j / kv_group) *
-/// k/v_head_stride (grouped-query attention: kv_group query heads share one K/V head; a head stride
-/// of 0 means d, dv: heads side by side in a row), its mask rows at rule.mask + j *
-/// mask_head_stride, its bias rows at rule.bias + j * bias_head_stride and its ALiBi slope at
-/// alibi[j].
+/// for every query row and every query head of it. Head j reads its queries at
+/// q + j * q_head_stride, its keys and values at k/v + (j / kv_group) * k/v_head_stride
+/// (grouped-query attention: kv_group query heads share one K/V head; a head stride of 0 means
+/// d, dv: heads side by side in a row), its mask rows at rule.mask + j * mask_head_stride, its
+/// bias rows at rule.bias + j * bias_head_stride and its ALiBi slope at alibi[j].
 struct DecodeArgs {
   const float* q = nullptr;
   std::size_t q_stride = 0;
@@ -85,12 +84,11 @@ struct DecodeArgs {
   float scale = 1.0f;
   std::size_t key_begin = 0;
   std::size_t key_end = 0;
-  /// Output: one record per (query row i, head j) at partial + i * partial_row_stride + j *
-  /// record floats (partial_record_floats(dv)): the slice's log-sum-exp at [0] (scores modified,
-  /// no sink) and its normalised output (Dv floats) from [16] on; see merge.hpp.
+  /// Output: one record per (query row i, head j) at partial + (i * heads + j) * record floats
+  /// (partial_record_floats(dv)): the slice's log-sum-exp at [0] (scores modified, no sink) and
+  /// its normalised output (Dv floats) from [16] on; see merge.hpp.
   float* partial = nullptr;
-  std::size_t partial_row_stride = 0;  // 0: heads records
-  float* scratch = nullptr;            // decode_scratch_floats(heads, dv) floats, 64-byte aligned
+  float* scratch = nullptr;  // decode_scratch_floats(heads, dv) floats, 64-byte aligned
 };
 
 /// Floats per record of a decode slice's partial result: the log-sum-exp at [0] and the output
@@ -187,7 +185,7 @@ struct KernelTable {
   /// not, the driver passes no scratch.
   bool gemm_copies_a;
   void (*attention)(const AttentionArgs& args);  // Lq > kDecodeMaxLq, one (batch, head)
-  void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice, heads)
+  void (*decode)(const DecodeArgs& args);        // Lq <= kDecodeMaxLq, one (batch, slice)
   void (*paged_attention)(const PagedAttentionArgs& args);  // over a KvCache, one slice
   void (*attention_backward)(const BackwardArgs& args);     // one key block of one (batch, head)
   /// A task's bias rows copied with keys down for the attention kernel (KeyRule::bias_t):

@@ -27,8 +27,7 @@
 // Scratch: O(task rows x D).
 //
 // Decode path (Lq <= kDecodeMaxLq): one task per (batch, slice of kDecodeSlice keys) covers
-// every head (where that leaves threads idle, a part of the heads: driver/attention.cpp).
-// K and V are read in place, once, a few rows at a time with the heads inner, so
+// every head. K and V are read in place, once, a few rows at a time with the heads inner, so
 // each key's row (all heads, contiguous) streams in order; head-major order read 256-byte
 // pieces 4 KiB apart and ran at 14 GB/s per core. The start of the next rows is prefetched as
 // the kernel goes (prefetch_decode_rows). Scores: W keys at a time, a vector accumulator per
@@ -784,8 +783,7 @@ void attention_decode(const DecodeArgs& a) {
       const float inv = 1.0f / l;
       for (std::size_t dd = 0; dd < dv; ++dd) r[16 + dd] *= inv;
     }
-    const std::size_t row_stride = a.partial_row_stride != 0 ? a.partial_row_stride : a.heads * rec;
-    std::copy(running, running + a.heads * rec, a.partial + i * row_stride);
+    std::copy(running, running + a.heads * rec, a.partial + i * a.heads * rec);
   }
 }
 

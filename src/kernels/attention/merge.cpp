@@ -10,9 +10,10 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
                      std::size_t parts, std::size_t d, float* out) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   if (parts == 1 && std::isfinite(lse[0])) {
-    // One part (every decode of fewer than kDecodeSlice keys): w = exp(0) = 1 and sum = 1, so
-    // the general path below computes 0 + o, times 1, and lse + log(1): the same bits without
-    // its exp and log (a quarter of the attention core's instructions in the tutorial's call).
+    // One part (a decode whose keys fit one slice, as the tutorial's 2 keys): w = exp(0) = 1
+    // and sum = 1, so the general path below computes 0 + o, times 1, and lse + log(1): the same
+    // bits without its exp and log (a quarter of the attention core's instructions in the
+    // tutorial's call).
     for (std::size_t dd = 0; dd < d; ++dd) out[dd] = 0.0f + o[dd];
     return lse[0];
   }
