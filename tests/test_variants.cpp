@@ -442,11 +442,11 @@ TEST_CASE("variants: the fused kernels over many key blocks, row tasks and decod
 
 TEST_CASE("variants: a short decode step in several slices, against the oracle and bitwise",
           "[variants][kernels][determinism]") {
-  // One sequence of at most 512 keys makes one slice of 512 keys; the driver halves the slices
-  // (down to 128 keys) until there are two: 129 keys make slices of 128 and 1 key, 500 keys two
-  // of 256 (windows of 64 keep one). Every variant, per-head masks and biases, grouped heads, at
-  // threads 1, 2, 3 and 5 bit for bit.
-  for (std::size_t lk : {129, 500}) {
+  // One sequence makes fewer than 16 slices of 512 keys: the driver halves them to 256 keys
+  // (1100 keys: 5 slices, the last of 76 keys; 500 keys: 2), and a single one on down to 128 so
+  // that there are two (129 keys: 128 and 1; windows of 64 keep one). Every variant, per-head
+  // masks and biases, grouped heads, at threads 1, 2, 3 and 5 bit for bit.
+  for (std::size_t lk : {129, 500, 1100}) {
     for (std::size_t lq : {1, 3}) {
       for (std::size_t hkv : {2, 8}) {
         const Problem p(1, lq, lk, 8, hkv, 33, 31, 900 + lk + lq + hkv);
@@ -461,7 +461,11 @@ TEST_CASE("variants: a short decode step in several slices, against the oracle a
             INFO(shape_name(p) << ", " << x.name << ", mask " << test::mask_kind_name(mk));
             o.threads = 1;
             const auto first = p.run(m.mask, o);
-            test::check_close(first.data(), ref.out, "vs oracle");
+            // The paper's slopes without causal over 1100 keys make scores up to 550, 3e-5 off in
+            // float whatever the code (see alibi_given in make_variant): the output 1.0-1.5e-5.
+            const bool large_scores = kind == Kind::alibi && o.causal == Causal::none && lk > 512;
+            test::check_close(first.data(), ref.out, "vs oracle",
+                              large_scores ? 3e-5 : test::kRelFrobeniusTol);
             for (int threads : {2, 3, 5}) {
               INFO("threads " << threads << " vs 1");
               o.threads = threads;

@@ -32,7 +32,12 @@ void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, in
   auto slices_of = [&](std::size_t keys) {
     return std::max<std::size_t>(1, (keys_end - keys_begin + keys - 1) / keys);
   };
-  std::size_t slice_keys = kernels::kDecodeSlice;  // kernels/blocking.hpp says why these sizes
+  // Calls of few slices get smaller ones (kernels/blocking.hpp says why these sizes).
+  std::size_t slice_keys = kernels::kDecodeSlice;
+  while (n * slices_of(slice_keys) < kernels::kDecodeMinTasks &&
+         slice_keys > kernels::kDecodeTaskSlice) {
+    slice_keys /= 2;
+  }
   while (n * slices_of(slice_keys) < 2 && slice_keys > kernels::kDecodeMinSlice) slice_keys /= 2;
   const std::size_t slices = slices_of(slice_keys);
   const std::size_t rec = kernels::partial_record_floats(dv);

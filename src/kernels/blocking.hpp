@@ -27,14 +27,17 @@ inline constexpr std::size_t kMaxQueryGroup = 32;
 inline constexpr std::size_t kDecodeMaxLq = 4;
 /// Keys per decode slice: slices depend on the shape only, so the merged result does not depend
 /// on the thread count; 512 keys keep the per-slice work (512 x D x 2 reads) far above the merge.
-/// A call that would make a single slice (one sequence of at most 512 keys, or a window) halves
-/// them down to kDecodeMinSlice keys for two or more, so that two threads share it: one decode
-/// step over a 512-key history, H = 16, D = 64, K/V from memory, 2 threads (Zen 5, AVX-512):
-/// 122-128 -> 74-76 us, 256 keys 64-65 -> 40-46 us. Small slices for every call (32 tasks at
-/// least, for many threads) cost 1-8% at 2 threads: slices of 128 keys at Lk = 1024 and 4096
-/// against 512 (the merge runs on one thread, and each slice restarts the hardware
-/// prefetchers' streams).
+/// A call of fewer than kDecodeMinTasks slices (sequences x slices) halves them down to
+/// kDecodeTaskSlice keys, so that many cores find work (one sequence at Lk = 4096: 16 tasks, not
+/// 8); at 2 threads that cost 0-2% (Lk = 1024, 2048, 4096, E = 1024, K/V from memory, Zen 5,
+/// AVX-512, 4 rounds in turn), where 128-key slices for every call cost 1-8% (the merge runs on
+/// one thread, and each slice restarts the hardware prefetchers' streams). A call still of a
+/// single slice (one sequence of at most 256 keys, or a window) halves them on down to
+/// kDecodeMinSlice keys for two, so that two threads share it: 256 keys, H = 16, D = 64, 2
+/// threads, 64-65 -> 40-46 us (512 keys, two slices of 256: 122-128 -> 74-76 us).
 inline constexpr std::size_t kDecodeSlice = 512;
+inline constexpr std::size_t kDecodeMinTasks = 16;
+inline constexpr std::size_t kDecodeTaskSlice = 256;
 inline constexpr std::size_t kDecodeMinSlice = 128;
 /// Keys per step of the decode kernel's output loop: o's vectors stay in registers over them,
 /// instead of a load and a store of o per key and head (the store-to-load chain through L1
@@ -253,7 +256,7 @@ static_assert(kKeyBlock % (BackwardTileFor<16>::kVecs * 16) == 0 &&
               kKeyBlock % (BackwardTileFor<4>::kVecs * 4) == 0);
 // Decode slices are whole key blocks, and the output loop's steps tile a block.
 static_assert(kDecodeSlice % kKeyBlock == 0);
-static_assert(kDecodeMinSlice % kKeyBlock == 0);
+static_assert(kDecodeTaskSlice % kKeyBlock == 0 && kDecodeMinSlice % kKeyBlock == 0);
 // Paged slices are whole key blocks, and a key block is whole score tiles of every width.
 static_assert(kPagedSlice % kKeyBlock == 0);
 static_assert(kKeyBlock % (PagedTileFor<16>::kScoreVecs * 16) == 0);
