@@ -34,11 +34,11 @@ void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, in
   };
   // Calls of few slices get smaller ones (kernels/blocking.hpp says why these sizes).
   std::size_t slice_keys = kernels::kDecodeSlice;
-  while (n * slices_of(slice_keys) < kernels::kDecodeMinTasks &&
-         slice_keys > kernels::kDecodeTaskSlice) {
-    slice_keys /= 2;
-  }
-  while (n * slices_of(slice_keys) < 2 && slice_keys > kernels::kDecodeMinSlice) slice_keys /= 2;
+  auto halve_until = [&](std::size_t tasks, std::size_t smallest) {
+    while (n * slices_of(slice_keys) < tasks && slice_keys > smallest) slice_keys /= 2;
+  };
+  halve_until(kernels::kDecodeMinTasks, kernels::kDecodeTaskSlice);
+  halve_until(2, kernels::kDecodeMinSlice);
   const std::size_t slices = slices_of(slice_keys);
   const std::size_t rec = kernels::partial_record_floats(dv);
   const std::size_t per_slice = lq * heads * rec;
