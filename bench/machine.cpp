@@ -236,10 +236,11 @@ std::size_t listed_l3_bytes() {
 
 std::size_t cold_bytes() {
   static const std::size_t bytes = [] {
-    std::size_t b = std::max(std::size_t{256} << 20, 8 * listed_l3_bytes());
+    constexpr std::size_t kAtLeast = std::size_t{256} << 20;
+    std::size_t b = std::max(kAtLeast, 8 * listed_l3_bytes());
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     if (pages > 0 && page > 0) {
-      b = std::min(b, std::max(std::size_t{256} << 20, static_cast<std::size_t>(pages) * page / 8));
+      b = std::min(b, std::max(kAtLeast, static_cast<std::size_t>(pages) * page / 8));
     }
     return b / (std::size_t{2} << 20) * (std::size_t{2} << 20);  // whole huge pages
   }();
