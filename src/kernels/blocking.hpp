@@ -89,6 +89,12 @@ inline constexpr std::size_t kPagedMaxRows = 16;
 /// merge. Zen 5, AVX-512, 4 kv heads, f32, Lk = 4096, cold, 2 threads, medians of 3000 calls,
 /// binaries in turn (3 rounds): 256-key slices (16 jobs) 200-203 us against 185-190; 1024-key
 /// slices in 4 jobs of 2 MiB 170-172 against 164-174, a longer tail (p90 223-227 against 211-220).
+/// Unlike the dense decode's, these slices do not shrink for calls of few tasks: the dense rule
+/// (256 keys below 16 tasks, then down to 128 for two) slowed a multi-query cache (one kv head,
+/// 16 rows per task; one sequence, cold, medians of 1000 calls, 2 rounds in turn) at 2 threads:
+/// Lk = 256 11 -> 15-16 us, 512 20 -> 25-26, 4096 88-93 -> 99-100; at 1 thread 4096 148-152 ->
+/// 180-185. 2 and 4 kv heads moved within the noise. Prefetching each slice's first two items at
+/// its start (every line, into L2) changed nothing.
 inline constexpr std::size_t kPagedSlice = 512;
 
 /// Register tiles of the paged kernel for vectors of kW floats: scores kScoreRows rows x
