@@ -71,7 +71,10 @@ struct MultiHeadAttention::Impl {
   std::vector<float> weight[detail::kNumProjections];  // [out, E] each, PyTorch's [out, in]
   std::vector<float> bias[detail::kNumProjections];    // empty for an absent Q/K/V bias
 
-  // Derived from the above, never set directly.
+  // Derived from the above, never set directly. Where E and kv_e are whole GEMM panels (multiples
+  // of kPanel, as in most models), packed[0..2] and packed_kv are slices of packed_qkv, whose
+  // panels hold Q's, K's and V's packed rows one after the other, and own no storage: a module
+  // at E = 1024 then keeps 16 MiB of packed weights, not 36.
   detail::OwnedPacked packed[detail::kNumProjections];
   detail::OwnedPacked packed_qkv;  // [E + 2 kv_e, E]: self-attention's one GEMM
   detail::OwnedPacked packed_kv;   // [2 kv_e, E]: keys and values from the same buffer
@@ -98,6 +101,10 @@ struct MultiHeadAttention::Impl {
   void project_output(const kernels::KernelTable* table, const float* attn, std::size_t rows,
                       float* out, int threads) const;
 
+  /// Whether packed[0..2] and packed_kv are slices of packed_qkv (see above).
+  bool qkv_slices() const;
+  /// Points packed[0..2] and packed_kv at their rows in packed_qkv.
+  void slice_qkv();
   /// Recomputes every packed copy and concatenated bias.
   void repack();
   /// Replaces weight i and the packed copies that contain it. Everything that can throw

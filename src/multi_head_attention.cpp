@@ -81,11 +81,33 @@ std::vector<float> concat_biases(const std::vector<float> (&b)[kNumProjections],
 }  // namespace
 }  // namespace detail
 
+bool MultiHeadAttention::Impl::qkv_slices() const {
+  return e % kernels::kPanel == 0 && kv_e() % kernels::kPanel == 0;
+}
+
+void MultiHeadAttention::Impl::slice_qkv() {
+  const float* data = packed_qkv.view.data;
+  auto slice = [&](std::size_t row0, std::size_t rows) {
+    detail::OwnedPacked p;  // no storage: the rows live in packed_qkv's
+    p.view = {e, rows, data + kernels::packed_weight_floats(row0, e)};
+    return p;
+  };
+  packed[0] = slice(0, e);
+  packed[1] = slice(e, kv_e());
+  packed[2] = slice(e + kv_e(), kv_e());
+  packed_kv = slice(e, 2 * kv_e());
+}
+
 void MultiHeadAttention::Impl::repack() {
   using detail::pack_stacked;
-  for (int i = 0; i < detail::kNumProjections; ++i) packed[i] = pack_stacked({&weight[i]}, e);
   packed_qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
-  packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
+  packed[3] = pack_stacked({&weight[3]}, e);
+  if (qkv_slices()) {
+    slice_qkv();
+  } else {
+    for (int i = 0; i < 3; ++i) packed[i] = pack_stacked({&weight[i]}, e);
+    packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
+  }
   const std::size_t sizes[] = {e, kv_e(), kv_e(), e};
   bias_qkv = detail::concat_biases(bias, sizes, {0, 1, 2});
   bias_kv = detail::concat_biases(bias, sizes, {1, 2});
@@ -94,13 +116,18 @@ void MultiHeadAttention::Impl::repack() {
 void MultiHeadAttention::Impl::replace_weight(int i, std::vector<float> w) {
   using detail::pack_stacked;
   auto pick = [&](int j) { return j == i ? &w : &weight[j]; };
-  detail::OwnedPacked single = pack_stacked({&w}, e);
-  detail::OwnedPacked qkv, kv;
+  const bool sliced = i < 3 && qkv_slices();
+  detail::OwnedPacked single, qkv, kv;
+  if (!sliced) single = pack_stacked({&w}, e);
   if (i < 3) qkv = pack_stacked({pick(0), pick(1), pick(2)}, e);
-  if (i == 1 || i == 2) kv = pack_stacked({pick(1), pick(2)}, e);
+  if (!sliced && (i == 1 || i == 2)) kv = pack_stacked({pick(1), pick(2)}, e);
   weight[i] = std::move(w);
-  packed[i] = std::move(single);
   if (i < 3) packed_qkv = std::move(qkv);
+  if (sliced) {
+    slice_qkv();  // allocates nothing
+    return;
+  }
+  packed[i] = std::move(single);
   if (i == 1 || i == 2) packed_kv = std::move(kv);
 }
 

@@ -122,7 +122,9 @@ TEST_CASE("scale: 1/sqrt(head_dim) by default, the tutorial's 1/sqrt(embed_size)
 }
 
 TEST_CASE("weights and biases round-trip through setters and getters", "[module][params]") {
-  const std::size_t e = 12;
+  // E = 48: Q, K and V are whole GEMM panels, packed as slices of one copy; E = 12: apart.
+  const std::size_t e = GENERATE(as<std::size_t>{}, 12, 48);
+  INFO("E = " << e);
   MultiHeadAttention m(e, 3, 1);
   std::vector<float> w[4];
   for (int i = 0; i < 4; ++i) {
@@ -150,6 +152,8 @@ TEST_CASE("weights and biases round-trip through setters and getters", "[module]
   // forward() uses every parameter that was set: the oracle reads them through the getters.
   const Tensor values = Tensor::randn(2, 9, e, 50), keys = Tensor::randn(2, 9, e, 51),
                query = Tensor::randn(2, 5, e, 52);
+  // Cross-attention (a GEMM per projection), self-attention (one against [Wq; Wk; Wv]) and
+  // keys and values from one buffer (one against [Wk; Wv]).
   auto check_forward = [&](const char* what) {
     for (Path path : kPaths) {
       Options o;
@@ -157,9 +161,18 @@ TEST_CASE("weights and biases round-trip through setters and getters", "[module]
       INFO("path " << path_name(path));
       test::check_close(m.forward(values, keys, query, {}, o).data(),
                         test::oracle_forward(m, values, keys, query), what);
+      test::check_close(m.forward(query, query, query, {}, o).data(),
+                        test::oracle_forward(m, query, query, query), what);
+      test::check_close(m.forward(keys, keys, query, {}, o).data(),
+                        test::oracle_forward(m, keys, keys, query), what);
     }
   };
   check_forward("with all biases");
+  // One weight replaced: every GEMM that reads it sees the new one, and only it.
+  w[1] = test::random_normal(e * e, 60);
+  m.set_weight(Projection::key, w[1]);
+  for (int i = 0; i < 4; ++i) CHECK(m.weight(kProjections[i]) == w[i]);
+  check_forward("after set_weight(key)");
 
   m.clear_bias(Projection::value);
   CHECK_FALSE(m.has_bias(Projection::value));

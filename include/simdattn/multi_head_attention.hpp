@@ -46,6 +46,11 @@ using SequenceId = std::uint64_t;
 /// Generation: step() runs the module on the new tokens of sequences whose earlier keys and
 /// values are kept in a KvCache (kv_cache.hpp), projecting only the new tokens.
 ///
+/// Memory: the four weights as set, and one copy of them packed for the optimized GEMM, about
+/// twice the weights' floats (2 x 4 x E^2 with kv_heads = heads: 32 MiB at E = 1024) where E and
+/// kv_heads x head_dim are multiples of 16; where they are not, Q, K and V are also packed
+/// apart and the module holds 13 E^2 floats with kv_heads = heads.
+///
 /// forward() and step() are const and may be called from several threads at once on one module
 /// (step() with a different cache per thread); setters must not run concurrently with anything
 /// else on the same module.
