@@ -100,17 +100,28 @@ void MultiHeadAttention::Impl::slice_qkv() {
 
 void MultiHeadAttention::Impl::repack() {
   using detail::pack_stacked;
-  packed_qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
-  packed[3] = pack_stacked({&weight[3]}, e);
-  if (qkv_slices()) {
-    slice_qkv();
-  } else {
-    for (int i = 0; i < 3; ++i) packed[i] = pack_stacked({&weight[i]}, e);
-    packed_kv = pack_stacked({&weight[1], &weight[2]}, e);
+  // Everything that allocates first, so that a failure leaves no slice pointing at freed rows.
+  detail::OwnedPacked qkv = pack_stacked({&weight[0], &weight[1], &weight[2]}, e);
+  detail::OwnedPacked out = pack_stacked({&weight[3]}, e);
+  detail::OwnedPacked apart[3], kv;
+  const bool sliced = qkv_slices();
+  if (!sliced) {
+    for (int i = 0; i < 3; ++i) apart[i] = pack_stacked({&weight[i]}, e);
+    kv = pack_stacked({&weight[1], &weight[2]}, e);
   }
   const std::size_t sizes[] = {e, kv_e(), kv_e(), e};
-  bias_qkv = detail::concat_biases(bias, sizes, {0, 1, 2});
-  bias_kv = detail::concat_biases(bias, sizes, {1, 2});
+  std::vector<float> b_qkv = detail::concat_biases(bias, sizes, {0, 1, 2});
+  std::vector<float> b_kv = detail::concat_biases(bias, sizes, {1, 2});
+  packed_qkv = std::move(qkv);
+  packed[3] = std::move(out);
+  if (sliced) {
+    slice_qkv();
+  } else {
+    for (int i = 0; i < 3; ++i) packed[i] = std::move(apart[i]);
+    packed_kv = std::move(kv);
+  }
+  bias_qkv.swap(b_qkv);
+  bias_kv.swap(b_kv);
 }
 
 void MultiHeadAttention::Impl::replace_weight(int i, std::vector<float> w) {
