@@ -41,21 +41,33 @@ const char* projection_name(Projection p) {
 
 namespace {
 
-// Packs the rows of several [out_i, E] weights stacked on top of each other.
+// Packs the rows of several [out_i, E] weights stacked on top of each other. Parts of whole
+// panels (all but the last) are packed in place one after the other, the same panels as the
+// stacked rows give, without a copy of the stack (12 MiB at E = 1024).
 OwnedPacked pack_stacked(std::initializer_list<const std::vector<float>*> parts, std::size_t e) {
   std::size_t out = 0;
-  for (const auto* w : parts) out += w->size() / e;
-  std::vector<float> stacked;
-  const float* src = parts.begin()[0]->data();
-  if (parts.size() > 1) {
-    stacked.reserve(out * e);
-    for (const auto* w : parts) stacked.insert(stacked.end(), w->begin(), w->end());
-    src = stacked.data();
+  bool whole_panels = true;
+  for (const auto* w : parts) {
+    whole_panels = whole_panels && out % kernels::kPanel == 0;
+    out += w->size() / e;
   }
   OwnedPacked p;
   p.storage = AlignedBuffer(kernels::packed_weight_floats(out, e));
-  kernels::pack_weight(src, out, e, e, p.storage.data());
   p.view = {e, out, p.storage.data()};
+  if (whole_panels) {
+    std::size_t row0 = 0;
+    for (const auto* w : parts) {
+      const std::size_t rows = w->size() / e;
+      kernels::pack_weight(w->data(), rows, e, e,
+                           p.storage.data() + kernels::packed_weight_floats(row0, e));
+      row0 += rows;
+    }
+    return p;
+  }
+  std::vector<float> stacked;
+  stacked.reserve(out * e);
+  for (const auto* w : parts) stacked.insert(stacked.end(), w->begin(), w->end());
+  kernels::pack_weight(stacked.data(), out, e, e, p.storage.data());
   return p;
 }
 
