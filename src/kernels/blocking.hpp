@@ -94,7 +94,8 @@ inline constexpr std::size_t kPagedMaxRows = 16;
 /// 16 rows per task; one sequence, cold, medians of 1000 calls, 2 rounds in turn) at 2 threads:
 /// Lk = 256 11 -> 15-16 us, 512 20 -> 25-26, 4096 88-93 -> 99-100; at 1 thread 4096 148-152 ->
 /// 180-185. 2 and 4 kv heads moved within the noise. Prefetching each slice's first two items at
-/// its start (every line, into L2) changed nothing.
+/// its start (every line, into L2) changed nothing. Slices of 4096 keys, for comparison (1
+/// thread, 3 rounds): one kv head 149-154 -> 141-143 us, 4 kv heads 317-320 -> 334-354.
 inline constexpr std::size_t kPagedSlice = 512;
 
 /// Register tiles of the paged kernel for vectors of kW floats: scores kScoreRows rows x
