@@ -165,6 +165,9 @@ void MultiHeadAttention::Impl::replace_bias(int i, std::vector<float> b) {
   bias_kv.swap(kv);
 }
 
+// Packs the copy's weights again. Copying the packed panels instead saved 1-2 ms of a copy
+// (E = 1024, H = 16, fastest of 9 copies: 2.9-4.7 -> 1.8-2.2 ms) and nothing of its median
+// (32-47 ms both ways), which is the first touch of the new 32 MiB's pages.
 MultiHeadAttention::Impl MultiHeadAttention::Impl::clone() const {
   Impl c;
   c.e = e;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "common.hpp"
@@ -154,25 +155,25 @@ TEST_CASE("weights and biases round-trip through setters and getters", "[module]
                query = Tensor::randn(2, 5, e, 52);
   // Cross-attention (a GEMM per projection), self-attention (one against [Wq; Wk; Wv]) and
   // keys and values from one buffer (one against [Wk; Wv]).
-  auto check_forward = [&](const char* what) {
+  auto check_forward = [&](const char* what, const MultiHeadAttention& mod) {
     for (Path path : kPaths) {
       Options o;
       o.path = path;
       INFO("path " << path_name(path));
-      test::check_close(m.forward(values, keys, query, {}, o).data(),
-                        test::oracle_forward(m, values, keys, query), what);
-      test::check_close(m.forward(query, query, query, {}, o).data(),
-                        test::oracle_forward(m, query, query, query), what);
-      test::check_close(m.forward(keys, keys, query, {}, o).data(),
-                        test::oracle_forward(m, keys, keys, query), what);
+      test::check_close(mod.forward(values, keys, query, {}, o).data(),
+                        test::oracle_forward(mod, values, keys, query), what);
+      test::check_close(mod.forward(query, query, query, {}, o).data(),
+                        test::oracle_forward(mod, query, query, query), what);
+      test::check_close(mod.forward(keys, keys, query, {}, o).data(),
+                        test::oracle_forward(mod, keys, keys, query), what);
     }
   };
-  check_forward("with all biases");
+  check_forward("with all biases", m);
   // One weight replaced: every GEMM that reads it sees the new one, and only it.
   w[1] = test::random_normal(e * e, 60);
   m.set_weight(Projection::key, w[1]);
   for (int i = 0; i < 4; ++i) CHECK(m.weight(kProjections[i]) == w[i]);
-  check_forward("after set_weight(key)");
+  check_forward("after set_weight(key)", m);
 
   m.clear_bias(Projection::value);
   CHECK_FALSE(m.has_bias(Projection::value));
@@ -181,13 +182,25 @@ TEST_CASE("weights and biases round-trip through setters and getters", "[module]
   m.clear_bias(Projection::output);
   CHECK(m.has_bias(Projection::output));
   CHECK(m.bias(Projection::output) == std::vector<float>(e, 0.0f));
-  check_forward("after clear_bias");
+  check_forward("after clear_bias", m);
 
-  // Copies are deep; a moved-to module keeps the parameters.
-  MultiHeadAttention copy = m;
+  // Copies are deep, packed weights included: a copy computes with its own after the module it
+  // came from is gone, and with what was set on it after the copy; a moved-to module keeps the
+  // parameters.
+  auto source = std::make_unique<MultiHeadAttention>(e, 3, 7);
+  for (int i = 0; i < 4; ++i) source->set_weight(kProjections[i], w[i]);
+  source->set_bias(Projection::key, b[1]);
+  MultiHeadAttention copy = *source;
+  source.reset();
+  const MultiHeadAttention decoy(e, 3, 99);  // likely to reuse the freed source's memory
+  check_forward("a copy", copy);
+  copy = m;
+  check_forward("a copy assigned", copy);
   copy.set_weight(Projection::query, w[3]);
   CHECK(m.weight(Projection::query) == w[0]);
   CHECK(copy.weight(Projection::query) == w[3]);
+  check_forward("a copy after set_weight(query)", copy);
+  check_forward("the original after its copy's set_weight", m);
   MultiHeadAttention moved = std::move(copy);
   CHECK(moved.weight(Projection::query) == w[3]);
   CHECK(moved.bias(Projection::key) == b[1]);
