@@ -55,6 +55,9 @@ struct AttentionTileFor;
 /// AVX-512 (32 zmm): scores 8 x 2 = 16 accumulators + 2 Q vectors; output 6 x 4 = 24 + 4 V.
 /// K + V blocks 32 KiB of the Zen 5's 48 KiB L1 (64 keys at D = 64): blocks of 32 to 128 keys
 /// measured within 2% of each other at D = 64 (one 256-row task, L = 2048 and 4096).
+/// Scores 16 x 1 (groups of 16 queries, so that a sliding window's edge blocks compute fewer
+/// unseen keys: 271 per 256 seen, not 287) ran slower (Zen 5, one thread, 2 rounds in turn):
+/// s2048 47.7-48.5 -> 55.8-56.2 ms, window W = 256 at L = 8192 32.1-32.3 -> 34.9-35.3 ms.
 template <>
 struct AttentionTileFor<16> {
   static constexpr std::size_t kScoreKeys = 8, kQueryVecs = 2, kRows = 6, kOutVecs = 4;
