@@ -1,0 +1,489 @@
+// libFuzzer target for KvCache and attention over it (include/simdattn/kv_cache.hpp).
+//
+// Each input decodes to a cache (kv_heads, head_dim, block size, capacity, storage type) and a
+// program of up to 32 operations on it: add_sequence, fork, release, truncate, clear, append and
+// scaled_dot_product_attention over the cache (which appends too), some of them given a bad
+// argument (an unknown or repeated id, T = 0, a batch or heads that do not match, a length past
+// the sequence, a window of 0). A model holds every live sequence's keys and values. After each
+// operation the harness checks, and aborts (so that libFuzzer keeps the input) where one fails:
+//   - the live ids, each length and every key and value read back equal the model's, bit for bit
+//     (the values are multiples of 1/8 below 8, exact in f32, bf16 and f16);
+//   - a refused call threw std::invalid_argument and left the cache as it was: the same ids,
+//     lengths, free blocks and pool bytes; an accepted call was not one that had to be refused;
+//   - an append that fits in the free blocks (counting a copy of a shared, partly filled last
+//     block) is accepted, and one that needs more than are free is refused;
+//   - the blocks in use are at least each sequence's own and at most all of them, and an empty
+//     cache has every block free;
+//   - attention's output matches a double oracle computed from the model (causal from the end,
+//     sliding window, soft-capping, grouped-query heads), on the optimized path and the naive one.
+// ASan and UBSan (the whole library is instrumented in this build) catch the rest.
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "random.hpp"
+#include "simdattn/simdattn.hpp"
+
+namespace {
+
+using simdattn::ConstHeadsView;
+using simdattn::HeadsView;
+using simdattn::KvCache;
+using simdattn::KvCacheConfig;
+using simdattn::KvStorage;
+using simdattn::Options;
+using simdattn::SequenceId;
+using simdattn::detail::Random;
+
+// What the current input decoded to, for the failure message.
+std::string g_case;
+
+[[noreturn]] void fail(const std::string& what) {
+  std::fprintf(stderr, "fuzz_kv_cache: %s\n  program: %s\n", what.c_str(), g_case.c_str());
+  std::abort();
+}
+
+void describe(const std::string& what) {
+  g_case += what + "; ";
+}
+
+// Each live sequence's tokens, [length][kv_heads][head_dim] keys and values.
+struct Sequence {
+  std::vector<float> k, v;
+};
+using Model = std::map<SequenceId, Sequence>;
+
+// Everything a refused call must leave as it was.
+struct Snapshot {
+  std::vector<SequenceId> ids;
+  std::vector<std::size_t> lengths;
+  std::size_t free_blocks = 0;
+  std::vector<unsigned char> pool;
+};
+
+Snapshot snapshot(const KvCache& cache) {
+  Snapshot s;
+  s.ids = cache.sequences();
+  for (SequenceId id : s.ids) s.lengths.push_back(cache.length(id));
+  s.free_blocks = cache.free_blocks();
+  const auto* bytes = static_cast<const unsigned char*>(cache.storage_data());
+  s.pool.assign(bytes, bytes + cache.storage_bytes());
+  return s;
+}
+
+void check_unchanged(const KvCache& cache, const Snapshot& before, const char* call) {
+  const Snapshot after = snapshot(cache);
+  if (after.ids != before.ids || after.lengths != before.lengths) {
+    fail(std::string(call) + " was refused but changed the sequences or their lengths");
+  }
+  if (after.free_blocks != before.free_blocks) {
+    fail(std::string(call) + " was refused but changed the free blocks: " +
+         std::to_string(before.free_blocks) + " -> " + std::to_string(after.free_blocks));
+  }
+  if (after.pool != before.pool) fail(std::string(call) + " was refused but changed the pool");
+}
+
+// Runs a call that must be refused: std::invalid_argument, and the cache as it was.
+template <class Fn>
+void expect_refused(const KvCache& cache, const Snapshot& before, const char* name,
+                    const Fn& call) {
+  try {
+    call();
+  } catch (const std::invalid_argument&) {
+    check_unchanged(cache, before, name);
+    return;
+  }
+  fail(std::string(name) + " with a bad argument was accepted");
+}
+
+void check_model(const KvCache& cache, const Model& model) {
+  std::vector<SequenceId> ids;
+  for (const auto& [id, s] : model) ids.push_back(id);
+  if (cache.sequences() != ids) fail("the cache's sequences differ from the model's");
+  const std::size_t row = cache.kv_heads() * cache.head_dim();
+  std::size_t own_max = 0, own_sum = 0;
+  for (const auto& [id, s] : model) {
+    const std::size_t length = s.k.size() / row;
+    if (cache.length(id) != length) {
+      fail("sequence " + std::to_string(id) + " has length " + std::to_string(cache.length(id)) +
+           ", the model " + std::to_string(length));
+    }
+    std::vector<float> k(s.k.size()), v(s.v.size());
+    cache.read(id, 0, length, k.data(), v.data());
+    if (length != 0 && (std::memcmp(k.data(), s.k.data(), k.size() * sizeof(float)) != 0 ||
+                        std::memcmp(v.data(), s.v.data(), v.size() * sizeof(float)) != 0)) {
+      fail("sequence " + std::to_string(id) + " reads back other keys or values than appended");
+    }
+    const std::size_t own = KvCache::blocks_for(length, cache.block_tokens());
+    own_max = std::max(own_max, own);
+    own_sum += own;
+  }
+  const std::size_t used = cache.capacity_blocks() - cache.free_blocks();
+  if (cache.free_blocks() > cache.capacity_blocks() || used < own_max || used > own_sum) {
+    fail("blocks in use " + std::to_string(used) + " of " +
+         std::to_string(cache.capacity_blocks()) + ", sequences own " + std::to_string(own_max) +
+         " at most each and " + std::to_string(own_sum) + " together");
+  }
+}
+
+// Ids released or cleared: they must stay unknown (ids are never reused).
+std::vector<SequenceId> g_dead;
+
+// Picks a live id, or (bad) one the cache does not have: released before, or never made.
+SequenceId pick_id(FuzzedDataProvider& fdp, const Model& model, bool bad) {
+  if (bad || model.empty()) {
+    if (!g_dead.empty() && fdp.ConsumeBool()) {
+      return g_dead[fdp.ConsumeIntegralInRange<std::size_t>(0, g_dead.size() - 1)];
+    }
+    return 1000000 + fdp.ConsumeIntegral<std::uint8_t>();
+  }
+  auto it = model.begin();
+  std::advance(it, fdp.ConsumeIntegralInRange<std::size_t>(0, model.size() - 1));
+  return it->first;
+}
+
+// n distinct live ids (fewer if there are fewer).
+std::vector<SequenceId> pick_ids(FuzzedDataProvider& fdp, const Model& model, std::size_t n) {
+  std::vector<SequenceId> live;
+  for (const auto& [id, s] : model) live.push_back(id);
+  std::vector<SequenceId> ids;
+  while (ids.size() < n && !live.empty()) {
+    const std::size_t i = fdp.ConsumeIntegralInRange<std::size_t>(0, live.size() - 1);
+    ids.push_back(live[i]);
+    live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+  return ids;
+}
+
+// Ways to spoil an append or an attention call; each must be refused.
+enum class Spoil { none, unknown_id, repeated_id, zero_tokens, batch, heads, head_dim, shapes };
+
+const char* spoil_name(Spoil s) {
+  static const char* names[] = {"none",  "unknown id", "repeated id", "T = 0",
+                                "batch", "heads",      "head_dim",    "K/V shapes differ"};
+  return names[static_cast<int>(s)];
+}
+
+struct Call {
+  std::vector<SequenceId> ids;
+  std::size_t n = 0, t = 0;
+  std::vector<float> k, v;  // [n, t, kv_heads, d], multiples of 1/8 in (-8, 8)
+  ConstHeadsView kview, vview;
+  Spoil spoil = Spoil::none;
+};
+
+Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model, Random& rng,
+               std::size_t max_t) {
+  Call c;
+  const std::size_t kvh = cache.kv_heads(), d = cache.head_dim();
+  c.ids = pick_ids(fdp, model, fdp.ConsumeIntegralInRange<std::size_t>(1, 3));
+  c.t = fdp.ConsumeIntegralInRange<std::size_t>(1, max_t);
+  if (fdp.ConsumeIntegralInRange(0, 7) == 0) {
+    c.spoil = static_cast<Spoil>(fdp.ConsumeIntegralInRange(1, 7));
+  }
+  if (c.ids.empty() && c.spoil == Spoil::none) c.spoil = Spoil::unknown_id;
+  if (c.spoil == Spoil::unknown_id) c.ids.push_back(pick_id(fdp, model, true));
+  if (c.spoil == Spoil::repeated_id) {
+    if (c.ids.empty()) c.ids.push_back(pick_id(fdp, model, true));
+    c.ids.push_back(c.ids.front());
+  }
+  c.n = c.ids.size();
+  std::size_t n = c.n, t = c.t, heads = kvh, dim = d;
+  if (c.spoil == Spoil::zero_tokens) t = 0;
+  if (c.spoil == Spoil::batch) n += 1;
+  if (c.spoil == Spoil::heads) heads += 1;
+  if (c.spoil == Spoil::head_dim) dim += 1;
+  c.k.resize(std::max<std::size_t>(1, n * t * heads * dim));
+  c.v.resize(c.k.size() + n * heads * dim);  // room for the longer values of Spoil::shapes
+  for (float& x : c.k) x = static_cast<float>(static_cast<int>(rng.uniform(-63.0, 64.0))) / 8.0f;
+  for (float& x : c.v) x = static_cast<float>(static_cast<int>(rng.uniform(-63.0, 64.0))) / 8.0f;
+  c.kview = {c.k.data(), n, t, heads, dim};
+  c.vview = {c.v.data(), n, c.spoil == Spoil::shapes ? t + 1 : t, heads, dim};
+  c.t = t;
+  return c;
+}
+
+// Blocks an append of t tokens to these sequences takes at least (new blocks only) and at most
+// (also a copy of each partly filled last block, which may be shared).
+std::pair<std::size_t, std::size_t> blocks_needed(const KvCache& cache, const Model& model,
+                                                  const std::vector<SequenceId>& ids,
+                                                  std::size_t t) {
+  const std::size_t bt = cache.block_tokens(), row = cache.kv_heads() * cache.head_dim();
+  std::size_t least = 0, most = 0;
+  for (SequenceId id : ids) {
+    const std::size_t length = model.at(id).k.size() / row;
+    const std::size_t more = KvCache::blocks_for(length + t, bt) - KvCache::blocks_for(length, bt);
+    least += more;
+    most += more + (length % bt != 0 ? 1 : 0);
+  }
+  return {least, most};
+}
+
+void apply_append(Model& model, const Call& c, std::size_t row) {
+  for (std::size_t b = 0; b < c.n; ++b) {
+    Sequence& s = model.at(c.ids[b]);
+    const float* k = c.k.data() + b * c.t * row;
+    const float* v = c.v.data() + b * c.t * row;
+    s.k.insert(s.k.end(), k, k + c.t * row);
+    s.v.insert(s.v.end(), v, v + c.t * row);
+  }
+}
+
+// Attention of the call's new tokens over each sequence's history (the model after the append),
+// in double: causal from the end, the window and the soft-capping of `o`. tol gets each output
+// row's bound for float: its scores' rounding (d products summed) times the values' range.
+std::vector<double> oracle(const Model& model, const Call& c, const std::vector<float>& q,
+                           std::size_t h, std::size_t kvh, std::size_t d, const Options& o,
+                           std::vector<double>& tol) {
+  std::vector<double> out(c.n * c.t * h * d, 0.0);
+  tol.assign(c.n * c.t * h, 0.0);
+  const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(d));
+  const std::size_t group = h / kvh;
+  for (std::size_t b = 0; b < c.n; ++b) {
+    const Sequence& s = model.at(c.ids[b]);
+    const std::size_t length = s.k.size() / (kvh * d), past = length - c.t;
+    for (std::size_t t = 0; t < c.t; ++t) {
+      const std::size_t end = past + t + 1;  // keys [begin, end)
+      const std::size_t begin = o.window && *o.window < end ? end - *o.window : 0;
+      for (std::size_t head = 0; head < h; ++head) {
+        const std::size_t g = head / group;
+        const float* qr = q.data() + ((b * c.t + t) * h + head) * d;
+        std::vector<double> p(end - begin);
+        double top = -INFINITY, magnitude = 0;
+        for (std::size_t k = begin; k < end; ++k) {
+          double dot = 0, terms = 0;
+          for (std::size_t x = 0; x < d; ++x) {
+            dot += double(qr[x]) * s.k[(k * kvh + g) * d + x];
+            terms += std::abs(double(qr[x]) * s.k[(k * kvh + g) * d + x]);
+          }
+          dot *= scale;
+          magnitude = std::max(magnitude, terms * scale);
+          if (o.softcap) dot = *o.softcap * std::tanh(dot / *o.softcap);
+          p[k - begin] = dot;
+          top = std::max(top, dot);
+        }
+        double sum = 0;
+        for (double& x : p) sum += (x = std::exp(x - top));
+        // Values lie in (-8, 8): a score error e moves the output by at most 16 e.
+        tol[(b * c.t + t) * h + head] = 16.0 * (1e-6 * magnitude + 1e-6) + 1e-5;
+        double* row = out.data() + ((b * c.t + t) * h + head) * d;
+        for (std::size_t k = begin; k < end; ++k) {
+          for (std::size_t x = 0; x < d; ++x) {
+            row[x] += p[k - begin] / sum * s.v[(k * kvh + g) * d + x];
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+void run(FuzzedDataProvider& fdp) {
+  Random rng(fdp.ConsumeIntegral<std::uint32_t>());
+  KvCacheConfig config;
+  config.kv_heads = fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
+  config.head_dim = fdp.PickValueInArray<std::size_t>({1, 2, 3, 15, 16, 17, 33, 64});
+  config.block_tokens = fdp.ConsumeBool() ? 64 : 128;
+  config.blocks = fdp.ConsumeIntegralInRange<std::size_t>(1, 6);
+  config.storage = fdp.PickValueInArray({KvStorage::f32, KvStorage::bf16, KvStorage::f16});
+  describe("kv_heads " + std::to_string(config.kv_heads) + " head_dim " +
+           std::to_string(config.head_dim) + " block_tokens " +
+           std::to_string(config.block_tokens) + " blocks " + std::to_string(config.blocks) + " " +
+           simdattn::kv_storage_name(config.storage));
+  KvCache cache(config);
+  Model model;
+  const std::size_t kvh = config.kv_heads, d = config.head_dim, row = kvh * d;
+
+  for (int op = 0; op < 32 && fdp.remaining_bytes() > 0; ++op) {
+    const int kind = fdp.ConsumeIntegralInRange(0, 9);
+    const Snapshot before = snapshot(cache);
+    switch (kind) {
+      case 0:
+      case 1: {
+        const SequenceId id = cache.add_sequence();
+        if (model.count(id) != 0) fail("add_sequence returned a live id");
+        model[id];
+        describe("add_sequence -> " + std::to_string(id));
+        break;
+      }
+      case 2: {
+        const bool bad = fdp.ConsumeIntegralInRange(0, 7) == 0;
+        const SequenceId parent = pick_id(fdp, model, bad);
+        describe("fork " + std::to_string(parent));
+        if (model.count(parent) == 0) {
+          expect_refused(cache, before, "fork", [&] { cache.fork(parent); });
+          break;
+        }
+        const SequenceId id = cache.fork(parent);
+        if (model.count(id) != 0) fail("fork returned a live id");
+        model[id] = model.at(parent);
+        break;
+      }
+      case 3: {
+        const bool bad = fdp.ConsumeIntegralInRange(0, 7) == 0;
+        const SequenceId id = pick_id(fdp, model, bad);
+        describe("release " + std::to_string(id));
+        if (model.count(id) == 0) {
+          expect_refused(cache, before, "release", [&] { cache.release(id); });
+          break;
+        }
+        cache.release(id);
+        model.erase(id);
+        g_dead.push_back(id);
+        break;
+      }
+      case 4: {
+        const SequenceId id = pick_id(fdp, model, false);
+        const std::size_t have = model.count(id) != 0 ? model.at(id).k.size() / row : 0;
+        const std::size_t length = fdp.ConsumeIntegralInRange<std::size_t>(0, have + 2);
+        describe("truncate " + std::to_string(id) + " to " + std::to_string(length));
+        if (model.count(id) == 0 || length > have) {
+          expect_refused(cache, before, "truncate", [&] { cache.truncate(id, length); });
+          break;
+        }
+        cache.truncate(id, length);
+        model.at(id).k.resize(length * row);
+        model.at(id).v.resize(length * row);
+        break;
+      }
+      case 5:
+        if (fdp.ConsumeIntegralInRange(0, 3) != 0) break;  // rarely: it ends the program's state
+        describe("clear");
+        cache.clear();
+        for (const auto& [id, seq] : model) g_dead.push_back(id);
+        model.clear();
+        break;
+      case 6:
+      case 7: {
+        Call c = make_call(fdp, cache, model, rng, 140);
+        describe("append T " + std::to_string(c.t) + " to " + std::to_string(c.n) + " sequences, " +
+                 spoil_name(c.spoil));
+        const bool spoilt = c.spoil != Spoil::none;
+        const auto [least, most] = spoilt ? std::pair<std::size_t, std::size_t>{0, 0}
+                                          : blocks_needed(cache, model, c.ids, c.t);
+        bool accepted = true;
+        try {
+          cache.append(c.ids, c.kview, c.vview);
+        } catch (const std::invalid_argument&) {
+          accepted = false;
+        }
+        if (!accepted) {
+          if (!spoilt && most <= before.free_blocks) {
+            fail("an append of " + std::to_string(most) + " blocks at most was refused with " +
+                 std::to_string(before.free_blocks) + " free");
+          }
+          check_unchanged(cache, before, "append");
+          break;
+        }
+        if (spoilt) fail(std::string("an append with ") + spoil_name(c.spoil) + " was accepted");
+        if (least > before.free_blocks) {
+          fail("an append of " + std::to_string(least) + " blocks at least was accepted with " +
+               std::to_string(before.free_blocks) + " free");
+        }
+        apply_append(model, c, row);
+        break;
+      }
+      default: {  // attention over the cache, which appends the call's keys and values first
+        Call c = make_call(fdp, cache, model, rng, fdp.ConsumeBool() ? 70 : 4);
+        const std::size_t group = fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
+        const std::size_t h = kvh * group;
+        // Multiply-adds of the oracle at most, so that an input runs in milliseconds under ASan.
+        double work = 0;
+        for (SequenceId id : c.ids) {
+          const double length = model.count(id) != 0 ? double(model.at(id).k.size() / row) : 0.0;
+          work += (length + double(c.t)) * double(c.t * h * d);
+        }
+        if (work > 3e6) break;
+        Options o;
+        o.causal =
+            fdp.PickValueInArray({simdattn::Causal::bottom_right, simdattn::Causal::none,
+                                  simdattn::Causal::bottom_right, simdattn::Causal::top_left});
+        o.path = fdp.ConsumeBool() ? simdattn::Path::naive : simdattn::Path::optimized;
+        o.threads = fdp.ConsumeIntegralInRange(1, 2);
+        static const std::vector<simdattn::Isa> isas = simdattn::available_isas();
+        o.isa = isas[fdp.ConsumeIntegralInRange<std::size_t>(0, isas.size() - 1)];
+        if (fdp.ConsumeBool()) o.window = fdp.ConsumeIntegralInRange<std::size_t>(0, 80);
+        if (fdp.ConsumeIntegralInRange(0, 3) == 0)
+          o.softcap = 1.0f + fdp.ConsumeIntegral<std::uint8_t>() / 8.0f;
+        if (fdp.ConsumeBool()) o.scale = 0.05f + fdp.ConsumeIntegral<std::uint8_t>() / 512.0f;
+        const bool bad_window = o.window && *o.window == 0;
+        const bool top_left = o.causal == simdattn::Causal::top_left;
+        const bool spoilt = c.spoil != Spoil::none || bad_window || top_left;
+        describe("attention T " + std::to_string(c.t) + " over " + std::to_string(c.n) +
+                 " sequences, H " + std::to_string(h) +
+                 (o.window ? ", window " + std::to_string(*o.window) : "") +
+                 (o.softcap ? ", softcap" : "") +
+                 (o.path == simdattn::Path::naive ? ", naive" : ", optimized") + " " +
+                 simdattn::isa_name(*o.isa) + ", " +
+                 (bad_window ? "window 0"
+                  : top_left ? "top-left causal"
+                             : spoil_name(c.spoil)));
+        const std::size_t n = c.kview.n, t = c.kview.l;
+        std::vector<float> q(std::max<std::size_t>(1, n * t * h * d));
+        for (float& x : q) x = static_cast<float>(rng.normal());
+        std::vector<float> out(q.size(), -7.0f);
+        const auto [least, most] = spoilt ? std::pair<std::size_t, std::size_t>{0, 0}
+                                          : blocks_needed(cache, model, c.ids, c.t);
+        bool accepted = true;
+        try {
+          simdattn::scaled_dot_product_attention(cache, c.ids, {q.data(), n, t, h, d}, c.kview,
+                                                 c.vview, HeadsView<float>{out.data(), n, t, h, d},
+                                                 o);
+        } catch (const std::invalid_argument&) {
+          accepted = false;
+        }
+        if (!accepted) {
+          if (!spoilt && most <= before.free_blocks) {
+            fail("attention appending " + std::to_string(most) +
+                 " blocks at most was refused with " + std::to_string(before.free_blocks) +
+                 " free");
+          }
+          check_unchanged(cache, before, "attention");
+          break;
+        }
+        if (spoilt) fail("attention with a bad argument was accepted");
+        if (least > before.free_blocks) fail("attention appended past the free blocks");
+        apply_append(model, c, row);
+        std::vector<double> tol;
+        const std::vector<double> want = oracle(model, c, q, h, kvh, d, o, tol);
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          if (!(std::abs(double(out[i]) - want[i]) <= tol[i / d])) {
+            fail("attention output " + std::to_string(i) + " is " + std::to_string(out[i]) +
+                 ", the oracle " + std::to_string(want[i]) + " (tolerance " +
+                 std::to_string(tol[i / d]) + ")");
+          }
+        }
+        break;
+      }
+    }
+    check_model(cache, model);
+  }
+  if (model.empty() && cache.free_blocks() != cache.capacity_blocks()) {
+    fail("no sequences, but " + std::to_string(cache.free_blocks()) + " of " +
+         std::to_string(cache.capacity_blocks()) + " blocks free");
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  g_case.clear();
+  g_dead.clear();
+  FuzzedDataProvider fdp(data, size);
+  try {
+    run(fdp);
+  } catch (const std::exception& e) {
+    fail(std::string("unexpected exception: ") + e.what());
+  }
+  return 0;
+}
