@@ -15,7 +15,9 @@
 //   - the blocks in use are at least each sequence's own and at most all of them, and an empty
 //     cache has every block free;
 //   - attention's output matches a double oracle computed from the model (causal from the end,
-//     sliding window, soft-capping, grouped-query heads), on the optimized path and the naive one.
+//     sliding window, soft-capping, grouped-query heads), on the optimized path and the naive one,
+//     and is the same bit for bit when the call runs again on the other thread count (after the
+//     sequences are truncated back).
 // ASan and UBSan (the whole library is instrumented in this build) catch the rest.
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -453,6 +455,19 @@ void run(FuzzedDataProvider& fdp) {
         }
         if (spoilt) fail("attention with a bad argument was accepted");
         if (least > before.free_blocks) fail("attention appended past the free blocks");
+        // The same call again on the other thread count, after truncating the sequences back:
+        // the same bits (and the cache as after the first call).
+        for (std::size_t b = 0; b < c.n; ++b) {
+          cache.truncate(c.ids[b], model.at(c.ids[b]).k.size() / row);
+        }
+        std::vector<float> again(out.size(), -7.0f);
+        o.threads = 3 - o.threads;
+        simdattn::scaled_dot_product_attention(cache, c.ids, {q.data(), n, t, h, d}, c.kview,
+                                               c.vview, HeadsView<float>{again.data(), n, t, h, d},
+                                               o);
+        if (std::memcmp(again.data(), out.data(), out.size() * sizeof(float)) != 0) {
+          fail("attention on 1 and 2 threads gave different bits");
+        }
         apply_append(model, c, row);
         std::vector<double> tol;
         const std::vector<double> want = oracle(model, c, q, h, kvh, d, o, tol);
