@@ -187,15 +187,14 @@ struct Call {
   Spoil spoil = Spoil::none;
 };
 
-Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model, Random& rng,
-               std::size_t max_t) {
-  Call c;
-  const std::size_t kvh = cache.kv_heads(), d = cache.head_dim();
+// A call's ids (1-3 live ones), its T (1 to max_t) and, one time in 8, one of `spoils`: an
+// unknown or repeated id is applied to the ids here, the others to the call's tensors.
+template <std::size_t kSpoils>
+void choose_ids(FuzzedDataProvider& fdp, const Model& model, std::size_t max_t,
+                const Spoil (&spoils)[kSpoils], Call& c) {
   c.ids = pick_ids(fdp, model, fdp.ConsumeIntegralInRange<std::size_t>(1, 3));
   c.t = fdp.ConsumeIntegralInRange<std::size_t>(1, max_t);
-  if (fdp.ConsumeIntegralInRange(0, 7) == 0) {
-    c.spoil = static_cast<Spoil>(fdp.ConsumeIntegralInRange(1, 7));
-  }
+  if (fdp.ConsumeIntegralInRange(0, 7) == 0) c.spoil = fdp.PickValueInArray(spoils);
   if (c.ids.empty() && c.spoil == Spoil::none) c.spoil = Spoil::unknown_id;
   if (c.spoil == Spoil::unknown_id) c.ids.push_back(pick_id(fdp, model, true));
   if (c.spoil == Spoil::repeated_id) {
@@ -203,6 +202,15 @@ Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model
     c.ids.push_back(c.ids.front());
   }
   c.n = c.ids.size();
+}
+
+Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model, Random& rng,
+               std::size_t max_t) {
+  Call c;
+  const std::size_t kvh = cache.kv_heads(), d = cache.head_dim();
+  const Spoil spoils[] = {Spoil::unknown_id, Spoil::repeated_id, Spoil::zero_tokens, Spoil::batch,
+                          Spoil::heads,      Spoil::head_dim,    Spoil::shapes};
+  choose_ids(fdp, model, max_t, spoils, c);
   std::size_t n = c.n, t = c.t, heads = kvh, dim = d;
   if (c.spoil == Spoil::zero_tokens) t = 0;
   if (c.spoil == Spoil::batch) n += 1;
@@ -370,19 +378,9 @@ void run_step(FuzzedDataProvider& fdp, KvCache& cache, Model& model, Random& rng
               const Snapshot& before) {
   const std::size_t kvh = cache.kv_heads(), d = cache.head_dim(), row = kvh * d;
   Call c;  // ids, t and the spoil; K and V come from the projection
-  c.ids = pick_ids(fdp, model, fdp.ConsumeIntegralInRange<std::size_t>(1, 3));
-  c.t = fdp.ConsumeIntegralInRange<std::size_t>(1, fdp.ConsumeBool() ? 40 : 3);
-  if (fdp.ConsumeIntegralInRange(0, 7) == 0) {
-    c.spoil = fdp.PickValueInArray(
-        {Spoil::unknown_id, Spoil::repeated_id, Spoil::zero_tokens, Spoil::batch, Spoil::head_dim});
-  }
-  if (c.ids.empty() && c.spoil == Spoil::none) c.spoil = Spoil::unknown_id;
-  if (c.spoil == Spoil::unknown_id) c.ids.push_back(pick_id(fdp, model, true));
-  if (c.spoil == Spoil::repeated_id) {
-    if (c.ids.empty()) c.ids.push_back(pick_id(fdp, model, true));
-    c.ids.push_back(c.ids.front());
-  }
-  c.n = c.ids.size();
+  const Spoil spoils[] = {Spoil::unknown_id, Spoil::repeated_id, Spoil::zero_tokens, Spoil::batch,
+                          Spoil::head_dim};
+  choose_ids(fdp, model, fdp.ConsumeBool() ? 40 : 3, spoils, c);
   const std::size_t h = kvh * fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
   const std::size_t e = h * (c.spoil == Spoil::head_dim ? d + 1 : d);
   const std::size_t n = c.n + (c.spoil == Spoil::batch ? 1 : 0);
