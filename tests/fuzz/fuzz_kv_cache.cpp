@@ -369,6 +369,19 @@ std::vector<double> linear(const std::vector<double>& x, std::size_t in,
   return y;
 }
 
+// The double oracle's multiply-adds for attention of t new tokens in h heads over each of ids'
+// sequences (the model's length plus t keys): inputs are skipped above a budget, so that each
+// runs in milliseconds under AddressSanitizer.
+double attention_work(const Model& model, const std::vector<SequenceId>& ids, std::size_t t,
+                      std::size_t h, std::size_t d, std::size_t row) {
+  double work = 0;
+  for (SequenceId id : ids) {
+    const double length = model.count(id) != 0 ? double(model.at(id).k.size() / row) : 0.0;
+    work += (length + double(t)) * double(t * h * d);
+  }
+  return work;
+}
+
 // MultiHeadAttention::step over the cache: projects x's tokens, appends their keys and values,
 // attends and projects the output. A module whose head_dim differs from the cache's, or a bad
 // id, T, batch or option, must be refused. Accepted: the appended keys and values read back as
@@ -385,12 +398,10 @@ void run_step(FuzzedDataProvider& fdp, KvCache& cache, Model& model, Random& rng
   const std::size_t e = h * (c.spoil == Spoil::head_dim ? d + 1 : d);
   const std::size_t n = c.n + (c.spoil == Spoil::batch ? 1 : 0);
   const std::size_t t = c.spoil == Spoil::zero_tokens ? 0 : c.t;
-  double work = double(n * t) * 4.0 * double(e * e);  // the oracle's multiply-adds at most
-  for (SequenceId id : c.ids) {
-    const double length = model.count(id) != 0 ? double(model.at(id).k.size() / row) : 0.0;
-    work += (length + double(t)) * double(t * h * d);
+  // The oracle's multiply-adds at most: the four projections and the attention.
+  if (double(n * t) * 4.0 * double(e * e) + attention_work(model, c.ids, t, h, d, row) > 3e6) {
+    return;
   }
-  if (work > 3e6) return;
   Options o;
   const char* bad_option = decode_options(fdp, o);
   const bool spoilt = c.spoil != Spoil::none || bad_option != nullptr;
@@ -435,13 +446,15 @@ void run_step(FuzzedDataProvider& fdp, KvCache& cache, Model& model, Random& rng
   const std::vector<double> attn = oracle(model, c, q, h, kvh, d, o, tol);
   const std::vector<float>& wo = m.weight(Projection::output);
   const std::vector<double> want = linear(attn, e, wo, m.bias(Projection::output));
+  std::vector<double> weight(e, 0.0);  // each output's sum of |Wo|, which scales the heads' error
+  for (std::size_t j = 0; j < e; ++j) {
+    for (std::size_t i = 0; i < e; ++i) weight[j] += std::abs(double(wo[j * e + i]));
+  }
   for (std::size_t r = 0; r < n * t; ++r) {
     double row_tol = 0;  // the heads' bounds, through the output projection
     for (std::size_t head = 0; head < h; ++head) row_tol = std::max(row_tol, tol[r * h + head]);
     for (std::size_t j = 0; j < e; ++j) {
-      double weight = 0;
-      for (std::size_t i = 0; i < e; ++i) weight += std::abs(double(wo[j * e + i]));
-      const double bound = row_tol * weight + 1e-5;
+      const double bound = row_tol * weight[j] + 1e-5;
       if (!(std::abs(double(out[r * e + j]) - want[r * e + j]) <= bound)) {
         fail("step output " + std::to_string(r * e + j) + " is " + std::to_string(out[r * e + j]) +
              ", the oracle " + std::to_string(want[r * e + j]) + " (tolerance " +
@@ -546,13 +559,7 @@ void run(FuzzedDataProvider& fdp) {
         Call c = make_call(fdp, cache, model, rng, fdp.ConsumeBool() ? 70 : 4);
         const std::size_t group = fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
         const std::size_t h = kvh * group;
-        // Multiply-adds of the oracle at most, so that an input runs in milliseconds under ASan.
-        double work = 0;
-        for (SequenceId id : c.ids) {
-          const double length = model.count(id) != 0 ? double(model.at(id).k.size() / row) : 0.0;
-          work += (length + double(c.t)) * double(c.t * h * d);
-        }
-        if (work > 3e6) break;
+        if (attention_work(model, c.ids, c.t, h, d, row) > 3e6) break;
         Options o;
         const char* bad_option = decode_options(fdp, o);
         const bool spoilt = c.spoil != Spoil::none || bad_option != nullptr;
