@@ -174,6 +174,9 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
   // in cache, against 48 ms for plain attention; so this design cannot get a bias per head under
   // 1.10x. Reading each 16-row strip in address order first, or prefetching the next strip's
   // lines (in one burst or spread over the pieces, prefetcht0, t1 or t2) ran at 11-19 GB/s.
+  // Nor is the tiles' own transposition (the path past Lk = 8192) better on the Zen 5: a bias
+  // per head at s2048, one thread, 2 rounds in turn, 1.25x and 1.19x plain against this copy's
+  // 1.21x and 1.29x.
   // A bias shared by the heads ([N|1, 1, Lq, Lk]): a task takes a block of rows in every head of a
   // batch and makes one copy for all of them, of up to 2 MiB. Fewer rows would cost more, not less:
   // each task reads every head's K and V again (1 MiB per head at Lk = 2048, D = 64), which a
