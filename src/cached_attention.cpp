@@ -190,8 +190,14 @@ void cached_attention_gathered(const kernels::KernelTable& table, const KvCache:
   const std::size_t kvh = c.config.kv_heads, d = c.config.head_dim;
   std::size_t longest = 0;
   for (const auto* s : sequences) longest = std::max(longest, s->length);
-  float* k = thread_scratch(ScratchSlot::gathered, 2 * longest * kvh * d);
-  float* v = k + longest * kvh * d;
+  // Room for a power of two of tokens, within the pool's: a prompt prefilled in chunks grows
+  // the sequence call after call, and each larger scratch is fresh memory, slow to touch first
+  // (aligned_buffer.hpp).
+  std::size_t room = 1;
+  while (room < longest) room *= 2;
+  room = std::max(longest, std::min(room, c.config.blocks * c.config.block_tokens));
+  float* k = thread_scratch(ScratchSlot::gathered, 2 * room * kvh * d);
+  float* v = k + room * kvh * d;
   for (std::size_t b = 0; b < sequences.size(); ++b) {
     const KvCache::Impl::Sequence& s = *sequences[b];
     // Only the keys from the first new token's window on: bottom-right alignment over the
