@@ -1,17 +1,23 @@
 // Owned 64-byte aligned float storage (a cache line; the widest vector load), on ordinary pages
 // or, on request, transparent huge pages.
 // A first touch of a fresh 4 KiB page costs 6-15 us on the Zen 5 VM, so scratch that grows with
-// the tokens of a call (the module's activations, a cached sequence's gathered keys and values)
-// asks for huge pages: a 2048-token prompt prefilled in 8 chunks of 256 (E = 1024, H = 16, 16 kv
-// heads, 2 threads), the first in its process, took 207-223 ms (20k page faults) against 87-92
-// for the next prompts; with those two slots on huge pages and the gathered one grown by powers of
-// two, 95-96 ms (500 faults) against 89-90.
+// the tokens of a call (the module's activations, a cached sequence's gathered keys and values,
+// the backward passes' buffers) asks for huge pages. A 2048-token prompt prefilled in 8 chunks of
+// 256 (E = 1024, H = 16, 16 kv heads, 2 threads), the first in its process, took 207-223 ms (20k
+// page faults) against 87-92 for the next prompts; with the activations and the gathered keys and
+// values on huge pages, the latter grown by powers of two, 95-96 ms (500 faults) against 89-90.
+// A module's training steps (forward and backward, E = 768, H = 12, N = 4, 2 threads) on batches
+// of 64, 128, 256, 384 and 512 tokens, each a first, 3 runs: 126-149, 145-172, 228-265, 283-333
+// and 373-452 ms (12-28k faults each) -> 54-66, 51-64, 91-106, 155-166 and 207-221 ms with the
+// backward buffers on huge pages too, against 19-23, 34-44, 69-77, 113-118 and 161-175 ms for
+// the same steps repeated.
 // Other buffers stay on ordinary pages. Measured on the same VM (cold, medians, rounds in turn): a
 // module's packed weights on huge pages left its decode step unchanged (E = 1024, no history:
 // ordinary pages 493-515 us and huge 504-531 at 1 thread, 281-390 and 257-382 at 2: the weights
 // stream at the read bandwidth either way); every buffer of 2 MiB or more on them (the threads'
 // scratch too) made the KvCache decode step slower at 1 thread (16 kv heads, Lk = 4096: 812-998
-// -> 945-1085 us).
+// -> 945-1085 us). That step with the token-sized slots above on huge pages, 3 rounds in turn:
+// 768-931 us, against 769-1038 with them off and 816-923 before the change, within the noise.
 #pragma once
 
 #include <cstddef>
