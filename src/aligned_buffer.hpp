@@ -10,7 +10,9 @@
 // of 64, 128, 256, 384 and 512 tokens, each a first, 3 runs: 126-149, 145-172, 228-265, 283-333
 // and 373-452 ms (12-28k faults each) -> 54-66, 51-64, 91-106, 155-166 and 207-221 ms with the
 // backward buffers on huge pages too, against 19-23, 34-44, 69-77, 113-118 and 161-175 ms for
-// the same steps repeated.
+// the same steps repeated. simdattn_mpi's slices and exchange buffers likewise: a first causal
+// call at L = 16384 (E = 1024, H = 16, 2 ranks of 1 thread, 3 runs) took 2337-2527 ms (ring) and
+// 2576-2996 (Ulysses), then 2034-2230 and 1795-2057, against 1686-1790 and 1647-1822 repeated.
 // Other buffers stay on ordinary pages. Measured on the same VM (cold, medians, rounds in turn): a
 // module's packed weights on huge pages left its decode step unchanged (E = 1024, no history:
 // ordinary pages 493-515 us and huge 504-531 at 1 thread, 281-390 and 257-382 at 2: the weights

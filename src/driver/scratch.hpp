@@ -23,8 +23,9 @@ enum class ScratchSlot {
 
 /// 64-byte aligned scratch that belongs to the calling thread and only grows, so a steady
 /// state of calls faults no fresh pages (a first touch costs 6-15 us per 4 KiB page here). The
-/// slots sized by a call's tokens (activations, gathered, backward, gradients) lie on
-/// transparent huge pages where they reach 2 MiB, so that growing them is not a fault per 4 KiB.
+/// slots sized by a call's tokens (activations, gathered, backward, gradients, sequence_parallel)
+/// lie on transparent huge pages where they reach 2 MiB, so that growing them is not a fault per
+/// 4 KiB.
 /// Valid until the same thread asks the same slot for more. Throws std::bad_alloc.
 float* thread_scratch(ScratchSlot slot, std::size_t floats);
 
