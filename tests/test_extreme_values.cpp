@@ -2,6 +2,7 @@
 // - Inputs up to 1e30 in magnitude and scores far beyond exp's range (about 88 in float): the
 //   max-subtracted softmax keeps every result finite and accurate wherever float32 can hold
 //   the scores themselves. Scores below the tutorial's -1e20 fill: masked keys stay excluded.
+//   Queries up to FLT_MAX / (scale x log2(e)), the optimized path's own bound.
 // - Denormal inputs: finite results; inside the optimized kernels denormals read as zero
 //   (DAZ), which is what keeps them from costing up to 100x per instruction.
 // - The caller's floating-point control register (x86 MXCSR: rounding, FTZ/DAZ, exception
@@ -152,6 +153,28 @@ TEST_CASE("scores far beyond exp's range, from the scale", "[reliability][extrem
       Options o;
       o.scale = scale;
       check_finite_and_close(p, o, "scale " + std::to_string(scale));
+    }
+  }
+}
+
+TEST_CASE("queries up to the documented limit: |q| x scale below FLT_MAX / log2(e)",
+          "[reliability][extreme]") {
+  // The optimized path multiplies the query by scale x log2(e) before the dot products; that
+  // product must fit float, and nothing else may grow it. Small keys (not denormal: those read
+  // as zero) keep the scores within float.
+  constexpr float kFloatMax = 3.4028235e38f;
+  for (SdpaProblem p : problems(42)) {
+    float q_max = 0.0f;
+    for (float x : p.q) q_max = std::max(q_max, std::fabs(x));
+    for (float scale : {0.125f, 1.0f, 4.0f}) {
+      const float largest = 0.999f * std::min(kFloatMax, kFloatMax / 1.4426950f / scale);
+      SdpaProblem big = p;
+      scale_all(big.q, largest / q_max);
+      scale_all(big.k, 1e-30f);
+      Options o;
+      o.scale = scale;
+      check_finite_and_close(
+          big, o, "scale " + std::to_string(scale) + ", max |q| " + std::to_string(largest));
     }
   }
 }

@@ -53,6 +53,8 @@ constexpr double kComparableValue = 1e6;
 // Rows below this bound cannot overflow float anywhere (dot products, exp, sums): NaN or Inf
 // there is a bug. Above it, float overflow is the mathematics, not the library.
 constexpr double kFiniteBound = 1e36;
+// log2(e), rounded up past the float rounding of scale x log2(e).
+constexpr double kLog2eMargin = 1.4427 * (1.0 + 1e-6);
 
 // What the current input decoded to, for the failure message.
 std::string g_case;
@@ -312,7 +314,12 @@ void check_sdpa(const SdpaCase& c, const std::vector<double>& ref, const std::ve
           }
           bound = std::max(bound, acc * std::max(1.0, scale));
         }
-        const bool bounded = bound < kFiniteBound && vmax < kFiniteBound && !daz_nan;
+        // The optimized path multiplies the query by scale x log2(e) before the dot products
+        // (README, extreme values): a query element that product takes past FLT_MAX is Inf
+        // there, and its row may turn NaN where the oracle's scores are finite.
+        const bool q_fits =
+            !flushes || qs.max_abs[qr] * scale * kLog2eMargin < std::numeric_limits<float>::max();
+        const bool bounded = bound < kFiniteBound && vmax < kFiniteBound && !daz_nan && q_fits;
         if (k_dirty || v_dirty || qs.nonfinite[qr]) {
           // NaN/Inf in this row's inputs. Wherever the oracle is NaN/Inf the result must be
           // too (a path may add NaN, never lose it). Where the oracle is finite and float can
@@ -330,7 +337,7 @@ void check_sdpa(const SdpaCase& c, const std::vector<double>& ref, const std::ve
           }
           continue;
         }
-        const bool comparable = bound <= kComparableScore && vmax <= kComparableValue;
+        const bool comparable = bound <= kComparableScore && vmax <= kComparableValue && q_fits;
         const double tol = 3e-5 * (1.0 + bound) * (1.0 + vmax);
         for (std::size_t t = 0; t < c.d; ++t) {
           if (bounded && !std::isfinite(g[t])) {
