@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -162,7 +163,7 @@ TEST_CASE("queries up to the documented limit: |q| x scale below FLT_MAX / log2(
   // The optimized path multiplies the query by scale x log2(e) before the dot products; that
   // product must fit float, and nothing else may grow it. Small keys (not denormal: those read
   // as zero) keep the scores within float.
-  constexpr float kFloatMax = 3.4028235e38f;
+  constexpr float kFloatMax = std::numeric_limits<float>::max();
   for (SdpaProblem p : problems(42)) {
     float q_max = 0.0f;
     for (float x : p.q) q_max = std::max(q_max, std::fabs(x));
