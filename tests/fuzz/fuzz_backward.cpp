@@ -1,10 +1,11 @@
-// libFuzzer target for the training pair scaled_dot_product_attention_forward() and
-// scaled_dot_product_attention_backward() (include/simdattn/training.hpp).
+// libFuzzer target for training: the attention core's scaled_dot_product_attention_forward() and
+// scaled_dot_product_attention_backward() (include/simdattn/training.hpp), and
+// MultiHeadAttention::backward().
 //
-// Each input decodes to one problem: shapes (grouped K/V heads too), view strides and offsets,
-// inputs sharing buffers (K = V, Q = K = V, d_out on top of Q or of out), a broadcast mask, the
-// causal alignment, a sliding window, key padding, the masked-row policy, scale, threads and ISA,
-// normal data at several magnitudes with denormals or NaN/Inf planted, and sometimes one
+// An input for the core decodes to one problem: shapes (grouped K/V heads too), view strides and
+// offsets, inputs sharing buffers (K = V, Q = K = V, d_out on top of Q or of out), a broadcast
+// mask, the causal alignment, a sliding window, key padding, the masked-row policy, scale, threads
+// and ISA, normal data at several magnitudes with denormals or NaN/Inf planted, and sometimes one
 // corrupted argument. Each check aborts on failure, so libFuzzer keeps the input:
 //   - the training forward's `out` has the plain call's bits, and its log-sum-exp matches the
 //     double oracle (-inf exactly where a row sees no key);
@@ -13,7 +14,12 @@
 //     terms; the optimized ones have the same bits on another thread count;
 //   - no gradient is written outside its view (stride gaps keep their sentinel);
 //   - a corrupted call throws std::invalid_argument and leaves every buffer as it was.
-// Inputs with NaN or Inf, or beyond the magnitudes the bound covers, need only run without a
+// An input for the module decodes to a module (grouped K/V heads, some biases), inputs that may
+// be one tensor (self-attention, keys = query, keys = values), a mask, causal, window and key
+// padding; every gradient of both paths is compared with the double oracle (each use of a tensor
+// summed), the optimized ones bitwise on two thread counts, and a refused call must leave the
+// Gradients of an earlier call as they were.
+// Inputs with NaN or Inf, or beyond the magnitudes the bounds cover, need only run without a
 // crash or a write outside the views. ASan and UBSan catch the rest.
 #include <algorithm>
 #include <cmath>
@@ -24,6 +30,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "fuzz_support.hpp"
@@ -226,7 +233,7 @@ bool all_finite_within(const std::vector<double>& x, double limit) {
   return std::all_of(x.begin(), x.end(), [&](double v) { return std::abs(v) <= limit; });
 }
 
-void run(FuzzedDataProvider& fdp) {
+void fuzz_core(FuzzedDataProvider& fdp) {
   Problem c;
   c.n = fdp.ConsumeIntegralInRange<std::size_t>(1, 2);
   c.hkv = fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
@@ -335,6 +342,7 @@ void run(FuzzedDataProvider& fdp) {
   c.d_out = d_out->dense();
 
   if (corruption >= 1 && corruption <= 14) {
+    describe("corruption " + std::to_string(corruption));
     ConstHeadsView q = qs->view(), k = ks->view(), v = vs->view(), o = out.view(),
                    go = d_out->view();
     Gradients g{fresh_output(layout.q, kNaN), fresh_output(layout.k, kNaN),
@@ -468,6 +476,229 @@ void run(FuzzedDataProvider& fdp) {
   check(run_backward(*qs, *ks, *vs, out, *d_out, lse, layout, mask, naive, c.h), "naive");
 }
 
+// ---------------------------------------------------------------------------------------------
+// MultiHeadAttention::backward
+
+using simdattn::Projection;
+constexpr Projection kProjections[4] = {Projection::query, Projection::key, Projection::value,
+                                        Projection::output};
+
+// Every gradient of a module call as float arrays: d query, d keys, d values, then the weights'
+// and the biases' in kProjections order (empty where the module has no such bias).
+std::vector<std::vector<float>> flatten(const simdattn::Gradients& g) {
+  std::vector<std::vector<float>> all = {g.query.values(), g.keys.values(), g.values.values()};
+  for (const Projection p : kProjections) all.push_back(g.weight(p));
+  for (const Projection p : kProjections) all.push_back(g.bias(p));
+  return all;
+}
+
+const char* const kGradientNames[11] = {"d query", "d keys", "d values", "dWq", "dWk", "dWv",
+                                        "dWo",     "dbq",    "dbk",      "dbv", "dbo"};
+
+void fuzz_module(FuzzedDataProvider& fdp) {
+  const std::size_t kv_heads = fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
+  const std::size_t heads = kv_heads * fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
+  const std::size_t d = fdp.ConsumeIntegralInRange<std::size_t>(1, 12);
+  const std::size_t e = heads * d, kv_e = kv_heads * d;
+  const std::size_t n = fdp.ConsumeIntegralInRange<std::size_t>(1, 2);
+  const std::size_t lq = fdp.ConsumeIntegralInRange<std::size_t>(1, 40);
+  // 0: distinct tensors; 1: keys and values one tensor; 2: keys are the query; 3: self.
+  const int inputs = fdp.ConsumeIntegralInRange(0, 3);
+  const std::size_t lk = inputs >= 2 ? lq : fdp.ConsumeIntegralInRange<std::size_t>(1, 40);
+  Random rng(fdp.ConsumeIntegral<std::uint64_t>());
+  describe("module backward E " + std::to_string(e) + " heads " + std::to_string(heads) +
+           " kv_heads " + std::to_string(kv_heads) + " n " + std::to_string(n) + " lq " +
+           std::to_string(lq) + " lk " + std::to_string(lk) + " inputs " + std::to_string(inputs));
+
+  simdattn::MultiHeadAttention m(e, heads, simdattn::KvHeads{kv_heads}, rng.next());
+  for (const Projection p : kProjections) {
+    if (!fdp.ConsumeBool()) continue;
+    std::vector<float> bias(p == Projection::key || p == Projection::value ? kv_e : e);
+    for (float& b : bias) b = static_cast<float>(rng.normal());
+    m.set_bias(p, bias);
+  }
+  auto tensor = [&](std::size_t l, const char* name) {
+    std::vector<float> x(n * l * e);
+    for (float& v : x) v = static_cast<float>(rng.normal());
+    if (fdp.ConsumeIntegralInRange(0, 7) == 0) {
+      const std::size_t at = fdp.ConsumeIntegralInRange<std::size_t>(0, x.size() - 1);
+      x[at] = pick_special(fdp);
+      describe(std::string(name) + " element " + std::to_string(at) + " = " +
+               std::to_string(x[at]));
+    }
+    return x;
+  };
+  const std::vector<float> q = tensor(lq, "query"), k = tensor(lk, "keys"),
+                           v = tensor(lk, "values"), g = tensor(lq, "d_out");
+  const simdattn::ConstTensorView query{q.data(), n, lq, e};
+  const simdattn::ConstTensorView keys =
+      inputs >= 2 ? query : simdattn::ConstTensorView{k.data(), n, lk, e};
+  const simdattn::ConstTensorView values = inputs == 3 ? query
+                                           : inputs == 1
+                                               ? keys
+                                               : simdattn::ConstTensorView{v.data(), n, lk, e};
+  const simdattn::ConstTensorView d_out{g.data(), n, lq, e};
+
+  Mask mask;
+  std::vector<std::uint8_t> mask_bytes, padding_bytes;
+  make_mask(fdp, rng, n, heads, lq, lk, mask, mask_bytes);
+  Options options = make_options(fdp, d);
+  if (options.causal != simdattn::Causal::none && fdp.ConsumeBool()) {
+    options.window = fdp.ConsumeIntegralInRange<std::size_t>(1, lk + 3);
+    describe("window " + std::to_string(*options.window));
+  }
+  if (fdp.ConsumeBool()) {
+    padding_bytes.resize(n * lk);
+    for (auto& x : padding_bytes) x = rng.uniform() < 0.3 ? 1 : 0;
+    options.key_padding = {padding_bytes.data(), n, lk};
+    describe("key_padding");
+  }
+
+  simdattn::Gradients fast;
+  expect_success("optimized module backward",
+                 [&] { m.backward(values, keys, query, d_out, fast, mask, options); });
+  const int corruption = fdp.ConsumeIntegralInRange(0, 40);
+  if (corruption >= 1 && corruption <= 8) {
+    describe("corruption " + std::to_string(corruption));
+    simdattn::ConstTensorView bq = query, bk = keys, bg = d_out;
+    Options bad = options;
+    std::vector<float> strided;
+    switch (corruption) {
+      case 1:
+        bg.l += 1;
+        break;
+      case 2:
+        bad.softcap = 50.0f;
+        break;
+      case 3:
+        bk.data = nullptr;
+        break;
+      case 4:
+        bad.window = 0;
+        if (bad.causal == simdattn::Causal::none) bad.causal = simdattn::Causal::top_left;
+        break;
+      case 5:
+        bad.threads = -2;
+        break;
+      case 6:  // a strided view: the backward pass takes dense tensors only (one row has none)
+        if (n * lq == 1) return;
+        strided.assign(n * lq * (e + 1), 0.5f);
+        bq = {strided.data(), n, lq, e, e + 1, lq * (e + 1)};
+        break;
+      case 7:
+        bg.e += 1;
+        break;
+      case 8:  // the gradient of the query (from the call above) passed as the query
+        bq = std::as_const(fast.query).view();
+        break;
+    }
+    const std::vector<std::vector<float>> before = flatten(fast);
+    expect_invalid_argument("module backward corruption",
+                            [&] { m.backward(values, bk, bq, bg, fast, mask, bad); });
+    const std::vector<std::vector<float>> after = flatten(fast);
+    for (std::size_t t = 0; t < after.size(); ++t) {
+      if (!bit_difference(before[t], after[t]).empty())
+        fail(std::string("a refused module backward (corruption ") + std::to_string(corruption) +
+             ") changed " + kGradientNames[t]);
+    }
+    return;
+  }
+
+  // The oracle, each use of a tensor separately, then summed over the uses of each tensor.
+  auto to_double = [](const std::vector<float>& x) {
+    return std::vector<double>(x.begin(), x.end());
+  };
+  std::vector<double> w[4], b[4], dw[4], db[4];
+  for (int i = 0; i < 4; ++i) {
+    w[i] = to_double(m.weight(kProjections[i]));
+    b[i] = to_double(m.bias(kProjections[i]));
+    dw[i].resize(w[i].size());
+    db[i].resize(b[i].size());
+  }
+  auto ptr = [](std::vector<double>& x) { return x.empty() ? nullptr : x.data(); };
+  const std::vector<double> vd(values.data, values.data + n * lk * e),
+      kd(keys.data, keys.data + n * lk * e), qd(q.begin(), q.end()), gd(g.begin(), g.end());
+  std::vector<double> dv(vd.size()), dk(kd.size()), dq(qd.size());
+  simdattn::detail::MaskRule rule{mask, options.causal, lq, lk};
+  rule.window = options.window.value_or(0);
+  rule.key_padding = options.key_padding;
+  simdattn::reference::multi_head_attention_backward<double>(
+      vd.data(), kd.data(), qd.data(), n, lk, lq, e, heads,
+      simdattn::reference::Weights<double>{w[0].data(), w[1].data(), w[2].data(), w[3].data(),
+                                           ptr(b[0]), ptr(b[1]), ptr(b[2]), ptr(b[3]), kv_heads},
+      rule, scale_of(options, d), options.masked_rows, gd.data(), dv.data(), dk.data(), dq.data(),
+      simdattn::reference::WeightGradients<double>{dw[0].data(), dw[1].data(), dw[2].data(),
+                                                   dw[3].data(), ptr(db[0]), ptr(db[1]), ptr(db[2]),
+                                                   ptr(db[3])});
+  std::vector<double> want_q = dq, want_k = dk, want_v = dv;
+  for (std::size_t i = 0; i < want_q.size(); ++i) {
+    if (inputs == 3) want_q[i] += dk[i] + dv[i];
+    if (inputs == 2) want_q[i] += dk[i];
+  }
+  if (inputs == 3) want_k = want_v = want_q;
+  if (inputs == 2) want_k = want_q;
+  if (inputs == 1) {
+    for (std::size_t i = 0; i < want_k.size(); ++i) want_k[i] += dv[i];
+    want_v = want_k;
+  }
+  std::vector<std::vector<double>> want = {want_q, want_k, want_v};
+  for (const auto& x : dw) want.push_back(x);
+  for (const auto& x : db) want.push_back(x);
+
+  auto tame = [](const std::vector<float>& x) {
+    return std::all_of(x.begin(), x.end(), [](float y) { return std::abs(y) <= kComparableInput; });
+  };
+  // A planted NaN/Inf or huge value (whose square overflows float): no crash is all we ask.
+  if (!(tame(q) && tame(k) && tame(v) && tame(g))) return;
+  // Each gradient within a fraction of its own largest element, plus a smaller fraction of the
+  // largest of all: a gradient that is zero in exact arithmetic (Lk = 1: nothing flows through
+  // the scores) holds the rounding of the others.
+  double largest = 0.0;
+  for (const auto& x : want)
+    for (double y : x) largest = std::max(largest, std::abs(y));
+  auto check = [&](const simdattn::Gradients& got, const char* path) {
+    const std::vector<std::vector<float>> all = flatten(got);
+    for (std::size_t t = 0; t < all.size(); ++t) {
+      if (all[t].size() != want[t].size()) {
+        fail(std::string(path) + " module backward: " + kGradientNames[t] + " has " +
+             std::to_string(all[t].size()) + " elements, not " + std::to_string(want[t].size()));
+      }
+      double own = 0.0;
+      for (double y : want[t]) own = std::max(own, std::abs(y));
+      const double tol = 3e-4 * own + 3e-5 * largest;
+      for (std::size_t x = 0; x < all[t].size(); ++x) {
+        if (!(std::abs(all[t][x] - want[t][x]) <= tol)) {
+          char buf[200];
+          std::snprintf(buf, sizeof buf, " element %zu of %zu: got %.9g, oracle %.9g, tol %.3g", x,
+                        all[t].size(), all[t][x], want[t][x], tol);
+          fail(std::string(path) + " module backward: " + kGradientNames[t] + buf);
+        }
+      }
+    }
+  };
+  check(fast, "optimized");
+  Options other = options;
+  other.threads = options.threads % 3 + 1;
+  simdattn::Gradients again;
+  expect_success("optimized module backward",
+                 [&] { m.backward(values, keys, query, d_out, again, mask, other); });
+  const std::vector<std::vector<float>> a = flatten(fast), c = flatten(again);
+  for (std::size_t t = 0; t < a.size(); ++t) {
+    const std::string diff = bit_difference(a[t], c[t]);
+    if (!diff.empty()) {
+      fail(std::string("optimized module backward: ") + kGradientNames[t] + ": threads " +
+           std::to_string(options.threads) + " and " + std::to_string(other.threads) +
+           " give different bits at " + diff);
+    }
+  }
+  Options naive = options;
+  naive.path = simdattn::Path::naive;
+  simdattn::Gradients slow;
+  expect_success("naive module backward",
+                 [&] { m.backward(values, keys, query, d_out, slow, mask, naive); });
+  check(slow, "naive");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -478,6 +709,10 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider fdp(data, size);
   g_case.clear();
-  run(fdp);
+  if (fdp.ConsumeBool()) {
+    fuzz_module(fdp);
+  } else {
+    fuzz_core(fdp);
+  }
   return 0;
 }

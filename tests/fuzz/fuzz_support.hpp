@@ -57,21 +57,24 @@ inline float pick_special(FuzzedDataProvider& fdp) {
                                       1e-40f, -1e-42f});
 }
 
-// One [n, l, h, d] tensor of the attention core in a buffer of its own.
+// One [n, l, h, d] tensor of the attention core in a buffer of its own: heads side by side in
+// each row ([N, L, H, D], head_stride 0) or rows inside each head ([N, H, L, D]).
 struct Strided {
   std::vector<float> buffer;
   std::size_t offset = 0, n = 0, l = 0, h = 0, d = 0;
   std::size_t row_stride = 0, batch_stride = 0;  // resolved
   std::size_t view_batch_stride = 0;             // what the view says (0: dense default)
+  std::size_t head_stride = 0;                   // 0: heads side by side, d apart
 
   std::size_t index(std::size_t b, std::size_t i, std::size_t j, std::size_t k) const {
-    return offset + b * batch_stride + i * row_stride + j * d + k;
+    return offset + b * batch_stride + i * row_stride + j * (head_stride == 0 ? d : head_stride) +
+           k;
   }
   ConstHeadsView view() const {
-    return {buffer.data() + offset, n, l, h, d, row_stride, view_batch_stride};
+    return {buffer.data() + offset, n, l, h, d, row_stride, view_batch_stride, head_stride};
   }
   HeadsView<float> mutable_view() {
-    return {buffer.data() + offset, n, l, h, d, row_stride, view_batch_stride};
+    return {buffer.data() + offset, n, l, h, d, row_stride, view_batch_stride, head_stride};
   }
   // Dense [n, l, h, d] copy in double for the oracle.
   std::vector<double> dense() const {
@@ -96,6 +99,23 @@ inline Strided make_strided(FuzzedDataProvider& fdp, std::size_t n, std::size_t 
                                  : l * s.row_stride + fdp.ConsumeIntegralInRange<std::size_t>(0, 5);
   s.view_batch_stride = dense_batches ? 0 : s.batch_stride;
   s.buffer.assign(s.offset + (n - 1) * s.batch_stride + (l - 1) * s.row_stride + h * d, gap_fill);
+  return s;
+}
+
+// An [n, h, l, d] tensor (PyTorch's and ONNX's layout) as a view with a head stride, each
+// stride with a little padding or none.
+inline Strided make_head_major(FuzzedDataProvider& fdp, std::size_t n, std::size_t l, std::size_t h,
+                               std::size_t d, float gap_fill) {
+  Strided s;
+  s.n = n, s.l = l, s.h = h, s.d = d;
+  s.offset = fdp.ConsumeIntegralInRange<std::size_t>(0, 3);
+  s.row_stride = d + fdp.ConsumeIntegralInRange<std::size_t>(0, 2);
+  s.head_stride = l * s.row_stride + fdp.ConsumeIntegralInRange<std::size_t>(0, 3);
+  s.batch_stride = h * s.head_stride + fdp.ConsumeIntegralInRange<std::size_t>(0, 3);
+  s.view_batch_stride = s.batch_stride;
+  s.buffer.assign(
+      s.offset + (n - 1) * s.batch_stride + (h - 1) * s.head_stride + (l - 1) * s.row_stride + d,
+      gap_fill);
   return s;
 }
 

@@ -18,7 +18,7 @@ cmake -S "$root" -B "$build" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelW
   -DSIMDATTN_BUILD_FUZZ=ON -DSIMDATTN_BUILD_TESTS=OFF -DSIMDATTN_BUILD_BENCH=OFF \
   -DSIMDATTN_BUILD_TOOLS=OFF -DSIMDATTN_WERROR=OFF >/dev/null
 cmake --build "$build" -j2 --target fuzz_attention fuzz_safetensors fuzz_kv_cache \
-  fuzz_backward
+  fuzz_backward fuzz_variants
 
 # Passive waiting keeps libomp's idle threads from spinning on a 2-core machine.
 export OMP_WAIT_POLICY=passive
@@ -48,6 +48,7 @@ fuzz fuzz_attention attention "$seconds"
 fuzz fuzz_safetensors safetensors "$seconds" -dict="$root/tests/fuzz/safetensors.dict"
 fuzz fuzz_kv_cache kv_cache "$seconds"
 fuzz fuzz_backward backward "$seconds"
+fuzz fuzz_variants variants "$seconds"
 
 echo "== committed corpora, once each (regression inputs)"
 ctest --test-dir "$build/tests/fuzz" --output-on-failure
