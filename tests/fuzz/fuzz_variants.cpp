@@ -252,13 +252,13 @@ void run(FuzzedDataProvider& fdp) {
     describe("corruption " + std::to_string(corruption));
     Options bad = o;
     Strided out = fresh_output(out_layout, kNaN);
-    std::vector<float> weights(weights_offset + weights_size + 1, kNaN);
+    const std::size_t weights_full = (o.weights.average_heads ? 1 : c.h) * c.n * c.lq * c.lk;
+    std::vector<float> weights(weights_offset + weights_full + 1, kNaN);
     bad.weights.data = weights_size != 0 ? weights.data() + weights_offset : nullptr;
     bad.weights.size = weights_size;
     std::vector<float> wrong(c.h + 1, 0.25f);  // per-head values for one head too many
     std::vector<float> big(c.n * c.h * (c.lq + 1) * (c.lk + 1), 0.25f);
     std::vector<std::uint8_t> pad((c.n + 1) * c.lk, 0);
-    const std::size_t weights_full = (o.weights.average_heads ? 1 : c.h) * c.n * c.lq * c.lk;
     switch (corruption) {
       case 1:  // a bias whose key length is not Lk
         bad.bias = {big.data(), 1, 1, 1, c.lk + 1};
@@ -282,7 +282,7 @@ void run(FuzzedDataProvider& fdp) {
         bad.sinks = {wrong.data(), c.h + 1};
         break;
       case 7:  // weights of the wrong size
-        bad.weights = {weights.data(), weights_size + 1, o.weights.average_heads};
+        bad.weights = {weights.data() + weights_offset, weights_full + 1, o.weights.average_heads};
         break;
       case 8:  // the weights on top of the query
         bad.weights = {const_cast<float*>(qb.view().data), weights_full, o.weights.average_heads};
