@@ -10,8 +10,10 @@
 //   - the optimized ones have the same bits on another thread count;
 //   - nothing is written outside the views of out (stride gaps keep their sentinel);
 //   - a corrupted call throws std::invalid_argument and leaves out and the weights as they were.
-// Inputs are normal values (no NaN or Inf: fuzz_attention covers those); the tolerance follows
-// each row's bound on the magnitudes that make its scores. ASan and UBSan catch the rest.
+// Inputs are normal values, the tolerance following each row's bound on the magnitudes that make
+// its scores; in a fifth of the inputs NaN, Inf, huge or denormal values are planted in Q, K, V
+// or the bias, and then every path must only run without a crash, an exception or a write
+// outside the views. ASan and UBSan catch the rest.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -306,6 +308,28 @@ void run(FuzzedDataProvider& fdp) {
         !bit_difference(qb.buffer, q_before).empty()) {
       fail("a refused call changed out, the weights or the query");
     }
+    return;
+  }
+
+  // Sometimes NaN, Inf, huge or denormal values in the inputs or the bias: then each path, at two
+  // thread counts, need only run without a crash, an exception or a write outside the views.
+  if (fdp.ConsumeIntegralInRange(0, 4) == 0) {
+    plant_specials(fdp, qb, "q");
+    plant_specials(fdp, kb, "k");
+    plant_specials(fdp, vb, "v");
+    if (!bias_values.empty() && fdp.ConsumeBool()) {
+      const std::size_t at = fdp.ConsumeIntegralInRange<std::size_t>(0, bias_values.size() - 1);
+      bias_values[at] = fdp.PickValueInArray({kNaN, INFINITY, 1e30f, -1e30f});
+      describe("bias element " + std::to_string(at) + " = " + std::to_string(bias_values[at]));
+    }
+    Options opt = o;
+    for (const simdattn::Path path : {simdattn::Path::optimized, simdattn::Path::naive}) {
+      opt.path = path;
+      run_call(qb, kb, vb, out_layout, weights_size, weights_offset, c, opt);
+    }
+    opt.path = simdattn::Path::optimized;
+    opt.threads = o.threads % 3 + 1;
+    run_call(qb, kb, vb, out_layout, weights_size, weights_offset, c, opt);
     return;
   }
 
