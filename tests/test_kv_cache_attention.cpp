@@ -354,6 +354,39 @@ TEST_CASE("cache attention: a window bounds the keys read (NaN keys before it ne
   }
 }
 
+TEST_CASE("cache attention: with sinks, a row whose scores are all -inf still sees a NaN value",
+          "[kv_cache][attention][nonfinite]") {
+  // The last token's query has a -Inf component where every key of its kv head is positive, so
+  // each of its scores is -inf: the sink takes all the weight and its output is 0 x v, zeros but
+  // NaN in the column where a value it sees is Inf (as in the oracle; not a finite zero).
+  Sequence s(150, 2, 1, 8, 91);
+  const std::size_t last = s.l - 1, col = 2;
+  s.q[(last * s.h + 0) * s.d + 3] = -INFINITY;
+  for (std::size_t t = 0; t < s.l; ++t)
+    s.k[t * s.kvh * s.d + 3] = std::abs(s.k[t * s.kvh * s.d + 3]) + 0.1f;
+  s.v[100 * s.kvh * s.d + col] = INFINITY;
+  const std::vector<float> sinks = test::random_normal(s.h, 92);
+  Options o;
+  o.sinks = PerHead{sinks.data(), s.h};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
+  const auto ref = oracle(s, s.k, s.v, scale, o, last);  // [1, H, D]
+  for (std::size_t h = 0; h < s.h; ++h) {
+    for (std::size_t dd = 0; dd < s.d; ++dd) {
+      // Head 0: zeros but the value's column; head 1 sees the value with weight: Inf/NaN there.
+      CHECK(std::isfinite(ref[h * s.d + dd]) == (dd != col));
+    }
+  }
+  for (Path path : kPaths) {
+    for (std::size_t chunk : {std::size_t{1}, std::size_t{50}}) {
+      INFO("path " << path_name(path) << ", chunk " << chunk);
+      o.path = path;
+      const auto out = run_chunks(s, chunk, KvStorage::f32, o);
+      const std::vector<float> got(out.begin() + last * s.h * s.d, out.end());
+      test::check_nonfinite(test::compare_nonfinite(got, ref), "last token");
+    }
+  }
+}
+
 TEST_CASE("cache attention: blocks of 128 and 192 tokens give the same results as 64",
           "[kv_cache][attention]") {
   const Sequence s(400, 4, 2, 32, 7);

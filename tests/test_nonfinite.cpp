@@ -187,6 +187,121 @@ TEST_CASE("fully masked rows with NaN values follow the policy",
   }
 }
 
+TEST_CASE("NaN or Inf in a key hidden by a -inf bias, the window or the key padding",
+          "[reliability][nonfinite][variants]") {
+  // The planted key (b = 1, key 20, head 1) is hidden from some or all rows of its head by a
+  // variant's own rule, never by the mask: it must reach exactly the rows that see it, as in the
+  // oracle. Soft-capping turns an infinite score into +-cap, so an Inf key reaches nothing.
+  struct Variant {
+    const char* what;
+    // Sets the variant's options for a problem; `store` keeps the bias, padding and sinks.
+    void (*set)(const SdpaProblem& p, Options& o, std::vector<float>& store,
+                std::vector<std::uint8_t>& bytes);
+  };
+  const Variant variants[] = {
+      {"-inf bias entry over keys (hides key 20 everywhere)",
+       [](const SdpaProblem& p, Options& o, std::vector<float>& store, std::vector<std::uint8_t>&) {
+         store = test::random_normal(p.lk, 41);
+         store[20] = -kInf;
+         o.bias = {store.data(), 1, 1, 1, p.lk};
+       }},
+      {"-inf bias per batch, head and row (hides key 20 from even rows of batch 1, head 1)",
+       [](const SdpaProblem& p, Options& o, std::vector<float>& store, std::vector<std::uint8_t>&) {
+         store = test::random_normal(p.n * p.h * p.lq * p.lk, 42);
+         for (std::size_t i = 0; i < p.lq; i += 2)
+           store[((p.h + 1) * p.lq + i) * p.lk + 20] = -kInf;
+         o.bias = {store.data(), p.n, p.h, p.lq, p.lk};
+       }},
+      {"-inf bias with soft-capping and sinks",
+       [](const SdpaProblem& p, Options& o, std::vector<float>& store, std::vector<std::uint8_t>&) {
+         store = test::random_normal(p.lq * p.lk + p.h, 43);
+         for (std::size_t i = 0; i < p.lq; i += 3) store[i * p.lk + 20] = -kInf;
+         o.bias = {store.data(), 1, 1, p.lq, p.lk};
+         o.softcap = 5.0f;
+         o.sinks = {store.data() + p.lq * p.lk, p.h};
+       }},
+      {"sliding window of 4 keys",
+       [](const SdpaProblem&, Options& o, std::vector<float>&, std::vector<std::uint8_t>&) {
+         o.causal = Causal::bottom_right;
+         o.window = 4;
+       }},
+      {"key padding",
+       [](const SdpaProblem& p, Options& o, std::vector<float>&, std::vector<std::uint8_t>& bytes) {
+         bytes.assign(p.n * p.lk, 0);
+         bytes[p.lk + 20] = 1;
+         o.key_padding = {bytes.data(), p.n, p.lk};
+       }},
+      {"soft-capping", [](const SdpaProblem&, Options& o, std::vector<float>&,
+                          std::vector<std::uint8_t>&) { o.softcap = 5.0f; }},
+      {"soft-capping and ALiBi",
+       [](const SdpaProblem&, Options& o, std::vector<float>&, std::vector<std::uint8_t>&) {
+         o.softcap = 5.0f;
+         o.alibi.enabled = true;
+       }},
+  };
+  Shapes shapes;
+  for (const SdpaProblem* base : {&shapes.tile, &shapes.decode}) {
+    for (const Variant& variant : variants) {
+      for (float special : kSpecials) {
+        SdpaProblem p = *base;
+        p.k[p.k_at(1, 20, 1, 3)] = special;
+        for (Path path : test::kPaths) {
+          Options o;
+          o.path = path;
+          std::vector<float> store;
+          std::vector<std::uint8_t> bytes;
+          variant.set(p, o, store, bytes);
+          INFO("Lq " << p.lq << ", " << variant.what << ", key " << special_name(special)
+                     << ", path " << test::path_name(path));
+          const auto c = compare_nonfinite(p.run({}, o), p.oracle({}, o));
+          test::check_nonfinite(c, "vs oracle");
+          // It reaches at most the rows of its (batch, head); a NaN key reaches the rows that
+          // see it, so with soft-capping alone (no hiding) all of them.
+          CHECK(c.ref_nonfinite <= p.lq * p.d);
+          if (std::isnan(special) && o.softcap.has_value() && o.bias.data == nullptr) {
+            CHECK(c.ref_nonfinite == p.lq * p.d);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("sinks: a row whose visible scores are all -inf still sees a NaN or Inf value",
+          "[reliability][nonfinite][variants]") {
+  // Row 1 of (batch 1, head 1) has a -Inf query component where every key of its head is
+  // positive, so each of its scores is -inf: with sinks the sink takes all the weight and the
+  // row is 0 x v, zeros but NaN in the column where a value it sees holds NaN or Inf.
+  Shapes shapes;
+  for (const SdpaProblem* base : {&shapes.tile, &shapes.decode}) {
+    for (float special : kSpecials) {
+      SdpaProblem p = *base;
+      p.q[p.q_at(1, 1, 1, 3)] = -kInf;
+      for (std::size_t key = 0; key < p.lk; ++key) {
+        float& k = p.k[p.k_at(1, key, 1, 3)];
+        k = std::abs(k) + 0.1f;
+      }
+      p.v[p.k_at(1, 0, 1, 2)] = special;  // key 0: every row sees it
+      const std::vector<float> sinks = test::random_normal(p.h, 44);
+      for (Path path : test::kPaths) {
+        Options o;
+        o.path = path;
+        o.sinks = {sinks.data(), p.h};
+        INFO("Lq " << p.lq << ", value " << special_name(special) << ", path "
+                   << test::path_name(path));
+        const auto ref = p.oracle({}, o);
+        for (std::size_t t = 0; t < p.d; ++t) {
+          CHECK(std::isfinite(ref[p.q_at(1, 1, 1, t)]) == (t != 2));
+        }
+        // The value reaches column 2 of its head's other rows too: through their weights.
+        const auto c = compare_nonfinite(p.run({}, o), ref);
+        test::check_nonfinite(c, "vs oracle");
+        CHECK(c.ref_nonfinite == p.lq);
+      }
+    }
+  }
+}
+
 TEST_CASE("module: NaN or Inf in inputs, weights and biases reaches what depends on it",
           "[reliability][nonfinite][module]") {
   // E = 12, H = 3; cross-attention with separate buffers and a causal mask, so every row sees

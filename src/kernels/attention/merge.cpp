@@ -5,6 +5,19 @@
 #include <limits>
 
 namespace simdattn::kernels {
+namespace {
+
+// The sink as one more part (lse = sink, output 0) of a merged row with a finite lse.
+float add_sink(float sink, float lse, std::size_t d, float* o) {
+  const float top = lse > sink ? lse : sink;
+  const float keys = std::exp(lse - top);
+  const float total = keys + std::exp(sink - top);
+  const float scale = keys / total;
+  for (std::size_t dd = 0; dd < d; ++dd) o[dd] *= scale;
+  return top + std::log(total);
+}
+
+}  // namespace
 
 float merge_partials(const float* lse, std::size_t lse_stride, const float* o, std::size_t o_stride,
                      std::size_t parts, std::size_t d, float* out) {
@@ -41,19 +54,21 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   return m + std::log(sum);
 }
 
-float add_sink(float sink, float lse, std::size_t d, float* o) {
-  if (std::isnan(lse)) return lse;  // the output is NaN already
-  if (lse == -std::numeric_limits<float>::infinity()) {
-    // Every visible score was -inf: no weight on any key, all of it on the sink.
-    std::fill(o, o + d, 0.0f);
+float merge_partials_with_sink(float sink, const float* lse, std::size_t lse_stride, const float* o,
+                               std::size_t o_stride, std::size_t parts, std::size_t d, float* out) {
+  const float keys_lse = merge_partials(lse, lse_stride, o, o_stride, parts, d, out);
+  if (std::isnan(keys_lse)) return keys_lse;  // the output is NaN already
+  if (keys_lse == -std::numeric_limits<float>::infinity()) {
+    // Every visible score was -inf: no weight on any key, all of it on the sink. The parts hold
+    // their unnormalised sums of 0 x v, whose NaN/Inf products must reach the row.
+    std::fill(out, out + d, 0.0f);
+    for (std::size_t s = 0; s < parts; ++s) {
+      const float* os = o + s * o_stride;
+      for (std::size_t dd = 0; dd < d; ++dd) out[dd] += 0.0f * os[dd];
+    }
     return sink;
   }
-  const float top = lse > sink ? lse : sink;
-  const float keys = std::exp(lse - top);
-  const float total = keys + std::exp(sink - top);
-  const float scale = keys / total;
-  for (std::size_t dd = 0; dd < d; ++dd) o[dd] *= scale;
-  return top + std::log(total);
+  return add_sink(sink, keys_lse, d, out);
 }
 
 void masked_row_answer(MaskedRows policy, const float* v, std::size_t v_stride, std::size_t lk,

@@ -27,11 +27,14 @@ namespace simdattn::kernels {
 float merge_partials(const float* lse, std::size_t lse_stride, const float* o, std::size_t o_stride,
                      std::size_t parts, std::size_t d, float* out);
 
-/// Adds an attention sink (a logit with no value) to a row's merged result: the sink is one more
-/// part with lse = sink and output 0, so o scales by exp(lse - lse') and the returned lse' =
-/// log(exp(lse) + exp(sink)). lse = -inf (visible keys, all scores -inf) gives zeros and sink;
-/// NaN stays NaN.
-float add_sink(float sink, float lse, std::size_t d, float* o);
+/// merge_partials with an attention sink (a logit with no value) as one more part, lse = sink
+/// and output 0: the keys' output scales by exp(lse - lse') and the returned lse' =
+/// log(exp(lse) + exp(sink)); a NaN lse stays NaN. Where every part's lse is -inf (the row's
+/// visible scores are all -inf) the keys weigh nothing and the sink takes all the weight: the
+/// output is then the sum of 0 x o_s, zeros but NaN where a part's unnormalised output holds
+/// NaN or Inf (a value the row sees, times its zero weight, as in the reference).
+float merge_partials_with_sink(float sink, const float* lse, std::size_t lse_stride, const float* o,
+                               std::size_t o_stride, std::size_t parts, std::size_t d, float* out);
 
 /// The answer for a query row that sees no key: zeros, or under MaskedRows::uniform what the
 /// tutorial's -1e20 fill gives, equal scores, so the plain average of the lk values (rows
