@@ -16,9 +16,9 @@
 //   - the blocks in use are at least each sequence's own and at most all of them, and an empty
 //     cache has every block free;
 //   - attention's output matches a double oracle computed from the model (causal from the end,
-//     sliding window, soft-capping, grouped-query heads), on the optimized path and the naive one,
-//     and is the same bit for bit when the call runs again on the other thread count (after the
-//     sequences are truncated back);
+//     sliding window, soft-capping, ALiBi, sinks, grouped-query heads), on the optimized path and
+//     the naive one, and is the same bit for bit when the call runs again on the other thread count
+//     (after the sequences are truncated back);
 //   - a module step stores the double projection of its tokens' keys and values (within the
 //     storage type's rounding) and its output matches the double oracle through the projections.
 // ASan and UBSan (the whole library is instrumented in this build) catch the rest.
@@ -279,9 +279,16 @@ void apply_append(Model& model, const Call& c, std::size_t row) {
   }
 }
 
-// Options of an attention call or a module step: path, ISA, threads, window, soft-capping,
-// scale. Returns what makes them invalid (window 0, top-left causal), or nullptr.
-const char* decode_options(FuzzedDataProvider& fdp, Options& o) {
+// Per-head values that Options point to: ALiBi slopes and sinks.
+struct PerHeadValues {
+  std::vector<float> slopes, sinks;
+};
+
+// Options of an attention call or a module step over h query heads: path, ISA, threads, window,
+// soft-capping, ALiBi (standard or given slopes), sinks, scale. Returns what makes them invalid
+// (window 0, top-left causal), or nullptr.
+const char* decode_options(FuzzedDataProvider& fdp, Random& rng, std::size_t h, Options& o,
+                           PerHeadValues& values) {
   o.causal = fdp.PickValueInArray({simdattn::Causal::bottom_right, simdattn::Causal::none,
                                    simdattn::Causal::bottom_right, simdattn::Causal::top_left});
   o.path = fdp.ConsumeBool() ? simdattn::Path::naive : simdattn::Path::optimized;
@@ -292,6 +299,19 @@ const char* decode_options(FuzzedDataProvider& fdp, Options& o) {
   if (fdp.ConsumeIntegralInRange(0, 3) == 0) {
     o.softcap = 1.0f + fdp.ConsumeIntegral<std::uint8_t>() / 8.0f;
   }
+  if (fdp.ConsumeIntegralInRange(0, 3) == 0) {
+    o.alibi.enabled = true;
+    if (fdp.ConsumeBool()) {
+      values.slopes.resize(h);
+      for (float& x : values.slopes) x = static_cast<float>(rng.normal() * 0.5);
+      o.alibi.slopes = {values.slopes.data(), h};
+    }
+  }
+  if (fdp.ConsumeIntegralInRange(0, 3) == 0) {
+    values.sinks.resize(h);
+    for (float& x : values.sinks) x = static_cast<float>(rng.normal() * 2.0);
+    o.sinks = {values.sinks.data(), h};
+  }
   if (fdp.ConsumeBool()) o.scale = 0.05f + fdp.ConsumeIntegral<std::uint8_t>() / 512.0f;
   if (o.window && *o.window == 0) return "window 0";
   if (o.causal == simdattn::Causal::top_left) return "top-left causal";
@@ -301,13 +321,16 @@ const char* decode_options(FuzzedDataProvider& fdp, Options& o) {
 std::string options_text(const Options& o) {
   return (o.window ? ", window " + std::to_string(*o.window) : "") +
          (o.softcap ? ", softcap" : "") +
+         (o.alibi.enabled ? (o.alibi.slopes.data != nullptr ? ", alibi given" : ", alibi") : "") +
+         (o.sinks.data != nullptr ? ", sinks" : "") +
          (o.path == simdattn::Path::naive ? ", naive " : ", optimized ") +
          simdattn::isa_name(*o.isa) + ", threads " + std::to_string(o.threads);
 }
 
 // Attention of the call's new tokens over each sequence's history (the model after the append),
-// in double: causal from the end, the window and the soft-capping of `o`. tol gets each output
-// row's bound for float: its scores' rounding (d products summed) times the values' range.
+// in double: causal from the end, the window, soft-capping, ALiBi (query token t at position
+// past + t) and sinks of `o`. tol gets each output row's bound for float: its scores' rounding
+// (d products summed, the ALiBi term) times the values' range.
 std::vector<double> oracle(const Model& model, const Call& c, const std::vector<double>& q,
                            std::size_t h, std::size_t kvh, std::size_t d, const Options& o,
                            std::vector<double>& tol) {
@@ -315,6 +338,12 @@ std::vector<double> oracle(const Model& model, const Call& c, const std::vector<
   tol.assign(c.n * c.t * h, 0.0);
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(d));
   const std::size_t group = h / kvh;
+  std::vector<float> slopes;
+  if (o.alibi.enabled) {
+    slopes = o.alibi.slopes.data != nullptr
+                 ? std::vector<float>(o.alibi.slopes.data, o.alibi.slopes.data + h)
+                 : simdattn::alibi_slopes(h);
+  }
   for (std::size_t b = 0; b < c.n; ++b) {
     const Sequence& s = model.at(c.ids[b]);
     const std::size_t length = s.k.size() / (kvh * d), past = length - c.t;
@@ -335,10 +364,18 @@ std::vector<double> oracle(const Model& model, const Call& c, const std::vector<
           dot *= scale;
           magnitude = std::max(magnitude, terms * scale);
           if (o.softcap) dot = *o.softcap * std::tanh(dot / *o.softcap);
+          if (!slopes.empty()) {
+            const double alibi = static_cast<double>(slopes[head]) *
+                                 (static_cast<double>(k) - static_cast<double>(past + t));
+            dot += alibi;
+            magnitude = std::max(magnitude, std::abs(alibi) + terms * scale);
+          }
           p[k - begin] = dot;
           top = std::max(top, dot);
         }
-        double sum = 0;
+        const double sink = o.sinks.data != nullptr ? o.sinks.data[head] : -INFINITY;
+        top = std::max(top, sink);
+        double sum = std::exp(sink - top);
         for (double& x : p) sum += (x = std::exp(x - top));
         // Values lie in (-8, 8): a score error e moves the output by at most 16 e.
         tol[(b * c.t + t) * h + head] = 16.0 * (1e-6 * magnitude + 1e-6) + 1e-5;
@@ -403,7 +440,8 @@ void run_step(FuzzedDataProvider& fdp, KvCache& cache, Model& model, Random& rng
     return;
   }
   Options o;
-  const char* bad_option = decode_options(fdp, o);
+  PerHeadValues per_head;
+  const char* bad_option = decode_options(fdp, rng, h, o, per_head);
   const bool spoilt = c.spoil != Spoil::none || bad_option != nullptr;
   describe("step T " + std::to_string(c.t) + " over " + std::to_string(c.n) + " sequences, E " +
            std::to_string(e) + " H " + std::to_string(h) + options_text(o) + ", " +
@@ -561,7 +599,8 @@ void run(FuzzedDataProvider& fdp) {
         const std::size_t h = kvh * group;
         if (attention_work(model, c.ids, c.t, h, d, row) > 3e6) break;
         Options o;
-        const char* bad_option = decode_options(fdp, o);
+        PerHeadValues per_head;
+        const char* bad_option = decode_options(fdp, rng, h, o, per_head);
         const bool spoilt = c.spoil != Spoil::none || bad_option != nullptr;
         describe("attention T " + std::to_string(c.t) + " over " + std::to_string(c.n) +
                  " sequences, H " + std::to_string(h) + options_text(o) + ", " +

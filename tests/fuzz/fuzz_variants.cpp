@@ -11,9 +11,12 @@
 //   - nothing is written outside the views of out (stride gaps keep their sentinel);
 //   - a corrupted call throws std::invalid_argument and leaves out and the weights as they were.
 // Inputs are normal values, the tolerance following each row's bound on the magnitudes that make
-// its scores; in a fifth of the inputs NaN, Inf, huge or denormal values are planted in Q, K, V
-// or the bias, and then every path must only run without a crash, an exception or a write
-// outside the views. ASan and UBSan catch the rest.
+// its scores. In a fifth of the inputs NaN, Inf, huge or denormal values are planted in Q, K, V
+// or the bias: every path must run without a crash, an exception or a write outside the views,
+// and where only NaN and Inf were planted, each output and weight must be finite exactly where
+// the double reference's is (a key hidden by the mask, causal, window, padding or a -inf bias
+// never passes on its NaN), except that the optimized path may spread a NaN/Inf value of a
+// hidden key to the rows of its head (0 x NaN inside a key block). ASan and UBSan catch the rest.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -160,12 +163,59 @@ void check(const Case& c, const std::vector<double>& ref_out, const std::vector<
   }
 }
 
+// The double reference's output (dense [n, lq, h, dv]) and weights for the case's current inputs.
+void reference_of(const Case& c, std::size_t weights_size, std::vector<double>& out,
+                  std::vector<double>& weights) {
+  using simdattn::reference::Heads;
+  auto heads = [](const std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h,
+                  std::size_t d) {
+    return Heads<const double>{x.data(), n, l, h, d, h * d, l * h * d};
+  };
+  out.assign(c.n * c.lq * c.h * c.dv, 0.0);
+  weights.assign(weights_size, 0.0);
+  const Heads<double> ro{out.data(), c.n, c.lq, c.h, c.dv, c.h * c.dv, c.lq * c.h * c.dv};
+  simdattn::reference::attention<double>(
+      heads(c.q, c.n, c.lq, c.h, c.dk), heads(c.k, c.n, c.lk, c.hkv, c.dk),
+      heads(c.v, c.n, c.lk, c.hkv, c.dv), ro, c.rule, c.scale, c.options.masked_rows, nullptr,
+      {weights_size != 0 ? weights.data() : nullptr, c.options.weights.average_heads});
+}
+
+// With NaN/Inf planted among normal values: each element of `got` is finite exactly where the
+// reference's is. `spread_ok(x)`: element x may be NaN/Inf where the reference is finite.
+template <class SpreadOk>
+void check_reach(const std::vector<double>& ref, const std::vector<float>& got, const char* what,
+                 const std::string& path, const SpreadOk& spread_ok) {
+  for (std::size_t x = 0; x < ref.size(); ++x) {
+    const bool lost = !std::isfinite(ref[x]) && std::isfinite(got[x]);
+    const bool spread = std::isfinite(ref[x]) && !std::isfinite(got[x]) && !spread_ok(x);
+    if (lost || spread) {
+      char buf[200];
+      std::snprintf(buf, sizeof buf, " %s element %zu of %zu: %s: got %.9g, reference %.9g", what,
+                    x, ref.size(), lost ? "lost a NaN/Inf" : "NaN/Inf spread", got[x], ref[x]);
+      fail(path + buf);
+    }
+  }
+}
+
+// Only NaN and Inf among normal values (no huge or denormal value planted): where the double
+// reference is finite, float's arithmetic is too.
+bool only_nonfinite_planted(const Case& c, const std::vector<float>& bias_values) {
+  auto normal = [](double x) {
+    return !std::isfinite(x) || x == 0.0 || (std::abs(x) > 1e-30 && std::abs(x) < 1e6);
+  };
+  for (const auto* t : {&c.q, &c.k, &c.v}) {
+    if (!std::all_of(t->begin(), t->end(), normal)) return false;
+  }
+  return std::all_of(bias_values.begin(), bias_values.end(), normal);
+}
+
 void run(FuzzedDataProvider& fdp) {
   Case c;
   c.n = fdp.ConsumeIntegralInRange<std::size_t>(1, 2);
   c.hkv = fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
   c.h = c.hkv * fdp.ConsumeIntegralInRange<std::size_t>(1, 3);
-  c.lq = fdp.ConsumeIntegralInRange<std::size_t>(1, 70);
+  // Half the inputs take the decode kernel (Lq <= 4), the rest mostly the tile kernel.
+  c.lq = fdp.ConsumeIntegralInRange<std::size_t>(1, fdp.ConsumeBool() ? 4 : 70);
   c.lk = fdp.ConsumeIntegralInRange<std::size_t>(1, 140);
   c.dk = fdp.ConsumeIntegralInRange<std::size_t>(1, 24);
   c.dv = fdp.ConsumeBool() ? c.dk : fdp.ConsumeIntegralInRange<std::size_t>(1, 24);
@@ -311,28 +361,6 @@ void run(FuzzedDataProvider& fdp) {
     return;
   }
 
-  // Sometimes NaN, Inf, huge or denormal values in the inputs or the bias: then each path, at two
-  // thread counts, need only run without a crash, an exception or a write outside the views.
-  if (fdp.ConsumeIntegralInRange(0, 4) == 0) {
-    plant_specials(fdp, qb, "q");
-    plant_specials(fdp, kb, "k");
-    plant_specials(fdp, vb, "v");
-    if (!bias_values.empty() && fdp.ConsumeBool()) {
-      const std::size_t at = fdp.ConsumeIntegralInRange<std::size_t>(0, bias_values.size() - 1);
-      bias_values[at] = fdp.PickValueInArray({kNaN, INFINITY, 1e30f, -1e30f});
-      describe("bias element " + std::to_string(at) + " = " + std::to_string(bias_values[at]));
-    }
-    Options opt = o;
-    for (const simdattn::Path path : {simdattn::Path::optimized, simdattn::Path::naive}) {
-      opt.path = path;
-      run_call(qb, kb, vb, out_layout, weights_size, weights_offset, c, opt);
-    }
-    opt.path = simdattn::Path::optimized;
-    opt.threads = o.threads % 3 + 1;
-    run_call(qb, kb, vb, out_layout, weights_size, weights_offset, c, opt);
-    return;
-  }
-
   c.rule.mask = c.mask;
   c.rule.causal = o.causal;
   c.rule.lq = c.lq;
@@ -344,19 +372,53 @@ void run(FuzzedDataProvider& fdp) {
   if (o.alibi.enabled) c.rule.alibi = slopes.empty() ? simdattn::alibi_slopes(c.h) : slopes;
   c.rule.sinks = sinks.empty() ? nullptr : sinks.data();
 
-  std::vector<double> ref_out(c.n * c.lq * c.h * c.dv), ref_w(weights_size);
-  {
-    using simdattn::reference::Heads;
-    auto heads = [](const std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h,
-                    std::size_t d) {
-      return Heads<const double>{x.data(), n, l, h, d, h * d, l * h * d};
-    };
-    const Heads<double> ro{ref_out.data(), c.n, c.lq, c.h, c.dv, c.h * c.dv, c.lq * c.h * c.dv};
-    simdattn::reference::attention<double>(
-        heads(c.q, c.n, c.lq, c.h, c.dk), heads(c.k, c.n, c.lk, c.hkv, c.dk),
-        heads(c.v, c.n, c.lk, c.hkv, c.dv), ro, c.rule, c.scale, o.masked_rows, nullptr,
-        {weights_size != 0 ? ref_w.data() : nullptr, o.weights.average_heads});
+  // Sometimes NaN, Inf, huge or denormal values in the inputs or the bias: then each path, at two
+  // thread counts, must run without a crash, an exception or a write outside the views, and with
+  // only NaN and Inf planted, its non-finite outputs and weights are the reference's.
+  if (fdp.ConsumeIntegralInRange(0, 4) == 0) {
+    const bool nonfinite_only = fdp.ConsumeBool();
+    plant_specials(fdp, qb, "q", nonfinite_only);
+    plant_specials(fdp, kb, "k", nonfinite_only);
+    plant_specials(fdp, vb, "v", nonfinite_only);
+    if (!bias_values.empty() && fdp.ConsumeBool()) {
+      const std::size_t at = fdp.ConsumeIntegralInRange<std::size_t>(0, bias_values.size() - 1);
+      bias_values[at] = nonfinite_only ? fdp.PickValueInArray({kNaN, INFINITY, -INFINITY})
+                                       : fdp.PickValueInArray({kNaN, INFINITY, 1e30f, -1e30f});
+      describe("bias element " + std::to_string(at) + " = " + std::to_string(bias_values[at]));
+    }
+    c.q = qb.dense();
+    c.k = kb.dense();
+    c.v = vb.dense();
+    const bool reach = only_nonfinite_planted(c, bias_values);
+    std::vector<double> ref_out, ref_w;
+    if (reach) reference_of(c, weights_size, ref_out, ref_w);
+    // The optimized path multiplies the values of hidden keys inside a key block by zero: a
+    // NaN/Inf value may reach the rows of its (batch, kv head), in its column or not.
+    std::vector<char> v_dirty(c.n * c.hkv, 0);
+    for (std::size_t x = 0; x < c.v.size(); ++x) {
+      if (!std::isfinite(c.v[x])) v_dirty[x / (c.dv * c.hkv * c.lk) * c.hkv + x / c.dv % c.hkv] = 1;
+    }
+    const std::size_t group = c.h / c.hkv;
+    Options opt = o;
+    for (int call = 0; call < 3; ++call) {
+      opt.path = call == 1 ? simdattn::Path::naive : simdattn::Path::optimized;
+      if (call == 2) opt.threads = o.threads % 3 + 1;
+      const Result got = run_call(qb, kb, vb, out_layout, weights_size, weights_offset, c, opt);
+      if (!reach) continue;
+      const bool fast = opt.path == simdattn::Path::optimized;
+      const std::string path =
+          std::string(path_name(opt.path)) + " (threads " + std::to_string(opt.threads) + ")";
+      check_reach(ref_out, got.out, "out", path, [&](std::size_t x) {
+        const std::size_t b = x / (c.dv * c.h * c.lq), j = x / c.dv % c.h;
+        return fast && v_dirty[b * c.hkv + j / group] != 0;
+      });
+      check_reach(ref_w, got.weights, "weights", path, [](std::size_t) { return false; });
+    }
+    return;
   }
+
+  std::vector<double> ref_out, ref_w;
+  reference_of(c, weights_size, ref_out, ref_w);
   const std::vector<double> bounds = score_bounds(c);
 
   Options opt = o;
