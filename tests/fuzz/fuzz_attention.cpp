@@ -304,15 +304,12 @@ void fuzz_sdpa(FuzzedDataProvider& fdp) {
 
   std::vector<double> ref(c.n * c.lq * c.h * c.d);
   {
-    using simdattn::reference::Heads;
-    const std::size_t hd = c.h * c.d;
-    const Heads<const double> rq{c.q.data(), c.n, c.lq, c.h, c.d, hd, c.lq * hd};
-    const Heads<const double> rk{c.k.data(), c.n, c.lk, c.h, c.d, hd, c.lk * hd};
-    const Heads<const double> rv{c.v.data(), c.n, c.lk, c.h, c.d, hd, c.lk * hd};
-    const Heads<double> ro{ref.data(), c.n, c.lq, c.h, c.d, hd, c.lq * hd};
     const simdattn::detail::MaskRule rule{c.mask, c.options.causal, c.lq, c.lk};
-    simdattn::reference::attention<double>(rq, rk, rv, ro, rule, scale_of(c.options, c.d),
-                                           c.options.masked_rows);
+    const SdpaCase& in = c;
+    simdattn::reference::attention<double>(
+        dense_heads(in.q, c.n, c.lq, c.h, c.d), dense_heads(in.k, c.n, c.lk, c.h, c.d),
+        dense_heads(in.v, c.n, c.lk, c.h, c.d), dense_heads(ref, c.n, c.lq, c.h, c.d), rule,
+        scale_of(c.options, c.d), c.options.masked_rows);
   }
 
   Options opt = c.options;

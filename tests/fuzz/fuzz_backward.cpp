@@ -59,18 +59,6 @@ constexpr double kAbsTol = 1e-35;
 // gradients may be flushed to zero.
 constexpr double kFlushed = 1e-36;
 
-using DHeads = simdattn::reference::Heads<double>;
-using CDHeads = simdattn::reference::Heads<const double>;
-
-CDHeads dense_heads(const std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h,
-                    std::size_t d) {
-  return {x.data(), n, l, h, d, h * d, l * h * d};
-}
-DHeads dense_heads(std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h,
-                   std::size_t d) {
-  return {x.data(), n, l, h, d, h * d, l * h * d};
-}
-
 struct Problem {
   std::size_t n, lq, lk, h, hkv, d;
   std::vector<double> q, k, v, d_out;  // dense [n, l, heads, d]

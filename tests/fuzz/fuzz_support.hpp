@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "random.hpp"
+#include "reference/reference.hpp"
 #include "simdattn/simdattn.hpp"
 
 namespace fuzz {
@@ -98,7 +99,7 @@ inline Strided make_strided(FuzzedDataProvider& fdp, std::size_t n, std::size_t 
   s.batch_stride = dense_batches ? l * s.row_stride
                                  : l * s.row_stride + fdp.ConsumeIntegralInRange<std::size_t>(0, 5);
   s.view_batch_stride = dense_batches ? 0 : s.batch_stride;
-  s.buffer.assign(s.offset + (n - 1) * s.batch_stride + (l - 1) * s.row_stride + h * d, gap_fill);
+  s.buffer.assign(s.index(n - 1, l - 1, h - 1, d - 1) + 1, gap_fill);
   return s;
 }
 
@@ -113,10 +114,20 @@ inline Strided make_head_major(FuzzedDataProvider& fdp, std::size_t n, std::size
   s.head_stride = l * s.row_stride + fdp.ConsumeIntegralInRange<std::size_t>(0, 3);
   s.batch_stride = h * s.head_stride + fdp.ConsumeIntegralInRange<std::size_t>(0, 3);
   s.view_batch_stride = s.batch_stride;
-  s.buffer.assign(
-      s.offset + (n - 1) * s.batch_stride + (h - 1) * s.head_stride + (l - 1) * s.row_stride + d,
-      gap_fill);
+  s.buffer.assign(s.index(n - 1, l - 1, h - 1, d - 1) + 1, gap_fill);
   return s;
+}
+
+// A dense [n, l, h, d] double tensor (Strided::dense, the oracle's results) as the reference's
+// heads.
+inline simdattn::reference::Heads<const double> dense_heads(const std::vector<double>& x,
+                                                            std::size_t n, std::size_t l,
+                                                            std::size_t h, std::size_t d) {
+  return {x.data(), n, l, h, d, h * d, l * h * d};
+}
+inline simdattn::reference::Heads<double> dense_heads(std::vector<double>& x, std::size_t n,
+                                                      std::size_t l, std::size_t h, std::size_t d) {
+  return {x.data(), n, l, h, d, h * d, l * h * d};
 }
 
 inline void fill_normal(Strided& s, Random& rng, float magnitude) {

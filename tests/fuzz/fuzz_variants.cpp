@@ -166,17 +166,12 @@ void check(const Case& c, const std::vector<double>& ref_out, const std::vector<
 // The double reference's output (dense [n, lq, h, dv]) and weights for the case's current inputs.
 void reference_of(const Case& c, std::size_t weights_size, std::vector<double>& out,
                   std::vector<double>& weights) {
-  using simdattn::reference::Heads;
-  auto heads = [](const std::vector<double>& x, std::size_t n, std::size_t l, std::size_t h,
-                  std::size_t d) {
-    return Heads<const double>{x.data(), n, l, h, d, h * d, l * h * d};
-  };
   out.assign(c.n * c.lq * c.h * c.dv, 0.0);
   weights.assign(weights_size, 0.0);
-  const Heads<double> ro{out.data(), c.n, c.lq, c.h, c.dv, c.h * c.dv, c.lq * c.h * c.dv};
   simdattn::reference::attention<double>(
-      heads(c.q, c.n, c.lq, c.h, c.dk), heads(c.k, c.n, c.lk, c.hkv, c.dk),
-      heads(c.v, c.n, c.lk, c.hkv, c.dv), ro, c.rule, c.scale, c.options.masked_rows, nullptr,
+      dense_heads(c.q, c.n, c.lq, c.h, c.dk), dense_heads(c.k, c.n, c.lk, c.hkv, c.dk),
+      dense_heads(c.v, c.n, c.lk, c.hkv, c.dv), dense_heads(out, c.n, c.lq, c.h, c.dv), c.rule,
+      c.scale, c.options.masked_rows, nullptr,
       {weights_size != 0 ? weights.data() : nullptr, c.options.weights.average_heads});
 }
 
