@@ -31,8 +31,10 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
 /// and output 0: the keys' output scales by exp(lse - lse') and the returned lse' =
 /// log(exp(lse) + exp(sink)); a NaN lse stays NaN. Where every part's lse is -inf (the row's
 /// visible scores are all -inf) the keys weigh nothing and the sink takes all the weight: the
-/// output is then the sum of 0 x o_s, zeros but NaN where a part's unnormalised output holds
-/// NaN or Inf (a value the row sees, times its zero weight, as in the reference).
+/// output is then the sum of 0 x o_s, zeros but NaN where a part's output holds NaN or Inf (a
+/// value the row sees, times its zero weight, as in the reference). So a part with lse = -inf
+/// must hold its unnormalised sum of p x v (zeros where it summed nothing), as the decode and
+/// paged kernels leave it, not anything.
 float merge_partials_with_sink(float sink, const float* lse, std::size_t lse_stride, const float* o,
                                std::size_t o_stride, std::size_t parts, std::size_t d, float* out);
 
