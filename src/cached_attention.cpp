@@ -172,12 +172,8 @@ void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
         const float* first = head + r * rec;
         const std::size_t h = hk * groups + r % groups;
         float* o = out.at(b, r / groups, h);
-        if (call.sinks != nullptr) {
-          kernels::merge_partials_with_sink(call.sinks[h], first, per_task, first + 16, per_task,
-                                            slices, d, o);
-        } else {
-          kernels::merge_partials(first, per_task, first + 16, per_task, slices, d, o);
-        }
+        kernels::merge_slices(call.sinks != nullptr ? call.sinks + h : nullptr, first, per_task,
+                              first + 16, per_task, slices, d, o);
       }
     }
   }

@@ -387,6 +387,39 @@ TEST_CASE("cache attention: with sinks, a row whose scores are all -inf still se
   }
 }
 
+TEST_CASE("cache attention: a key scored -inf in a slice of its own still passes on its NaN",
+          "[kv_cache][attention][nonfinite]") {
+  // The paged kernel splits a sequence into slices of 512 keys, merged afterwards. Token 512,
+  // alone in the second slice, has a +Inf key component where the last token's queries are
+  // negative: that slice's scores are all -inf, its log-sum-exp too. Its value's NaN must still
+  // reach the output in its column, through the zero weight, as in the oracle.
+  Sequence s(513, 2, 1, 8, 93);
+  const std::size_t last = s.l - 1, col = 5;
+  for (std::size_t h = 0; h < s.h; ++h) {
+    float& x = s.q[(last * s.h + h) * s.d + 3];
+    x = -std::abs(x) - 0.1f;
+  }
+  s.k[last * s.kvh * s.d + 3] = INFINITY;
+  s.v[last * s.kvh * s.d + col] = NAN;
+  const std::vector<float> sinks = test::random_normal(s.h, 94);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
+  for (bool with_sinks : {false, true}) {
+    Options o;
+    if (with_sinks) o.sinks = PerHead{sinks.data(), s.h};
+    const auto ref = oracle(s, s.k, s.v, scale, o, last);  // [1, H, D]
+    for (std::size_t i = 0; i < s.h * s.d; ++i) CHECK(std::isfinite(ref[i]) == (i % s.d != col));
+    for (Path path : kPaths) {
+      for (std::size_t chunk : {std::size_t{1}, std::size_t{50}}) {
+        INFO("path " << path_name(path) << ", chunk " << chunk << (with_sinks ? ", sinks" : ""));
+        o.path = path;
+        const auto out = run_chunks(s, chunk, KvStorage::f32, o);
+        const std::vector<float> got(out.begin() + last * s.h * s.d, out.end());
+        test::check_nonfinite(test::compare_nonfinite(got, ref), "last token");
+      }
+    }
+  }
+}
+
 TEST_CASE("cache attention: blocks of 128 and 192 tokens give the same results as 64",
           "[kv_cache][attention]") {
   const Sequence s(400, 4, 2, 32, 7);

@@ -302,6 +302,47 @@ TEST_CASE("sinks: a row whose visible scores are all -inf still sees a NaN or In
   }
 }
 
+TEST_CASE("a key scored -inf still passes its value's NaN or Inf on, in a slice of its own",
+          "[reliability][nonfinite]") {
+  // The last key of head 1 has a +Inf component where every query of that head is negative, so
+  // every row scores it -inf: weight 0, but 0 x its value reaches each row in the value's column
+  // (0 x Inf = NaN, as in the oracle). Decoding (Lq <= 4) splits the keys into slices of 128 or
+  // more, merged afterwards; these lengths leave the last key alone in the last slice, whose
+  // log-sum-exp is then -inf. Lq = 37 runs the tile kernel.
+  for (std::size_t lq : {1, 3, 37}) {
+    for (std::size_t lk : {129, 257, 513, 1025}) {
+      for (float special : kSpecials) {
+        SdpaProblem p(1, lq, lk, 2, 8, 60 + lk);
+        for (std::size_t i = 0; i < lq; ++i) {
+          float& x = p.q[p.q_at(0, i, 1, 3)];
+          x = -std::abs(x) - 0.1f;
+        }
+        p.k[p.k_at(0, lk - 1, 1, 3)] = kInf;
+        p.v[p.k_at(0, lk - 1, 1, 2)] = special;
+        const std::vector<float> sinks = test::random_normal(p.h, 45);
+        for (bool with_sinks : {false, true}) {
+          for (Path path : test::kPaths) {
+            Options o;
+            o.path = path;
+            if (with_sinks) o.sinks = {sinks.data(), p.h};
+            INFO("Lq " << lq << ", Lk " << lk << ", value " << special_name(special)
+                       << (with_sinks ? ", sinks" : "") << ", path " << test::path_name(path));
+            const auto ref = p.oracle({}, o);
+            for (std::size_t i = 0; i < lq; ++i) {
+              for (std::size_t t = 0; t < p.d; ++t) {
+                CHECK(std::isfinite(ref[p.q_at(0, i, 1, t)]) == (t != 2));
+              }
+            }
+            const auto c = compare_nonfinite(p.run({}, o), ref);
+            test::check_nonfinite(c, "vs oracle");
+            CHECK(c.ref_nonfinite == lq);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("module: NaN or Inf in inputs, weights and biases reaches what depends on it",
           "[reliability][nonfinite][module]") {
   // E = 12, H = 3; cross-attention with separate buffers and a causal mask, so every row sees

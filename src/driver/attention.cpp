@@ -94,10 +94,8 @@ void run_decode(const kernels::KernelTable& table, const AttentionProblem& p, in
           }
         } else {
           const float* first = partial + b * slices * per_slice + (i * heads + h) * rec;
-          lse = sink ? kernels::merge_partials_with_sink(mods.sink, first, per_slice, first + 16,
-                                                         per_slice, slices, dv, o)
-                     : kernels::merge_partials(first, per_slice, first + 16, per_slice, slices, dv,
-                                               o);
+          lse = kernels::merge_slices(sink ? &mods.sink : nullptr, first, per_slice, first + 16,
+                                      per_slice, slices, dv, o);
         }
         if (p.lse != nullptr) p.lse[(b * heads + h) * lq + i] = lse;
       }

@@ -54,21 +54,25 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   return m + std::log(sum);
 }
 
-float merge_partials_with_sink(float sink, const float* lse, std::size_t lse_stride, const float* o,
-                               std::size_t o_stride, std::size_t parts, std::size_t d, float* out) {
+float merge_slices(const float* sink, const float* lse, std::size_t lse_stride, const float* o,
+                   std::size_t o_stride, std::size_t parts, std::size_t d, float* out) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const float keys_lse = merge_partials(lse, lse_stride, o, o_stride, parts, d, out);
   if (std::isnan(keys_lse)) return keys_lse;  // the output is NaN already
-  if (keys_lse == -std::numeric_limits<float>::infinity()) {
-    // Every visible score was -inf: no weight on any key, all of it on the sink. The parts hold
-    // their unnormalised sums of 0 x v, whose NaN/Inf products must reach the row.
+  if (keys_lse == kNegInf) {
+    if (sink == nullptr) return keys_lse;  // NaN: 0 / 0, as the reference's row
+    // The sink takes all the weight; the keys' zero weights still carry their values' NaN/Inf.
     std::fill(out, out + d, 0.0f);
-    for (std::size_t s = 0; s < parts; ++s) {
-      const float* os = o + s * o_stride;
-      for (std::size_t dd = 0; dd < d; ++dd) out[dd] += 0.0f * os[dd];
-    }
-    return sink;
   }
-  return add_sink(sink, keys_lse, d, out);
+  // A slice whose visible scores are all -inf weighs nothing, but its 0 x v products reach
+  // the row as in the reference (0 x Inf = NaN); a finite sum gains only zeros.
+  for (std::size_t s = 0; s < parts; ++s) {
+    if (lse[s * lse_stride] != kNegInf) continue;
+    const float* os = o + s * o_stride;
+    for (std::size_t dd = 0; dd < d; ++dd) out[dd] += 0.0f * os[dd];
+  }
+  if (sink == nullptr) return keys_lse;
+  return keys_lse == kNegInf ? *sink : add_sink(*sink, keys_lse, d, out);
 }
 
 void masked_row_answer(MaskedRows policy, const float* v, std::size_t v_stride, std::size_t lk,

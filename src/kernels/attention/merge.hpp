@@ -27,16 +27,18 @@ namespace simdattn::kernels {
 float merge_partials(const float* lse, std::size_t lse_stride, const float* o, std::size_t o_stride,
                      std::size_t parts, std::size_t d, float* out);
 
-/// merge_partials with an attention sink (a logit with no value) as one more part, lse = sink
-/// and output 0: the keys' output scales by exp(lse - lse') and the returned lse' =
-/// log(exp(lse) + exp(sink)); a NaN lse stays NaN. Where every part's lse is -inf (the row's
-/// visible scores are all -inf) the keys weigh nothing and the sink takes all the weight: the
-/// output is then the sum of 0 x o_s, zeros but NaN where a part's output holds NaN or Inf (a
-/// value the row sees, times its zero weight, as in the reference). So a part with lse = -inf
-/// must hold its unnormalised sum of p x v (zeros where it summed nothing), as the decode and
-/// paged kernels leave it, not anything.
-float merge_partials_with_sink(float sink, const float* lse, std::size_t lse_stride, const float* o,
-                               std::size_t o_stride, std::size_t parts, std::size_t d, float* out);
+/// merge_partials for the slices of one row's keys that the decode and paged kernels leave: a
+/// slice with lse = -inf holds its unnormalised sum of p x v (zeros where it summed nothing),
+/// not anything. Such a slice weighs nothing, but its 0 x v products are added, so that a NaN or
+/// Inf value that the row sees at a -inf score reaches it, as in the reference (0 x Inf = NaN).
+/// With a sink (an attention sink: a logit with no value, one more part with lse = *sink and
+/// output 0; nullptr for none) the keys' output scales by exp(lse - lse') and the returned lse'
+/// = log(exp(lse) + exp(*sink)); where every slice's lse is -inf the sink takes all the weight
+/// and the output is the sum of the 0 x v products: zeros, but NaN where a value the row sees
+/// holds NaN or Inf. Without a sink that case gives NaN and -inf, as merge_partials does. A NaN
+/// lse stays NaN.
+float merge_slices(const float* sink, const float* lse, std::size_t lse_stride, const float* o,
+                   std::size_t o_stride, std::size_t parts, std::size_t d, float* out);
 
 /// The answer for a query row that sees no key: zeros, or under MaskedRows::uniform what the
 /// tutorial's -1e20 fill gives, equal scores, so the plain average of the lk values (rows
