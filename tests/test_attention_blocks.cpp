@@ -6,6 +6,7 @@
 // blocks' uniform answers. The result equals the double oracle of the whole problem, for every
 // mask kind and both masked-row policies, on the active ISA's kernels and on the reference.
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -168,6 +169,45 @@ TEST_CASE("merge_masked_answers weighs each part's average by its keys", "[drive
   const std::size_t none[2] = {0, 3};
   kernels::merge_masked_answers(o, d, none, 2, d, out);
   CHECK(out[1] == 20.0f);  // a part of no keys weighs nothing
+}
+
+TEST_CASE("merges: a NaN part reaches the row wherever it stands; a -inf slice passes on 0 x v",
+          "[driver][nonfinite]") {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  const std::size_t d = 3;
+  const float sink = 0.5f;
+  // Two parts in both orders: a NaN one beside a -inf one (whose output is a sum of 0 x v) or
+  // beside a finite one. Every merge must give NaN everywhere and return NaN.
+  for (float other : {-kInf, 1.5f}) {
+    for (int first_nan = 0; first_nan < 2; ++first_nan) {
+      const float lse[2] = {first_nan ? kNaN : other, first_nan ? other : kNaN};
+      const float o[2 * d] = {0.25f, -1.0f, 2.0f, 0.5f, 0.0f, -3.0f};
+      INFO("other part's lse " << other << ", NaN part " << (first_nan ? "first" : "second"));
+      float out[d];
+      CHECK(std::isnan(kernels::merge_partials(lse, 1, o, d, 2, d, out)));
+      for (float x : out) CHECK(std::isnan(x));
+      CHECK(std::isnan(kernels::merge_slices(nullptr, lse, 1, o, d, 2, d, out)));
+      for (float x : out) CHECK(std::isnan(x));
+      CHECK(std::isnan(kernels::merge_slices(&sink, lse, 1, o, d, 2, d, out)));
+      for (float x : out) CHECK(std::isnan(x));
+    }
+  }
+  // A finite slice and a -inf one whose 0 x v sum holds NaN in column 1: merge_partials ignores
+  // the latter, merge_slices passes its NaN on and leaves the other columns as they were.
+  const float lse[2] = {0.75f, -kInf};
+  const float o[2 * d] = {1.0f, 2.0f, 3.0f, 0.0f, kNaN, 0.0f};
+  for (const float* s : {static_cast<const float*>(nullptr), &sink}) {
+    INFO((s != nullptr ? "sink" : "no sink"));
+    float plain[d], sliced[d];
+    kernels::merge_partials(lse, 1, o, d, 2, d, plain);
+    const float got = kernels::merge_slices(s, lse, 1, o, d, 2, d, sliced);
+    CHECK(std::isfinite(got));
+    CHECK(std::isnan(sliced[1]));
+    const float keep = s != nullptr ? 1.0f / (1.0f + std::exp(sink - 0.75f)) : 1.0f;
+    CHECK(sliced[0] == Approx(plain[0] * keep));
+    CHECK(sliced[2] == Approx(plain[2] * keep));
+  }
 }
 
 }  // namespace simdattn

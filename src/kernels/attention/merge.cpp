@@ -33,7 +33,11 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   float m = kNegInf;
   for (std::size_t s = 0; s < parts; ++s) {
     const float x = lse[s * lse_stride];
-    if (!(x <= m)) m = x;  // a NaN wins and stays: it must reach the row
+    if (std::isnan(x)) {  // it must reach the row (a later -inf part compares false with it)
+      std::fill(out, out + d, x);
+      return x;
+    }
+    if (x > m) m = x;
   }
   std::fill(out, out + d, 0.0f);
   if (m == kNegInf) {
@@ -44,7 +48,7 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   for (std::size_t s = 0; s < parts; ++s) {
     const float x = lse[s * lse_stride];
     if (x == kNegInf) continue;       // nothing in this part (its o may be anything)
-    const float w = std::exp(x - m);  // NaN when m or x is NaN: reaches every element
+    const float w = std::exp(x - m);
     sum += w;
     const float* os = o + s * o_stride;
     for (std::size_t dd = 0; dd < d; ++dd) out[dd] += w * os[dd];

@@ -20,10 +20,11 @@ namespace simdattn::kernels {
 
 /// Merges `parts` partial results of one query row in the order given: part s has log-sum-exp
 /// lse[s * lse_stride] and output o + s * o_stride (d floats). Writes the merged output to
-/// `out` and returns the merged lse. A NaN lse makes the output NaN. Parts with lse = -inf weigh
-/// nothing; when every part is -inf the output is NaN (0 / 0, as the reference gives a row
-/// whose visible scores are all -inf) and -inf is returned: a row that sees no key at all is
-/// the caller's to answer (masked_row_answer), decided by the key rule, not by the numbers.
+/// `out` and returns the merged lse. A NaN lse, wherever it stands, makes the output NaN and is
+/// returned. Parts with lse = -inf weigh nothing; when every part is -inf the output is NaN
+/// (0 / 0, as the reference gives a row whose visible scores are all -inf) and -inf is
+/// returned: a row that sees no key at all is the caller's to answer (masked_row_answer),
+/// decided by the key rule, not by the numbers.
 float merge_partials(const float* lse, std::size_t lse_stride, const float* o, std::size_t o_stride,
                      std::size_t parts, std::size_t d, float* out);
 
