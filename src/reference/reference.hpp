@@ -41,7 +41,7 @@ void linear(const T* x, std::size_t rows, std::size_t in, const T* w, std::size_
 /// reads K/V head hh / (q.h / k.h) (grouped-query attention). q.d == k.d; v.d == out.d may
 /// differ from them. `lse`, if given, receives each row's log-sum-exp at
 /// lse[(b * q.h + hh) * q.l + i]: log(sum over visible keys of exp(score) + exp(sink)), -inf for
-/// a row without visible key and sink. `weights`, if given, receives the probabilities.
+/// a row without visible key and sink or whose visible scores are all -inf without a sink. `weights`, if given, receives the probabilities.
 template <class T>
 void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<const T>& v,
                const Heads<T>& out, const detail::MaskRule& rule, T scale, MaskedRows policy,
@@ -123,7 +123,8 @@ void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<con
           energy[key] = visible(key) ? std::exp(energy[key] - row_max) : T(0);
           sum += energy[key];
         }
-        if (row_lse != nullptr) *row_lse = row_max + std::log(sum);
+        // Every visible score -inf: log(0) = -inf, as the tile kernel gives (not -inf + NaN).
+        if (row_lse != nullptr) *row_lse = row_max == -INFINITY ? row_max : row_max + std::log(sum);
         for (std::size_t dd = 0; dd < dv; ++dd) oi[dd] = 0;
         for (std::size_t key = 0; key < k.l; ++key) {
           const T p = energy[key] / sum;

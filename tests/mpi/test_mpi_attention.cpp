@@ -3,6 +3,7 @@
 // every mask kind, both layouts, both schedules, grouped K/V heads, uneven slices and slices of
 // one row; and for a fixed P the result is bitwise the same at 1 and 2 threads.
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "mpi_test.hpp"
@@ -180,6 +181,29 @@ TEST_CASE("mpi: the naive path (the reference kernels) on every rank", "[mpi]") 
   options.causal = pr.mask.causal;
   run_case(pr, lengths_of(Layout::zigzag, pr.lq, {}), lengths_of(Layout::zigzag, pr.lk, {}),
            options, expected(pr, options, kTol), "naive path, causal bottom-right, Lq > Lk");
+}
+
+TEST_CASE("mpi: a slice whose scores are all -inf for every row weighs nothing", "[mpi]") {
+  // The last rank's keys have a +Inf component where every query is negative: each row scores
+  // that whole slice -inf. Its part must weigh nothing on both paths (the reference's log-sum-exp
+  // of such a part is -inf, not -inf + NaN), so the rows equal one process's finite result.
+  const auto p = static_cast<std::size_t>(ranks());
+  if (p < 2) return;  // with one rank every key scores -inf: NaN rows, as in one process
+  Problem pr(1, 5 * p, 4 * p, 2, 1, 6, MaskKind::none);
+  for (std::size_t i = 0; i < pr.lq * pr.h; ++i) pr.q[i * pr.d] = -std::abs(pr.q[i * pr.d]) - 0.1f;
+  for (std::size_t key = pr.lk - pr.lk / p; key < pr.lk; ++key) pr.k[key * pr.d] = INFINITY;
+  for (Path path : {Path::optimized, Path::naive}) {
+    simdattn::mpi::Options options;
+    options.path = path;
+    options.schedule = Schedule::ring;
+    const std::string what =
+        std::string("a -inf slice, ") + (path == Path::naive ? "naive" : "optimized");
+    const Expected ex = expected(pr, options, kTol);
+    REQUIRE(
+        std::all_of(ex.whole.begin(), ex.whole.end(), [](float x) { return std::isfinite(x); }));
+    run_case(pr, lengths_of(Layout::contiguous, pr.lq, {}),
+             lengths_of(Layout::contiguous, pr.lk, {}), options, ex, what);
+  }
 }
 
 TEST_CASE("mpi: the ring skips the causal future, zig-zag balances it", "[mpi]") {
