@@ -305,10 +305,9 @@ void fuzz_sdpa(FuzzedDataProvider& fdp) {
   std::vector<double> ref(c.n * c.lq * c.h * c.d);
   {
     const simdattn::detail::MaskRule rule{c.mask, c.options.causal, c.lq, c.lk};
-    const SdpaCase& in = c;
     simdattn::reference::attention<double>(
-        dense_heads(in.q, c.n, c.lq, c.h, c.d), dense_heads(in.k, c.n, c.lk, c.h, c.d),
-        dense_heads(in.v, c.n, c.lk, c.h, c.d), dense_heads(ref, c.n, c.lq, c.h, c.d), rule,
+        dense_heads(c.q, c.n, c.lq, c.h, c.d), dense_heads(c.k, c.n, c.lk, c.h, c.d),
+        dense_heads(c.v, c.n, c.lk, c.h, c.d), dense_heads_out(ref, c.n, c.lq, c.h, c.d), rule,
         scale_of(c.options, c.d), c.options.masked_rows);
   }
 

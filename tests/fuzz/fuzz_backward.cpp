@@ -90,8 +90,8 @@ Expected expect(const Problem& c) {
   simdattn::reference::attention_backward<double>(
       dense_heads(c.q, c.n, c.lq, c.h, d), dense_heads(c.k, c.n, c.lk, c.hkv, d),
       dense_heads(c.v, c.n, c.lk, c.hkv, d), dense_heads(c.d_out, c.n, c.lq, c.h, d),
-      dense_heads(e.d_q, c.n, c.lq, c.h, d), dense_heads(e.d_k, c.n, c.lk, c.hkv, d),
-      dense_heads(e.d_v, c.n, c.lk, c.hkv, d), c.rule, c.scale, c.options.masked_rows);
+      dense_heads_out(e.d_q, c.n, c.lq, c.h, d), dense_heads_out(e.d_k, c.n, c.lk, c.hkv, d),
+      dense_heads_out(e.d_v, c.n, c.lk, c.hkv, d), c.rule, c.scale, c.options.masked_rows);
 
   std::vector<double> mq(c.q.size(), 0.0), mk(c.k.size(), 0.0), mv(c.v.size(), 0.0);
   std::vector<double> s(c.lk), p(c.lk), vabs(d);

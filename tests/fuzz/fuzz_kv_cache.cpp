@@ -20,7 +20,12 @@
 //     the naive one, and is the same bit for bit when the call runs again on the other thread count
 //     (after the sequences are truncated back);
 //   - a module step stores the double projection of its tokens' keys and values (within the
-//     storage type's rounding) and its output matches the double oracle through the projections.
+//     storage type's rounding) and its output matches the double oracle through the projections;
+//   - NaN and Inf planted in some calls' queries, keys and values (kept in the sequences' history)
+//     reach exactly the outputs where the oracle has NaN/Inf, in that call and later ones: never
+//     a finite answer there, never NaN/Inf elsewhere, except that the optimized path may spread a
+//     NaN or Inf value of a key a row does not see (the window, later tokens of the call) to the
+//     rows of its sequence and kv head, as the README states.
 // ASan and UBSan (the whole library is instrumented in this build) catch the rest.
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -36,11 +41,14 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_support.hpp"
 #include "random.hpp"
 #include "simdattn/simdattn.hpp"
 
 namespace {
 
+using fuzz::describe;
+using fuzz::fail;
 using simdattn::ConstHeadsView;
 using simdattn::HeadsView;
 using simdattn::KvCache;
@@ -49,18 +57,6 @@ using simdattn::KvStorage;
 using simdattn::Options;
 using simdattn::SequenceId;
 using simdattn::detail::Random;
-
-// What the current input decoded to, for the failure message.
-std::string g_case;
-
-[[noreturn]] void fail(const std::string& what) {
-  std::fprintf(stderr, "fuzz_kv_cache: %s\n  program: %s\n", what.c_str(), g_case.c_str());
-  std::abort();
-}
-
-void describe(const std::string& what) {
-  g_case += what + "; ";
-}
 
 // Each live sequence's tokens, [length][kv_heads][head_dim] keys and values.
 struct Sequence {
@@ -204,6 +200,17 @@ void choose_ids(FuzzedDataProvider& fdp, const Model& model, std::size_t max_t,
   c.n = c.ids.size();
 }
 
+// Puts up to 2 NaN or +-Inf among the first `size` elements of x.
+void plant_nonfinite(FuzzedDataProvider& fdp, std::vector<float>& x, std::size_t size,
+                     const char* name) {
+  const int count = size == 0 ? 0 : fdp.ConsumeIntegralInRange(0, 2);
+  for (int c = 0; c < count; ++c) {
+    const std::size_t i = fdp.ConsumeIntegralInRange<std::size_t>(0, size - 1);
+    x[i] = fuzz::pick_special(fdp, true);
+    describe(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(x[i]));
+  }
+}
+
 Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model, Random& rng,
                std::size_t max_t) {
   Call c;
@@ -220,6 +227,12 @@ Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model
   c.v.resize(c.k.size() + n * heads * dim);  // room for the longer values of Spoil::shapes
   for (float& x : c.k) x = static_cast<float>(static_cast<int>(rng.uniform(-63.0, 64.0))) / 8.0f;
   for (float& x : c.v) x = static_cast<float>(static_cast<int>(rng.uniform(-63.0, 64.0))) / 8.0f;
+  // One call in 8 brings NaN or Inf keys and values. They stay in the sequences' history and
+  // must reach exactly the outputs the oracle says they reach, in this call and later ones.
+  if (fdp.ConsumeIntegralInRange(0, 7) == 0) {
+    plant_nonfinite(fdp, c.k, n * t * heads * dim, "k");
+    plant_nonfinite(fdp, c.v, n * t * heads * dim, "v");
+  }
   c.kview = {c.k.data(), n, t, heads, dim};
   c.vview = {c.v.data(), n, c.spoil == Spoil::shapes ? t + 1 : t, heads, dim};
   c.t = t;
@@ -327,15 +340,27 @@ std::string options_text(const Options& o) {
          simdattn::isa_name(*o.isa) + ", threads " + std::to_string(o.threads);
 }
 
+// What the oracle says of each output row (b, t, head) beside its values.
+struct RowBounds {
+  // The bound for float: the scores' rounding (d products summed, the ALiBi term) times the
+  // values' range.
+  std::vector<double> tol;
+  // The row may be NaN/Inf where the oracle is finite: the optimized path multiplies the values
+  // of keys the row does not see by zero inside a block of keys, and one of this sequence and kv
+  // head is NaN or Inf.
+  std::vector<char> may_spread;
+};
+
 // Attention of the call's new tokens over each sequence's history (the model after the append),
 // in double: causal from the end, the window, soft-capping, ALiBi (query token t at position
-// past + t) and sinks of `o`. tol gets each output row's bound for float: its scores' rounding
-// (d products summed, the ALiBi term) times the values' range.
+// past + t) and sinks of `o`. NaN and Inf take IEEE arithmetic's course as in the library's
+// reference: a NaN or +Inf score makes its row NaN, a -Inf score weighs 0 x its value.
 std::vector<double> oracle(const Model& model, const Call& c, const std::vector<double>& q,
                            std::size_t h, std::size_t kvh, std::size_t d, const Options& o,
-                           std::vector<double>& tol) {
+                           RowBounds& rows) {
   std::vector<double> out(c.n * c.t * h * d, 0.0);
-  tol.assign(c.n * c.t * h, 0.0);
+  rows.tol.assign(c.n * c.t * h, 0.0);
+  rows.may_spread.assign(c.n * c.t * h, 0);
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(d));
   const std::size_t group = h / kvh;
   std::vector<float> slopes;
@@ -347,11 +372,21 @@ std::vector<double> oracle(const Model& model, const Call& c, const std::vector<
   for (std::size_t b = 0; b < c.n; ++b) {
     const Sequence& s = model.at(c.ids[b]);
     const std::size_t length = s.k.size() / (kvh * d), past = length - c.t;
+    std::vector<char> bad_value(length * kvh, 0);  // key k's value in kv head g has NaN/Inf
+    for (std::size_t x = 0; x < length * kvh * d; ++x) {
+      if (!std::isfinite(s.v[x])) bad_value[x / d] = 1;
+    }
     for (std::size_t t = 0; t < c.t; ++t) {
       const std::size_t end = past + t + 1;  // keys [begin, end)
       const std::size_t begin = o.window && *o.window < end ? end - *o.window : 0;
       for (std::size_t head = 0; head < h; ++head) {
         const std::size_t g = head / group;
+        const std::size_t r = (b * c.t + t) * h + head;
+        for (std::size_t k = 0; k < length; ++k) {
+          if ((k < begin || k >= end) && bad_value[k * kvh + g] != 0) {
+            rows.may_spread[r] = o.path == simdattn::Path::optimized;
+          }
+        }
         const double* qr = q.data() + ((b * c.t + t) * h + head) * d;
         std::vector<double> p(end - begin);
         double top = -INFINITY, magnitude = 0;
@@ -362,6 +397,7 @@ std::vector<double> oracle(const Model& model, const Call& c, const std::vector<
             terms += std::abs(qr[x] * s.k[(k * kvh + g) * d + x]);
           }
           dot *= scale;
+          if (!std::isfinite(terms)) terms = 0;  // the row is NaN, or capped to +-cap exactly
           magnitude = std::max(magnitude, terms * scale);
           if (o.softcap) dot = *o.softcap * std::tanh(dot / *o.softcap);
           if (!slopes.empty()) {
@@ -378,8 +414,8 @@ std::vector<double> oracle(const Model& model, const Call& c, const std::vector<
         double sum = std::exp(sink - top);
         for (double& x : p) sum += (x = std::exp(x - top));
         // Values lie in (-8, 8): a score error e moves the output by at most 16 e.
-        tol[(b * c.t + t) * h + head] = 16.0 * (1e-6 * magnitude + 1e-6) + 1e-5;
-        double* row = out.data() + ((b * c.t + t) * h + head) * d;
+        rows.tol[r] = 16.0 * (1e-6 * magnitude + 1e-6) + 1e-5;
+        double* row = out.data() + r * d;
         for (std::size_t k = begin; k < end; ++k) {
           for (std::size_t x = 0; x < d; ++x) {
             row[x] += p[k - begin] / sum * s.v[(k * kvh + g) * d + x];
@@ -389,6 +425,24 @@ std::vector<double> oracle(const Model& model, const Call& c, const std::vector<
     }
   }
   return out;
+}
+
+// got against the oracle's want, element by element: NaN/Inf exactly where want has them (or,
+// where may_spread(i), also where want is finite), elsewhere within bound(i).
+template <class Bound, class MaySpread>
+void check_output(const std::vector<float>& got, const std::vector<double>& want, const char* what,
+                  const Bound& bound, const MaySpread& may_spread) {
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double x = got[i];
+    const bool ok = !std::isfinite(want[i])
+                        ? !std::isfinite(x)
+                        : (std::isfinite(x) ? std::abs(x - want[i]) <= bound(i) : may_spread(i));
+    if (!ok) {
+      fail(std::string(what) + " " + std::to_string(i) + " is " + std::to_string(got[i]) +
+           ", the oracle " + std::to_string(want[i]) + " (tolerance " + std::to_string(bound(i)) +
+           (may_spread(i) ? ", may spread NaN)" : ")"));
+    }
+  }
 }
 
 // y[r] = x[r] W^T + bias in double, for rows of `in` floats and W [out, in] (no bias: empty).
@@ -480,26 +534,27 @@ void run_step(FuzzedDataProvider& fdp, KvCache& cache, Model& model, Random& rng
     }
   }
   apply_append(model, c, row);
-  std::vector<double> tol;
-  const std::vector<double> attn = oracle(model, c, q, h, kvh, d, o, tol);
+  RowBounds rows;
+  const std::vector<double> attn = oracle(model, c, q, h, kvh, d, o, rows);
   const std::vector<float>& wo = m.weight(Projection::output);
   const std::vector<double> want = linear(attn, e, wo, m.bias(Projection::output));
   std::vector<double> weight(e, 0.0);  // each output's sum of |Wo|, which scales the heads' error
   for (std::size_t j = 0; j < e; ++j) {
     for (std::size_t i = 0; i < e; ++i) weight[j] += std::abs(double(wo[j * e + i]));
   }
+  // Each token's bound and spread from its heads', through the output projection.
+  std::vector<double> row_tol(n * t, 0.0);
+  std::vector<char> row_spread(n * t, 0);
   for (std::size_t r = 0; r < n * t; ++r) {
-    double row_tol = 0;  // the heads' bounds, through the output projection
-    for (std::size_t head = 0; head < h; ++head) row_tol = std::max(row_tol, tol[r * h + head]);
-    for (std::size_t j = 0; j < e; ++j) {
-      const double bound = row_tol * weight[j] + 1e-5;
-      if (!(std::abs(double(out[r * e + j]) - want[r * e + j]) <= bound)) {
-        fail("step output " + std::to_string(r * e + j) + " is " + std::to_string(out[r * e + j]) +
-             ", the oracle " + std::to_string(want[r * e + j]) + " (tolerance " +
-             std::to_string(bound) + ")");
-      }
+    for (std::size_t head = 0; head < h; ++head) {
+      row_tol[r] = std::max(row_tol[r], rows.tol[r * h + head]);
+      row_spread[r] = row_spread[r] || rows.may_spread[r * h + head];
     }
   }
+  check_output(
+      out, want, "step output",
+      [&](std::size_t i) { return row_tol[i / e] * weight[i % e] + 1e-5; },
+      [&](std::size_t i) { return row_spread[i / e] != 0; });
 }
 
 void run(FuzzedDataProvider& fdp) {
@@ -608,6 +663,7 @@ void run(FuzzedDataProvider& fdp) {
         const std::size_t n = c.kview.n, t = c.kview.l;
         std::vector<float> q(std::max<std::size_t>(1, n * t * h * d));
         for (float& x : q) x = static_cast<float>(rng.normal());
+        if (fdp.ConsumeIntegralInRange(0, 7) == 0) plant_nonfinite(fdp, q, n * t * h * d, "q");
         std::vector<float> out(q.size(), -7.0f);
         if (!appending_call(cache, model, before, "attention", spoilt, c.ids, c.t, [&] {
               simdattn::scaled_dot_product_attention(cache, c.ids, {q.data(), n, t, h, d}, c.kview,
@@ -630,16 +686,12 @@ void run(FuzzedDataProvider& fdp) {
           fail("attention on 1 and 2 threads gave different bits");
         }
         apply_append(model, c, row);
-        std::vector<double> tol;
+        RowBounds rows;
         const std::vector<double> want =
-            oracle(model, c, std::vector<double>(q.begin(), q.end()), h, kvh, d, o, tol);
-        for (std::size_t i = 0; i < want.size(); ++i) {
-          if (!(std::abs(double(out[i]) - want[i]) <= tol[i / d])) {
-            fail("attention output " + std::to_string(i) + " is " + std::to_string(out[i]) +
-                 ", the oracle " + std::to_string(want[i]) + " (tolerance " +
-                 std::to_string(tol[i / d]) + ")");
-          }
-        }
+            oracle(model, c, std::vector<double>(q.begin(), q.end()), h, kvh, d, o, rows);
+        check_output(
+            out, want, "attention output", [&](std::size_t i) { return rows.tol[i / d]; },
+            [&](std::size_t i) { return rows.may_spread[i / d] != 0; });
         break;
       }
     }
@@ -654,7 +706,8 @@ void run(FuzzedDataProvider& fdp) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  g_case.clear();
+  fuzz::g_target = "fuzz_kv_cache";
+  fuzz::g_case.clear();
   g_dead.clear();
   FuzzedDataProvider fdp(data, size);
   try {

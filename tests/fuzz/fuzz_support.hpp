@@ -118,15 +118,16 @@ inline Strided make_head_major(FuzzedDataProvider& fdp, std::size_t n, std::size
   return s;
 }
 
-// A dense [n, l, h, d] double tensor (Strided::dense, the oracle's results) as the reference's
-// heads.
+// A dense [n, l, h, d] double tensor (Strided::dense) as the reference's input heads, and one
+// it writes (the oracle's results).
 inline simdattn::reference::Heads<const double> dense_heads(const std::vector<double>& x,
                                                             std::size_t n, std::size_t l,
                                                             std::size_t h, std::size_t d) {
   return {x.data(), n, l, h, d, h * d, l * h * d};
 }
-inline simdattn::reference::Heads<double> dense_heads(std::vector<double>& x, std::size_t n,
-                                                      std::size_t l, std::size_t h, std::size_t d) {
+inline simdattn::reference::Heads<double> dense_heads_out(std::vector<double>& x, std::size_t n,
+                                                          std::size_t l, std::size_t h,
+                                                          std::size_t d) {
   return {x.data(), n, l, h, d, h * d, l * h * d};
 }
 

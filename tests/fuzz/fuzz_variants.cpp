@@ -30,6 +30,7 @@
 
 #include "fuzz_support.hpp"
 #include "mask_rule.hpp"
+#include "nonfinite_compare.hpp"
 #include "reference/reference.hpp"
 #include "simdattn/simdattn.hpp"
 
@@ -170,7 +171,7 @@ void reference_of(const Case& c, std::size_t weights_size, std::vector<double>& 
   weights.assign(weights_size, 0.0);
   simdattn::reference::attention<double>(
       dense_heads(c.q, c.n, c.lq, c.h, c.dk), dense_heads(c.k, c.n, c.lk, c.hkv, c.dk),
-      dense_heads(c.v, c.n, c.lk, c.hkv, c.dv), dense_heads(out, c.n, c.lq, c.h, c.dv), c.rule,
+      dense_heads(c.v, c.n, c.lk, c.hkv, c.dv), dense_heads_out(out, c.n, c.lq, c.h, c.dv), c.rule,
       c.scale, c.options.masked_rows, nullptr,
       {weights_size != 0 ? weights.data() : nullptr, c.options.weights.average_heads});
 }
@@ -180,16 +181,14 @@ void reference_of(const Case& c, std::size_t weights_size, std::vector<double>& 
 template <class SpreadOk>
 void check_reach(const std::vector<double>& ref, const std::vector<float>& got, const char* what,
                  const std::string& path, const SpreadOk& spread_ok) {
-  for (std::size_t x = 0; x < ref.size(); ++x) {
-    const bool lost = !std::isfinite(ref[x]) && std::isfinite(got[x]);
-    const bool spread = std::isfinite(ref[x]) && !std::isfinite(got[x]) && !spread_ok(x);
-    if (lost || spread) {
-      char buf[200];
-      std::snprintf(buf, sizeof buf, " %s element %zu of %zu: %s: got %.9g, reference %.9g", what,
-                    x, ref.size(), lost ? "lost a NaN/Inf" : "NaN/Inf spread", got[x], ref[x]);
-      fail(path + buf);
-    }
-  }
+  const auto c = simdattn::test::compare_nonfinite(got, ref, spread_ok);
+  if (c.lost == 0 && c.spread == 0) return;
+  const std::size_t x = c.first_bad;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, " %s element %zu of %zu: %s: got %.9g, reference %.9g", what, x,
+                ref.size(), std::isfinite(ref[x]) ? "NaN/Inf spread" : "lost a NaN/Inf", got[x],
+                ref[x]);
+  fail(path + buf);
 }
 
 // Only NaN and Inf among normal values (no huge or denormal value planted): where the double
