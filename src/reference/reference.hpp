@@ -41,7 +41,8 @@ void linear(const T* x, std::size_t rows, std::size_t in, const T* w, std::size_
 /// reads K/V head hh / (q.h / k.h) (grouped-query attention). q.d == k.d; v.d == out.d may
 /// differ from them. `lse`, if given, receives each row's log-sum-exp at
 /// lse[(b * q.h + hh) * q.l + i]: log(sum over visible keys of exp(score) + exp(sink)), -inf for
-/// a row without visible key and sink or whose visible scores are all -inf without a sink. `weights`, if given, receives the probabilities.
+/// a row without visible key and sink, or whose visible scores are all -inf and has no sink.
+/// `weights`, if given, receives the probabilities.
 template <class T>
 void attention(const Heads<const T>& q, const Heads<const T>& k, const Heads<const T>& v,
                const Heads<T>& out, const detail::MaskRule& rule, T scale, MaskedRows policy,

@@ -47,7 +47,7 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   float sum = 0.0f;
   for (std::size_t s = 0; s < parts; ++s) {
     const float x = lse[s * lse_stride];
-    if (x == kNegInf) continue;       // nothing in this part (its o may be anything)
+    if (x == kNegInf) continue;  // nothing in this part (its o may be anything)
     const float w = std::exp(x - m);
     sum += w;
     const float* os = o + s * o_stride;
