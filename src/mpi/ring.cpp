@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "driver/attention.hpp"
 #include "driver/parallel.hpp"
@@ -109,8 +110,8 @@ class Ring {
   void compute_slice(int source, const float* slice, bool& computed);
   void compute_block(QueryBlock& qb, const Segment& ks, const Heads<const float>& k,
                      const Heads<const float>& v);
-  void store_first(const MaskRule& rule, const QueryBlock& qb);
-  void merge_block(const MaskRule& rule, const QueryBlock& qb);
+  void store_first(const MaskRule& rule, const QueryBlock& qb, const Heads<const float>& v);
+  void merge_block(const MaskRule& rule, const QueryBlock& qb, const Heads<const float>& v);
   void add_uniform_answers(int source, const Heads<const float>& v);
   void finish();
   void poll();
@@ -248,15 +249,31 @@ void Ring::compute_block(QueryBlock& qb, const Segment& ks, const Heads<const fl
   p.lse = m_.lse_block;
   run_attention(call_.table, p, call_.threads);
   if (qb.started) {
-    merge_block(p.rule, qb);
+    merge_block(p.rule, qb, p.v);
   } else {
-    store_first(p.rule, qb);
+    store_first(p.rule, qb, p.v);
     qb.started = true;
   }
 }
 
-void Ring::store_first(const MaskRule& rule, const QueryBlock& qb) {
-  const std::size_t hq = plan_.hq;
+// A row whose visible scores in a block are all -inf (an infinite key component) gets the
+// part lse = -inf and output 0 / 0 from the kernel. Its keys weigh nothing, but their 0 x v must
+// still reach the row as in the reference (0 x Inf = NaN): the part's output becomes that sum,
+// which merge_slices adds to the others, and finish() answers NaN if every part stays -inf.
+void zero_weight_sum(const kernels::KeyRule& r, std::size_t i, const Heads<const float>& v,
+                     std::size_t b, std::size_t kh, float* o) {
+  const std::uint8_t* mrow = kernels::mask_row(r, i);
+  const float* brow = kernels::bias_row(r, i);
+  std::fill(o, o + v.d, 0.0f);
+  for (std::size_t key = kernels::key_begin(r, i); key < kernels::key_end(r, i); ++key) {
+    if (!kernels::keeps_key(r, mrow, brow, key)) continue;
+    const float* vk = v.at(b, key, kh);
+    for (std::size_t dd = 0; dd < v.d; ++dd) o[dd] += 0.0f * vk[dd];
+  }
+}
+
+void Ring::store_first(const MaskRule& rule, const QueryBlock& qb, const Heads<const float>& v) {
+  const std::size_t hq = plan_.hq, hd = hq * plan_.d;
   for (std::size_t b = 0; b < plan_.n; ++b) {
     for (std::size_t h = 0; h < hq; ++h) {
       const kernels::KeyRule r = rule.for_head(b, h);
@@ -264,25 +281,36 @@ void Ring::store_first(const MaskRule& rule, const QueryBlock& qb) {
       std::copy_n(m_.lse_block + (b * hq + h) * qb.rows, qb.rows, m_.lse_acc + at);
       for (std::size_t i = 0; i < qb.rows; ++i) {
         m_.seen[at + i] = kernels::has_visible_key(r, i) ? 1 : 0;
+        if (m_.seen[at + i] != 0 && m_.lse_acc[at + i] == -INFINITY) {
+          const std::size_t row = qb.first_row + i;
+          zero_weight_sum(r, i, v, b, h / group_, m_.acc + (b * lq_ + row) * 2 * hd + h * plan_.d);
+        }
       }
     }
   }
 }
 
 // Folds a block's part into the running result of the rows that see a key of the part.
-void Ring::merge_block(const MaskRule& rule, const QueryBlock& qb) {
+void Ring::merge_block(const MaskRule& rule, const QueryBlock& qb, const Heads<const float>& v) {
   const std::size_t hq = plan_.hq, d = plan_.d, hd = hq * d, rows = qb.rows;
   const int threads = threads_for(plan_.n * rows * hd, call_.threads);
   parallel_tasks(plan_.n * rows, threads, /*dynamic=*/false, [&](std::size_t task) {
     const std::size_t b = task / rows, i = task % rows, row = qb.first_row + i;
     float* merged = thread_scratch(ScratchSlot::kernel, d);
     for (std::size_t h = 0; h < hq; ++h) {
-      if (!kernels::has_visible_key(rule.for_head(b, h), i)) continue;
+      const kernels::KeyRule r = rule.for_head(b, h);
+      if (!kernels::has_visible_key(r, i)) continue;
       const std::size_t at = (b * hq + h) * lq_ + row;
       float* o = m_.acc + (b * lq_ + row) * 2 * hd + h * d;  // the part follows at o + hd
       const float lse[2] = {m_.lse_acc[at], m_.lse_block[(b * hq + h) * rows + i]};
-      m_.lse_acc[at] = kernels::merge_partials(lse, 1, o, hd, 2, d, merged);
-      std::copy(merged, merged + d, o);
+      if (lse[1] == -INFINITY) zero_weight_sum(r, i, v, b, h / group_, o + hd);
+      if (lse[0] == -INFINITY && lse[1] == -INFINITY) {
+        // Nothing weighs yet: keep the sums of 0 x v (a row not seen before holds zeros).
+        for (std::size_t dd = 0; dd < d; ++dd) o[dd] += 0.0f * o[hd + dd];
+      } else {
+        m_.lse_acc[at] = kernels::merge_slices(nullptr, lse, 1, o, hd, 2, d, merged);
+        std::copy(merged, merged + d, o);
+      }
       m_.seen[at] = 1;
     }
   });
@@ -316,7 +344,11 @@ void Ring::finish() {
     const std::size_t b = task / lq_, i = task % lq_;
     for (std::size_t h = 0; h < hq; ++h) {
       float* dst = call_.out.at(b, i, h);
-      if (m_.seen[(b * hq + h) * lq_ + i] != 0) {
+      const std::size_t at = (b * hq + h) * lq_ + i;
+      if (m_.seen[at] != 0 && m_.lse_acc[at] == -INFINITY) {
+        // Every visible score -inf: 0 / 0, as the reference's row.
+        std::fill(dst, dst + d, std::numeric_limits<float>::quiet_NaN());
+      } else if (m_.seen[at] != 0) {
         const float* o = m_.acc + (b * lq_ + i) * 2 * hd + h * d;
         std::copy(o, o + d, dst);
       } else if (call_.policy == MaskedRows::zeros) {

@@ -183,15 +183,19 @@ TEST_CASE("mpi: the naive path (the reference kernels) on every rank", "[mpi]") 
            options, expected(pr, options, kTol), "naive path, causal bottom-right, Lq > Lk");
 }
 
-TEST_CASE("mpi: a slice whose scores are all -inf for every row weighs nothing", "[mpi]") {
+TEST_CASE("mpi: a slice whose scores are all -inf weighs nothing but passes on 0 x NaN",
+          "[mpi][nonfinite]") {
   // The last rank's keys have a +Inf component where every query is negative: each row scores
-  // that whole slice -inf. Its part must weigh nothing on both paths (the reference's log-sum-exp
-  // of such a part is -inf, not -inf + NaN), so the rows equal one process's finite result.
+  // that whole slice -inf. Its part must weigh nothing on both paths, so the rows equal one
+  // process's finite result; and where one of its values is NaN, that column of every row is
+  // NaN (0 x NaN), as in one process, the rest unchanged.
   const auto p = static_cast<std::size_t>(ranks());
   if (p < 2) return;  // with one rank every key scores -inf: NaN rows, as in one process
   Problem pr(1, 5 * p, 4 * p, 2, 1, 6, MaskKind::none);
   for (std::size_t i = 0; i < pr.lq * pr.h; ++i) pr.q[i * pr.d] = -std::abs(pr.q[i * pr.d]) - 0.1f;
   for (std::size_t key = pr.lk - pr.lk / p; key < pr.lk; ++key) pr.k[key * pr.d] = INFINITY;
+  const auto q_lengths = lengths_of(Layout::contiguous, pr.lq, {});
+  const auto k_lengths = lengths_of(Layout::contiguous, pr.lk, {});
   for (Path path : {Path::optimized, Path::naive}) {
     simdattn::mpi::Options options;
     options.path = path;
@@ -201,8 +205,40 @@ TEST_CASE("mpi: a slice whose scores are all -inf for every row weighs nothing",
     const Expected ex = expected(pr, options, kTol);
     REQUIRE(
         std::all_of(ex.whole.begin(), ex.whole.end(), [](float x) { return std::isfinite(x); }));
-    run_case(pr, lengths_of(Layout::contiguous, pr.lq, {}),
-             lengths_of(Layout::contiguous, pr.lk, {}), options, ex, what);
+    run_case(pr, q_lengths, k_lengths, options, ex, what);
+
+    // A NaN value in that slice, column 4.
+    float& planted = pr.v[(pr.lk - 1) * pr.d + 4];
+    const float kept = planted;
+    planted = NAN;
+    const Problem& nan_pr = pr;
+    const std::vector<float> whole = single_process(nan_pr, options);
+    const int r = rank();
+    const auto q_segs = simdattn::mpi::segments(Layout::contiguous, q_lengths, r);
+    const auto k_segs = simdattn::mpi::segments(Layout::contiguous, k_lengths, r);
+    const std::size_t lq = q_lengths[static_cast<std::size_t>(r)];
+    const std::size_t lk = k_lengths[static_cast<std::size_t>(r)];
+    const auto q = take_rows(nan_pr.q, 1, pr.lq, pr.h * pr.d, q_segs);
+    const auto k = take_rows(nan_pr.k, 1, pr.lk, pr.d, k_segs);
+    const auto v = take_rows(nan_pr.v, 1, pr.lk, pr.d, k_segs);
+    std::vector<float> out(lq * pr.h * pr.d, -7.0f);
+    simdattn::mpi::scaled_dot_product_attention(
+        MPI_COMM_WORLD, {q.data(), 1, lq, pr.h, pr.d}, {k.data(), 1, lk, 1, pr.d},
+        {v.data(), 1, lk, 1, pr.d}, {out.data(), 1, lq, pr.h, pr.d}, {}, options);
+    const auto want = take_rows(whole, 1, pr.lq, pr.h * pr.d, q_segs);
+    bool reach = true;
+    double max_diff = 0;
+    for (std::size_t x = 0; x < out.size(); ++x) {
+      reach = reach && std::isfinite(out[x]) == (x % pr.d != 4) &&
+              std::isfinite(want[x]) == (x % pr.d != 4);
+      if (std::isfinite(out[x]) && std::isfinite(want[x])) {
+        max_diff = std::max(max_diff, static_cast<double>(std::abs(out[x] - want[x])));
+      }
+    }
+    INFO(what << ", a NaN value: max difference " << max_diff);
+    CHECK(all_ranks(reach));
+    CHECK(all_ranks(max_diff <= 1e-5));
+    planted = kept;
   }
 }
 
