@@ -267,8 +267,7 @@ void zero_weight_sum(const kernels::KeyRule& r, std::size_t i, const Heads<const
   std::fill(o, o + v.d, 0.0f);
   for (std::size_t key = kernels::key_begin(r, i); key < kernels::key_end(r, i); ++key) {
     if (!kernels::keeps_key(r, mrow, brow, key)) continue;
-    const float* vk = v.at(b, key, kh);
-    for (std::size_t dd = 0; dd < v.d; ++dd) o[dd] += 0.0f * vk[dd];
+    kernels::add_zero_weighted(v.at(b, key, kh), v.d, o);
   }
 }
 
@@ -306,7 +305,7 @@ void Ring::merge_block(const MaskRule& rule, const QueryBlock& qb, const Heads<c
       if (lse[1] == -INFINITY) zero_weight_sum(r, i, v, b, h / group_, o + hd);
       if (lse[0] == -INFINITY && lse[1] == -INFINITY) {
         // Nothing weighs yet: keep the sums of 0 x v (a row not seen before holds zeros).
-        for (std::size_t dd = 0; dd < d; ++dd) o[dd] += 0.0f * o[hd + dd];
+        kernels::add_zero_weighted(o + hd, d, o);
       } else {
         m_.lse_acc[at] = kernels::merge_slices(nullptr, lse, 1, o, hd, 2, d, merged);
         std::copy(merged, merged + d, o);

@@ -58,6 +58,10 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
   return m + std::log(sum);
 }
 
+void add_zero_weighted(const float* part, std::size_t d, float* out) {
+  for (std::size_t dd = 0; dd < d; ++dd) out[dd] += 0.0f * part[dd];
+}
+
 float merge_slices(const float* sink, const float* lse, std::size_t lse_stride, const float* o,
                    std::size_t o_stride, std::size_t parts, std::size_t d, float* out) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -72,8 +76,7 @@ float merge_slices(const float* sink, const float* lse, std::size_t lse_stride, 
   // the row as in the reference (0 x Inf = NaN); a finite sum gains only zeros.
   for (std::size_t s = 0; s < parts; ++s) {
     if (lse[s * lse_stride] != kNegInf) continue;
-    const float* os = o + s * o_stride;
-    for (std::size_t dd = 0; dd < d; ++dd) out[dd] += 0.0f * os[dd];
+    add_zero_weighted(o + s * o_stride, d, out);
   }
   if (sink == nullptr) return keys_lse;
   return keys_lse == kNegInf ? *sink : add_sink(*sink, keys_lse, d, out);

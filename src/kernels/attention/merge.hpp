@@ -41,6 +41,10 @@ float merge_partials(const float* lse, std::size_t lse_stride, const float* o, s
 float merge_slices(const float* sink, const float* lse, std::size_t lse_stride, const float* o,
                    std::size_t o_stride, std::size_t parts, std::size_t d, float* out);
 
+/// out += 0 x part, element by element: what a part that weighs nothing (lse = -inf) still adds
+/// to a row, zeros except where it holds NaN or Inf (0 x Inf = NaN).
+void add_zero_weighted(const float* part, std::size_t d, float* out);
+
 /// The answer for a query row that sees no key: zeros, or under MaskedRows::uniform what the
 /// tutorial's -1e20 fill gives, equal scores, so the plain average of the lk values (rows
 /// v_stride floats apart), summed as the reference does (1/lk times v, in key order).
