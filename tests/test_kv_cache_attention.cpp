@@ -354,11 +354,31 @@ TEST_CASE("cache attention: a window bounds the keys read (NaN keys before it ne
   }
 }
 
-TEST_CASE("cache attention: with sinks, a row whose scores are all -inf still sees a NaN value",
+namespace {
+
+// The last token's output on both paths, token by token (the paged decode) and in chunks of 50
+// (the gathered tile path), against the oracle's NaN/Inf and values.
+void check_last_token(const Sequence& s, Options o, const std::vector<double>& ref) {
+  for (Path path : kPaths) {
+    for (std::size_t chunk : {std::size_t{1}, std::size_t{50}}) {
+      INFO("path " << path_name(path) << ", chunk " << chunk
+                   << (o.sinks.data != nullptr ? ", sinks" : ""));
+      o.path = path;
+      const auto out = run_chunks(s, chunk, KvStorage::f32, o);
+      const std::vector<float> got(out.begin() + (s.l - 1) * s.h * s.d, out.end());
+      test::check_nonfinite(test::compare_nonfinite(got, ref), "last token");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cache attention: a row whose scores are all -inf: NaN, or with sinks 0 x v",
           "[kv_cache][attention][nonfinite]") {
   // The last token's query has a -Inf component where every key of its kv head is positive, so
-  // each of its scores is -inf: the sink takes all the weight and its output is 0 x v, zeros but
-  // NaN in the column where a value it sees is Inf (as in the oracle; not a finite zero).
+  // each of its scores is -inf. Without sinks its softmax is 0 / 0: NaN in every column, as in
+  // the oracle. With sinks the sink takes all the weight and its output is 0 x v, zeros but NaN
+  // in the column where a value it sees is Inf (as in the oracle; not a finite zero).
   Sequence s(150, 2, 1, 8, 91);
   const std::size_t last = s.l - 1, col = 2;
   s.q[(last * s.h + 0) * s.d + 3] = -INFINITY;
@@ -366,24 +386,19 @@ TEST_CASE("cache attention: with sinks, a row whose scores are all -inf still se
     s.k[t * s.kvh * s.d + 3] = std::abs(s.k[t * s.kvh * s.d + 3]) + 0.1f;
   s.v[100 * s.kvh * s.d + col] = INFINITY;
   const std::vector<float> sinks = test::random_normal(s.h, 92);
-  Options o;
-  o.sinks = PerHead{sinks.data(), s.h};
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
-  const auto ref = oracle(s, s.k, s.v, scale, o, last);  // [1, H, D]
-  for (std::size_t h = 0; h < s.h; ++h) {
-    for (std::size_t dd = 0; dd < s.d; ++dd) {
-      // Head 0: zeros but the value's column; head 1 sees the value with weight: Inf/NaN there.
-      CHECK(std::isfinite(ref[h * s.d + dd]) == (dd != col));
+  for (bool with_sinks : {false, true}) {
+    Options o;
+    if (with_sinks) o.sinks = PerHead{sinks.data(), s.h};
+    const auto ref = oracle(s, s.k, s.v, scale, o, last);  // [1, H, D]
+    for (std::size_t h = 0; h < s.h; ++h) {
+      for (std::size_t dd = 0; dd < s.d; ++dd) {
+        // Head 0: NaN, or with sinks zeros but the value's column; head 1 sees the value with
+        // weight: Inf/NaN there.
+        CHECK(std::isfinite(ref[h * s.d + dd]) == (dd != col && (h != 0 || with_sinks)));
+      }
     }
-  }
-  for (Path path : kPaths) {
-    for (std::size_t chunk : {std::size_t{1}, std::size_t{50}}) {
-      INFO("path " << path_name(path) << ", chunk " << chunk);
-      o.path = path;
-      const auto out = run_chunks(s, chunk, KvStorage::f32, o);
-      const std::vector<float> got(out.begin() + last * s.h * s.d, out.end());
-      test::check_nonfinite(test::compare_nonfinite(got, ref), "last token");
-    }
+    check_last_token(s, o, ref);
   }
 }
 
@@ -408,15 +423,7 @@ TEST_CASE("cache attention: a key scored -inf in a slice of its own still passes
     if (with_sinks) o.sinks = PerHead{sinks.data(), s.h};
     const auto ref = oracle(s, s.k, s.v, scale, o, last);  // [1, H, D]
     for (std::size_t i = 0; i < s.h * s.d; ++i) CHECK(std::isfinite(ref[i]) == (i % s.d != col));
-    for (Path path : kPaths) {
-      for (std::size_t chunk : {std::size_t{1}, std::size_t{50}}) {
-        INFO("path " << path_name(path) << ", chunk " << chunk << (with_sinks ? ", sinks" : ""));
-        o.path = path;
-        const auto out = run_chunks(s, chunk, KvStorage::f32, o);
-        const std::vector<float> got(out.begin() + last * s.h * s.d, out.end());
-        test::check_nonfinite(test::compare_nonfinite(got, ref), "last token");
-      }
-    }
+    check_last_token(s, o, ref);
   }
 }
 

@@ -302,6 +302,33 @@ TEST_CASE("sinks: a row whose visible scores are all -inf still sees a NaN or In
   }
 }
 
+TEST_CASE("a row whose visible scores are all -inf is NaN, as 0 / 0 in the reference",
+          "[reliability][nonfinite]") {
+  // Row 0 of head 1 has a -Inf query component where every key of its head is positive: each
+  // of its scores is -inf, and without sinks its softmax is 0 / 0, NaN in every column (the
+  // sinks test above covers the sink's case). The other rows are finite. Decoding (Lq <= 4)
+  // runs one slice (Lk up to 128) or several, the tile kernel (Lq = 37) one or more key blocks.
+  for (std::size_t lq : {1, 3, 37}) {
+    for (std::size_t lk : {1, 5, 100, 129, 513}) {
+      SdpaProblem p(1, lq, lk, 2, 8, 70 + lk);
+      p.q[p.q_at(0, 0, 1, 3)] = -kInf;
+      for (std::size_t key = 0; key < lk; ++key) {
+        float& k = p.k[p.k_at(0, key, 1, 3)];
+        k = std::abs(k) + 0.1f;
+      }
+      for (Path path : test::kPaths) {
+        Options o;
+        o.path = path;
+        INFO("Lq " << lq << ", Lk " << lk << ", path " << test::path_name(path));
+        const auto ref = p.oracle({}, o);
+        const auto c = compare_nonfinite(p.run({}, o), ref);
+        test::check_nonfinite(c, "vs oracle");
+        CHECK(c.ref_nonfinite == p.d);  // that row, every column
+      }
+    }
+  }
+}
+
 TEST_CASE("a key scored -inf still passes its value's NaN or Inf on, in a slice of its own",
           "[reliability][nonfinite]") {
   // The last key of head 1 has a +Inf component where every query of that head is negative, so

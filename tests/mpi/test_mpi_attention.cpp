@@ -241,6 +241,42 @@ TEST_CASE("mpi: a slice whose scores are all -inf weighs nothing but passes on 0
   }
 }
 
+TEST_CASE("mpi: a row whose every visible score is -inf is NaN, as in one process",
+          "[mpi][nonfinite]") {
+  // Every key has a +Inf component where the queries of batch 0 are negative: those rows score
+  // every slice -inf, and their output is 0 / 0 as in one process, though each rank's part
+  // weighs nothing. Batch 1's queries are positive there: +Inf scores, NaN rows too. Batch 2's
+  // keys are finite: its rows are finite and unaffected.
+  const auto p = static_cast<std::size_t>(ranks());
+  Problem pr(3, 3 * p, 2 * p + 1, 2, 1, 5, MaskKind::none);
+  for (std::size_t b = 0; b < 2; ++b) {
+    for (std::size_t i = 0; i < pr.lq * pr.h; ++i) {
+      float& x = pr.q[(b * pr.lq * pr.h + i) * pr.d];
+      x = (b == 0 ? -1.0f : 1.0f) * (std::abs(x) + 0.1f);
+    }
+    for (std::size_t key = 0; key < pr.lk; ++key) pr.k[(b * pr.lk + key) * pr.d] = INFINITY;
+  }
+  for (Path path : {Path::optimized, Path::naive}) {
+    for (Layout layout : {Layout::contiguous, Layout::zigzag}) {
+      simdattn::mpi::Options options;
+      options.path = path;
+      options.layout = layout;
+      options.schedule = Schedule::ring;
+      const RankResult got =
+          run_on_ranks(pr, lengths_of(layout, pr.lq, {}), lengths_of(layout, pr.lk, {}), options);
+      const auto want = take_rows(oracle(pr, options), pr.n, pr.lq, pr.h * pr.d, got.q_segs);
+      const NonfiniteComparison c = compare_nonfinite(got.out, want);
+      INFO((path == Path::naive ? "naive, " : "optimized, ")
+           << (layout == Layout::zigzag ? "zigzag: " : "contiguous: ") << c.ref_nonfinite
+           << " NaN/Inf in the oracle, " << c.lost << " lost, " << c.spread << " spread, error "
+           << c.max_error);
+      CHECK(all_ranks(c.ref_nonfinite == 2 * got.out.size() / 3));  // batches 0 and 1
+      CHECK(all_ranks(c.lost == 0 && c.spread == 0));
+      CHECK(all_ranks(c.max_error <= kTol));
+    }
+  }
+}
+
 TEST_CASE("mpi: the ring skips the causal future, zig-zag balances it", "[mpi]") {
   const int p = ranks(), r = rank();
   const Problem pr(1, 16 * static_cast<std::size_t>(p), 16 * static_cast<std::size_t>(p), 2, 2, 8,
