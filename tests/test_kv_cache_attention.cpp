@@ -402,6 +402,31 @@ TEST_CASE("cache attention: a row whose scores are all -inf: NaN, or with sinks 
   }
 }
 
+TEST_CASE("cache attention: a NaN key among keys scored -inf makes the row NaN, sinks or not",
+          "[kv_cache][attention][nonfinite]") {
+  // The last token's query of head 0 has a -Inf component where every key is positive: each of
+  // its scores is -inf but that of the NaN key `at`. The paged kernel's running maximum stays
+  // -inf, so the NaN must reach the row through its slice's sum; in every slice position.
+  for (std::size_t at : {std::size_t{0}, std::size_t{300}, std::size_t{599}}) {
+    Sequence s(600, 2, 1, 8, 95);
+    const std::size_t last = s.l - 1;
+    s.q[(last * s.h + 0) * s.d + 3] = -INFINITY;
+    for (std::size_t t = 0; t < s.l; ++t)
+      s.k[t * s.kvh * s.d + 3] = std::abs(s.k[t * s.kvh * s.d + 3]) + 0.1f;
+    s.k[at * s.kvh * s.d + 5] = NAN;
+    const std::vector<float> sinks = test::random_normal(s.h, 96);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
+    for (bool with_sinks : {false, true}) {
+      INFO("NaN key " << at);
+      Options o;
+      if (with_sinks) o.sinks = PerHead{sinks.data(), s.h};
+      const auto ref = oracle(s, s.k, s.v, scale, o, last);  // [1, H, D]
+      CHECK(std::none_of(ref.begin(), ref.end(), [](double x) { return std::isfinite(x); }));
+      check_last_token(s, o, ref);
+    }
+  }
+}
+
 TEST_CASE("cache attention: a key scored -inf in a slice of its own still passes on its NaN",
           "[kv_cache][attention][nonfinite]") {
   // The paged kernel splits a sequence into slices of 512 keys, merged afterwards. Token 512,

@@ -329,6 +329,41 @@ TEST_CASE("a row whose visible scores are all -inf is NaN, as 0 / 0 in the refer
   }
 }
 
+TEST_CASE("a NaN key among keys scored -inf makes its rows NaN, with or without sinks",
+          "[reliability][nonfinite]") {
+  // Head 1's queries have a -Inf component where its keys are positive: every score is -inf but
+  // that of key `at`, NaN (a NaN component). The rows' running maximum stays -inf, so the NaN
+  // must reach them through their sums: NaN rows, as in the oracle, sinks or not. Decoding
+  // (Lq <= 4) runs one slice or several; Lq = 37 runs the tile kernel.
+  for (std::size_t lq : {1, 3, 37}) {
+    for (std::size_t lk : {3, 70, 600}) {
+      for (std::size_t at : {std::size_t{0}, lk / 2, lk - 1}) {
+        SdpaProblem p(1, lq, lk, 2, 8, 80 + lk);
+        for (std::size_t i = 0; i < lq; ++i) p.q[p.q_at(0, i, 1, 3)] = -kInf;
+        for (std::size_t key = 0; key < lk; ++key) {
+          float& k = p.k[p.k_at(0, key, 1, 3)];
+          k = std::abs(k) + 0.1f;
+        }
+        p.k[p.k_at(0, at, 1, 5)] = kNaN;
+        const std::vector<float> sinks = test::random_normal(p.h, 46);
+        for (bool with_sinks : {false, true}) {
+          for (Path path : test::kPaths) {
+            Options o;
+            o.path = path;
+            if (with_sinks) o.sinks = {sinks.data(), p.h};
+            INFO("Lq " << lq << ", Lk " << lk << ", NaN key " << at << (with_sinks ? ", sinks" : "")
+                       << ", path " << test::path_name(path));
+            const auto ref = p.oracle({}, o);
+            const auto c = compare_nonfinite(p.run({}, o), ref);
+            test::check_nonfinite(c, "vs oracle");
+            CHECK(c.ref_nonfinite == lq * p.d);  // head 1's rows, every column
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("a key scored -inf still passes its value's NaN or Inf on, in a slice of its own",
           "[reliability][nonfinite]") {
   // The last key of head 1 has a +Inf component where every query of that head is negative, so
