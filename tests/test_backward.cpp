@@ -597,6 +597,37 @@ TEST_CASE("backward: grouped K/V heads, sliding window and key padding", "[backw
   check_core_case(c, what.str());
 }
 
+namespace {
+
+// On both paths: the training forward's output equals the plain call's bit for bit, and its
+// log-sum-exp the oracle's (-inf where the oracle's is -inf).
+void check_training_forward(const ConstHeadsView& q, const ConstHeadsView& k,
+                            const ConstHeadsView& v, const Mask& mask, Options options,
+                            const std::vector<double>& ref_lse) {
+  const std::size_t size = q.n * q.l * q.h * q.d;
+  for (Path path : test::kPaths) {
+    options.path = path;
+    std::vector<float> plain(size), out(size), lse(q.n * q.h * q.l, 1234.0f);
+    scaled_dot_product_attention(q, k, v, {plain.data(), q.n, q.l, q.h, q.d}, mask, options);
+    scaled_dot_product_attention_forward(q, k, v, {out.data(), q.n, q.l, q.h, q.d},
+                                         {lse.data(), q.n, q.h, q.l}, mask, options);
+    INFO("path " << test::path_name(path));
+    CHECK(std::memcmp(plain.data(), out.data(), out.size() * sizeof(float)) == 0);
+    double worst = 0;
+    for (std::size_t i = 0; i < lse.size(); ++i) {
+      if (std::isinf(ref_lse[i])) {
+        CHECK(lse[i] == -INFINITY);
+      } else {
+        worst =
+            std::max(worst, std::fabs(lse[i] - ref_lse[i]) / std::max(1.0, std::fabs(ref_lse[i])));
+      }
+    }
+    CHECK(worst < 1e-6);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("training forward: the same output as the plain call, and the oracle's log-sum-exp",
           "[backward]") {
   const std::size_t n = 2, h = 3;
@@ -615,31 +646,51 @@ TEST_CASE("training forward: the same output as the plain call, and the oracle's
              v = test::random_normal(n * lk * h * d, 63);
   const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
       vv{v.data(), n, lk, h, d};
-  std::vector<double> ref_lse(n * h * lq), ref_out(q.size());
-  const auto qd = test::to_double(q), kd = test::to_double(k), vd = test::to_double(v);
-  reference::attention<double>(
-      cheads(qd, n, lq, h, d), cheads(kd, n, lk, h, d), cheads(vd, n, lk, h, d),
-      heads(ref_out, n, lq, h, d), detail::MaskRule{mc.mask, mc.causal, lq, lk},
-      test::resolved_scale(options, d), options.masked_rows, ref_lse.data());
-  for (Path path : test::kPaths) {
-    options.path = path;
-    std::vector<float> plain(q.size()), out(q.size()), lse(n * h * lq, 1234.0f);
-    scaled_dot_product_attention(qv, kv, vv, {plain.data(), n, lq, h, d}, mc.mask, options);
-    scaled_dot_product_attention_forward(qv, kv, vv, {out.data(), n, lq, h, d},
-                                         {lse.data(), n, h, lq}, mc.mask, options);
-    INFO("path " << test::path_name(path));
-    CHECK(std::memcmp(plain.data(), out.data(), out.size() * sizeof(float)) == 0);
-    double worst = 0;
-    for (std::size_t i = 0; i < lse.size(); ++i) {
-      if (std::isinf(ref_lse[i])) {
-        CHECK(lse[i] == -INFINITY);
-      } else {
-        worst =
-            std::max(worst, std::fabs(lse[i] - ref_lse[i]) / std::max(1.0, std::fabs(ref_lse[i])));
-      }
-    }
-    CHECK(worst < 1e-6);
+  const std::vector<double> ref_lse = test::oracle_sdpa_all(qv, kv, vv, mc.mask, options).lse;
+  check_training_forward(qv, kv, vv, mc.mask, options, ref_lse);
+}
+
+TEST_CASE("training forward: the log-sum-exp with the score modifications, fully masked rows too",
+          "[backward][variants]") {
+  // lse_i = log(sum over visible keys of exp(s_k) + exp(sink)) with s the modified scores: a row
+  // that sees no key has lse = sink with sinks, -inf without. Decode (Lq <= 4) and tile kernels.
+  const std::size_t n = 2, h = 2;
+  const std::size_t d = GENERATE(3, 16);
+  const std::size_t lq = GENERATE(1, 3, 37);
+  const std::size_t lk = GENERATE(5, 130);
+  const int variant = GENERATE(0, 1, 2, 3);
+  const test::MaskCase mc = test::make_mask(test::MaskKind::fully_masked_rows, n, h, lq, lk, 7);
+  const auto q = test::random_normal(n * lq * h * d, 71),
+             k = test::random_normal(n * lk * h * d, 72),
+             v = test::random_normal(n * lk * h * d, 73);
+  const auto sinks = test::random_normal(h, 74);
+  const auto bias = test::random_normal(n * h * lq * lk, 75);
+  const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
+      vv{v.data(), n, lk, h, d};
+  Options options;
+  const char* names[] = {"sinks", "softcap and ALiBi", "bias and sinks",
+                         "window (causal) and sinks"};
+  if (variant != 1) options.sinks = {sinks.data(), h};
+  if (variant == 1) {
+    options.softcap = 2.5f;
+    options.alibi.enabled = true;
   }
+  if (variant == 2) options.bias = {bias.data(), n, h, lq, lk};
+  if (variant == 3) {
+    options.causal = Causal::bottom_right;
+    options.window = 4;
+  }
+  INFO("ISA " << isa_name(active_isa()) << " D=" << d << " Lq=" << lq << " Lk=" << lk << ", "
+              << names[variant]);
+  const test::OracleResult ref = test::oracle_sdpa_all(qv, kv, vv, mc.mask, options);
+  // The mask hides every key from some rows: their lse is the sink's (or -inf without sinks).
+  std::size_t unseeing = 0;
+  for (std::size_t i = 0; i < ref.lse.size(); ++i) {
+    const double sink = variant == 1 ? -INFINITY : sinks[i / lq % h];
+    unseeing += ref.lse[i] == sink ? 1 : 0;
+  }
+  CHECK(unseeing > 0);
+  check_training_forward(qv, kv, vv, mc.mask, options, ref.lse);
 }
 
 TEST_CASE("backward: bad arguments throw std::invalid_argument naming them", "[backward][errors]") {
