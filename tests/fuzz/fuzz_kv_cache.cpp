@@ -25,7 +25,8 @@
 //     reach exactly the outputs where the oracle has NaN/Inf, in that call and later ones: never
 //     a finite answer there, never NaN/Inf elsewhere, except that the optimized path may spread a
 //     NaN or Inf value of a key a row does not see (the window, later tokens of the call) to the
-//     rows of its sequence and kv head, as the README states.
+//     rows of its sequence and kv head, as the README states. Some attention calls also make a
+//     row whose every score in the call is -inf (a key component +Inf, the query's -Inf).
 // ASan and UBSan (the whole library is instrumented in this build) catch the rest.
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -208,6 +209,38 @@ void plant_nonfinite(FuzzedDataProvider& fdp, std::vector<float>& x, std::size_t
     const std::size_t i = fdp.ConsumeIntegralInRange<std::size_t>(0, size - 1);
     x[i] = fuzz::pick_special(fdp, true);
     describe(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(x[i]));
+  }
+}
+
+// Makes a row whose scores in this call are all -inf: one component +Inf in every new key of
+// one kv head, and -Inf in that component of one query of its group (q [N, T, H, d]). Where the
+// row sees only this call's keys (a new sequence, a short window) its softmax is 0 / 0 (NaN), or
+// with sinks 0 x v (NaN where a value it sees is NaN or Inf); the decode and paged kernels'
+// slices and merges must keep that, and any NaN score among the -inf ones, as the oracle has it.
+void poison_column(FuzzedDataProvider& fdp, Call& c, std::vector<float>& q, std::size_t group,
+                   std::size_t d) {
+  const ConstHeadsView& kv = c.kview;
+  if (kv.n * kv.l * kv.h == 0 || std::min(d, kv.d) == 0) return;
+  const std::size_t kh = fdp.ConsumeIntegralInRange<std::size_t>(0, kv.h - 1);
+  const std::size_t col = fdp.ConsumeIntegralInRange<std::size_t>(0, std::min(d, kv.d) - 1);
+  for (std::size_t token = 0; token < kv.n * kv.l; ++token) {
+    c.k[(token * kv.h + kh) * kv.d + col] = INFINITY;
+  }
+  const std::size_t h = q.size() / (kv.n * kv.l * d);
+  const std::size_t row = fdp.ConsumeIntegralInRange<std::size_t>(0, kv.n * kv.l - 1);
+  const std::size_t qh =
+      std::min(h - 1, kh * group + fdp.ConsumeIntegralInRange<std::size_t>(0, group - 1));
+  q[(row * h + qh) * d + col] = -INFINITY;
+  describe("keys of kv head " + std::to_string(kh) + " +Inf in column " + std::to_string(col) +
+           ", query row " + std::to_string(row) + " head " + std::to_string(qh) + " -Inf there");
+  // A NaN or Inf value of that head, which the row may see at weight 0 (0 x Inf = NaN).
+  const ConstHeadsView& vv = c.vview;
+  if (fdp.ConsumeBool() && kh < vv.h && vv.n * vv.l * vv.d != 0) {
+    const std::size_t token = fdp.ConsumeIntegralInRange<std::size_t>(0, vv.n * vv.l - 1);
+    const std::size_t vcol = fdp.ConsumeIntegralInRange<std::size_t>(0, vv.d - 1);
+    const std::size_t at = (token * vv.h + kh) * vv.d + vcol;
+    c.v[at] = fuzz::pick_special(fdp, true);
+    describe("v[" + std::to_string(at) + "] = " + std::to_string(c.v[at]));
   }
 }
 
@@ -664,6 +697,7 @@ void run(FuzzedDataProvider& fdp) {
         std::vector<float> q(std::max<std::size_t>(1, n * t * h * d));
         for (float& x : q) x = static_cast<float>(rng.normal());
         if (fdp.ConsumeIntegralInRange(0, 7) == 0) plant_nonfinite(fdp, q, n * t * h * d, "q");
+        if (fdp.ConsumeIntegralInRange(0, 7) == 0) poison_column(fdp, c, q, group, d);
         std::vector<float> out(q.size(), -7.0f);
         if (!appending_call(cache, model, before, "attention", spoilt, c.ids, c.t, [&] {
               simdattn::scaled_dot_product_attention(cache, c.ids, {q.data(), n, t, h, d}, c.kview,
