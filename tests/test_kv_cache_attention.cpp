@@ -358,6 +358,15 @@ namespace {
 
 // The last token's output on both paths, token by token (the paged decode) and in chunks of 50
 // (the gathered tile path), against the oracle's NaN/Inf and values.
+// Makes every score of the last token's query of head 0 -inf: a -Inf in its column 3 where every
+// key of kv head 0 is positive there.
+void last_query_scores_neg_inf(Sequence& s) {
+  s.q[((s.l - 1) * s.h + 0) * s.d + 3] = -INFINITY;
+  for (std::size_t t = 0; t < s.l; ++t) {
+    s.k[t * s.kvh * s.d + 3] = std::abs(s.k[t * s.kvh * s.d + 3]) + 0.1f;
+  }
+}
+
 void check_last_token(const Sequence& s, Options o, const std::vector<double>& ref) {
   for (Path path : kPaths) {
     for (std::size_t chunk : {std::size_t{1}, std::size_t{50}}) {
@@ -381,9 +390,7 @@ TEST_CASE("cache attention: a row whose scores are all -inf: NaN, or with sinks 
   // in the column where a value it sees is Inf (as in the oracle; not a finite zero).
   Sequence s(150, 2, 1, 8, 91);
   const std::size_t last = s.l - 1, col = 2;
-  s.q[(last * s.h + 0) * s.d + 3] = -INFINITY;
-  for (std::size_t t = 0; t < s.l; ++t)
-    s.k[t * s.kvh * s.d + 3] = std::abs(s.k[t * s.kvh * s.d + 3]) + 0.1f;
+  last_query_scores_neg_inf(s);
   s.v[100 * s.kvh * s.d + col] = INFINITY;
   const std::vector<float> sinks = test::random_normal(s.h, 92);
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
@@ -410,9 +417,7 @@ TEST_CASE("cache attention: a NaN key among keys scored -inf makes the row NaN, 
   for (std::size_t at : {std::size_t{0}, std::size_t{300}, std::size_t{599}}) {
     Sequence s(600, 2, 1, 8, 95);
     const std::size_t last = s.l - 1;
-    s.q[(last * s.h + 0) * s.d + 3] = -INFINITY;
-    for (std::size_t t = 0; t < s.l; ++t)
-      s.k[t * s.kvh * s.d + 3] = std::abs(s.k[t * s.kvh * s.d + 3]) + 0.1f;
+    last_query_scores_neg_inf(s);
     s.k[at * s.kvh * s.d + 5] = NAN;
     const std::vector<float> sinks = test::random_normal(s.h, 96);
     const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));

@@ -30,6 +30,16 @@ const char* special_name(float x) {
   return std::isnan(x) ? "NaN" : x > 0 ? "+Inf" : "-Inf";
 }
 
+// Makes every score of rows [row_begin, row_end) of (batch b, head 1) -inf: their query's column 3
+// becomes -Inf where every key of the head is positive there.
+void scores_neg_inf(SdpaProblem& p, std::size_t b, std::size_t row_begin, std::size_t row_end) {
+  for (std::size_t i = row_begin; i < row_end; ++i) p.q[p.q_at(b, i, 1, 3)] = -kInf;
+  for (std::size_t key = 0; key < p.lk; ++key) {
+    float& k = p.k[p.k_at(b, key, 1, 3)];
+    k = std::abs(k) + 0.1f;
+  }
+}
+
 // A tile-path and a decode-path problem; one planted element sits at (b = 1, row 20 or 1,
 // head 1, column 3).
 struct Shapes {
@@ -276,11 +286,7 @@ TEST_CASE("sinks: a row whose visible scores are all -inf still sees a NaN or In
   for (const SdpaProblem* base : {&shapes.tile, &shapes.decode}) {
     for (float special : kSpecials) {
       SdpaProblem p = *base;
-      p.q[p.q_at(1, 1, 1, 3)] = -kInf;
-      for (std::size_t key = 0; key < p.lk; ++key) {
-        float& k = p.k[p.k_at(1, key, 1, 3)];
-        k = std::abs(k) + 0.1f;
-      }
+      scores_neg_inf(p, 1, 1, 2);
       p.v[p.k_at(1, 0, 1, 2)] = special;  // key 0: every row sees it
       const std::vector<float> sinks = test::random_normal(p.h, 44);
       for (Path path : test::kPaths) {
@@ -311,11 +317,7 @@ TEST_CASE("a row whose visible scores are all -inf is NaN, as 0 / 0 in the refer
   for (std::size_t lq : {1, 3, 37}) {
     for (std::size_t lk : {1, 5, 100, 129, 513}) {
       SdpaProblem p(1, lq, lk, 2, 8, 70 + lk);
-      p.q[p.q_at(0, 0, 1, 3)] = -kInf;
-      for (std::size_t key = 0; key < lk; ++key) {
-        float& k = p.k[p.k_at(0, key, 1, 3)];
-        k = std::abs(k) + 0.1f;
-      }
+      scores_neg_inf(p, 0, 0, 1);
       for (Path path : test::kPaths) {
         Options o;
         o.path = path;
@@ -339,11 +341,7 @@ TEST_CASE("a NaN key among keys scored -inf makes its rows NaN, with or without 
     for (std::size_t lk : {3, 70, 600}) {
       for (std::size_t at : {std::size_t{0}, lk / 2, lk - 1}) {
         SdpaProblem p(1, lq, lk, 2, 8, 80 + lk);
-        for (std::size_t i = 0; i < lq; ++i) p.q[p.q_at(0, i, 1, 3)] = -kInf;
-        for (std::size_t key = 0; key < lk; ++key) {
-          float& k = p.k[p.k_at(0, key, 1, 3)];
-          k = std::abs(k) + 0.1f;
-        }
+        scores_neg_inf(p, 0, 0, lq);
         p.k[p.k_at(0, at, 1, 5)] = kNaN;
         const std::vector<float> sinks = test::random_normal(p.h, 46);
         for (bool with_sinks : {false, true}) {

@@ -116,6 +116,15 @@ class Ring {
   void finish();
   void poll();
 
+  // Row `row` of batch b, query head h: its running result (this block's part follows at
+  // + H * D), and its index in lse_acc and seen.
+  float* acc(std::size_t b, std::size_t row, std::size_t h) const {
+    return m_.acc + ((b * lq_ + row) * 2 * plan_.hq + h) * plan_.d;
+  }
+  std::size_t row_at(std::size_t b, std::size_t h, std::size_t row) const {
+    return (b * plan_.hq + h) * lq_ + row;
+  }
+
   Heads<const float> slice_heads(const float* data, std::size_t lk) const {
     const std::size_t row = plan_.hkv * plan_.d;
     return {data, plan_.n, lk, plan_.hkv, plan_.d, row, lk * row};
@@ -232,7 +241,7 @@ void Ring::compute_block(QueryBlock& qb, const Segment& ks, const Heads<const fl
   p.v = v;
   p.v.data = v.at(0, ks.local_begin, 0);
   p.v.l = ks.length;
-  p.out = {m_.acc + (qb.first_row * 2 + part) * hd,
+  p.out = {acc(0, qb.first_row, 0) + part * hd,
            plan_.n,
            qb.rows,
            plan_.hq,
@@ -272,17 +281,17 @@ void zero_weight_sum(const kernels::KeyRule& r, std::size_t i, const Heads<const
 }
 
 void Ring::store_first(const MaskRule& rule, const QueryBlock& qb, const Heads<const float>& v) {
-  const std::size_t hq = plan_.hq, hd = hq * plan_.d;
+  const std::size_t hq = plan_.hq;
   for (std::size_t b = 0; b < plan_.n; ++b) {
     for (std::size_t h = 0; h < hq; ++h) {
       const kernels::KeyRule r = rule.for_head(b, h);
-      const std::size_t at = (b * hq + h) * lq_ + qb.first_row;
+      const std::size_t at = row_at(b, h, qb.first_row);
       std::copy_n(m_.lse_block + (b * hq + h) * qb.rows, qb.rows, m_.lse_acc + at);
       for (std::size_t i = 0; i < qb.rows; ++i) {
         m_.seen[at + i] = kernels::has_visible_key(r, i) ? 1 : 0;
         if (m_.seen[at + i] != 0 && m_.lse_acc[at + i] == -INFINITY) {
           const std::size_t row = qb.first_row + i;
-          zero_weight_sum(r, i, v, b, h / group_, m_.acc + (b * lq_ + row) * 2 * hd + h * plan_.d);
+          zero_weight_sum(r, i, v, b, h / group_, acc(b, row, h));
         }
       }
     }
@@ -299,8 +308,8 @@ void Ring::merge_block(const MaskRule& rule, const QueryBlock& qb, const Heads<c
     for (std::size_t h = 0; h < hq; ++h) {
       const kernels::KeyRule r = rule.for_head(b, h);
       if (!kernels::has_visible_key(r, i)) continue;
-      const std::size_t at = (b * hq + h) * lq_ + row;
-      float* o = m_.acc + (b * lq_ + row) * 2 * hd + h * d;  // the part follows at o + hd
+      const std::size_t at = row_at(b, h, row);
+      float* o = acc(b, row, h);  // the part follows at o + hd
       const float lse[2] = {m_.lse_acc[at], m_.lse_block[(b * hq + h) * rows + i]};
       if (lse[1] == -INFINITY) zero_weight_sum(r, i, v, b, h / group_, o + hd);
       if (lse[0] == -INFINITY && lse[1] == -INFINITY) {
@@ -343,12 +352,12 @@ void Ring::finish() {
     const std::size_t b = task / lq_, i = task % lq_;
     for (std::size_t h = 0; h < hq; ++h) {
       float* dst = call_.out.at(b, i, h);
-      const std::size_t at = (b * hq + h) * lq_ + i;
+      const std::size_t at = row_at(b, h, i);
       if (m_.seen[at] != 0 && m_.lse_acc[at] == -INFINITY) {
         // Every visible score -inf: 0 / 0, as the reference's row.
         std::fill(dst, dst + d, std::numeric_limits<float>::quiet_NaN());
       } else if (m_.seen[at] != 0) {
-        const float* o = m_.acc + (b * lq_ + i) * 2 * hd + h * d;
+        const float* o = acc(b, i, h);
         std::copy(o, o + d, dst);
       } else if (call_.policy == MaskedRows::zeros) {
         std::fill(dst, dst + d, 0.0f);
