@@ -577,6 +577,8 @@ TEST_CASE("backward: the core's gradients over several key and query blocks", "[
 }
 
 TEST_CASE("backward: grouped K/V heads, sliding window and key padding", "[backward]") {
+  // Window 90 over 250 rows: blocks of query rows whose first row sees a whole key block while
+  // the window of their last row starts inside it (kernel blocks of 48 rows and 64 keys).
   struct Shape {
     std::size_t n, lq, lk, h, hkv, d, window;
     bool padding;
@@ -584,7 +586,8 @@ TEST_CASE("backward: grouped K/V heads, sliding window and key padding", "[backw
   const Shape s =
       GENERATE(Shape{2, 70, 130, 4, 2, 16, 0, false}, Shape{1, 33, 33, 6, 1, 17, 0, false},
                Shape{2, 100, 100, 2, 2, 32, 20, false}, Shape{1, 130, 90, 4, 2, 15, 7, false},
-               Shape{3, 40, 70, 2, 1, 16, 0, true}, Shape{2, 97, 97, 4, 4, 64, 50, true});
+               Shape{3, 40, 70, 2, 1, 16, 0, true}, Shape{2, 97, 97, 4, 4, 64, 50, true},
+               Shape{1, 250, 250, 2, 1, 16, 90, false});
   const test::MaskKind kind = GENERATE(test::MaskKind::none, test::MaskKind::causal_top_left,
                                        test::MaskKind::fully_masked_rows);
   const MaskedRows policy = GENERATE(MaskedRows::uniform, MaskedRows::zeros);

@@ -144,6 +144,31 @@ TEST_CASE("kv cache: half conversions round to nearest even, as F16C does", "[kv
   CHECK(detail::float_to_bf16(3.4e38f) == 0x7f80u);  // rounds past the largest bfloat16
   CHECK(std::isnan(detail::f16_to_float(detail::float_to_f16(NAN))));
   CHECK(std::isnan(detail::bf16_to_float(detail::float_to_bf16(NAN))));
+  // Every midpoint between neighbouring finite values (subnormals and the step to infinity
+  // included) goes to the even one of the two, either sign; a float either side of it goes to
+  // the nearer one.
+  std::size_t wrong = 0;
+  auto check_midpoint = [&](float below, float mid, float above, std::uint16_t lo,
+                            std::uint16_t (*convert)(float)) {
+    const std::uint16_t even = (lo & 1u) == 0 ? lo : static_cast<std::uint16_t>(lo + 1);
+    const auto sign = static_cast<std::uint16_t>(0x8000u);
+    wrong += convert(mid) != even;
+    wrong += convert(-mid) != (even | sign);
+    wrong += convert(std::nextafter(mid, below)) != lo;
+    wrong += convert(std::nextafter(mid, above)) != lo + 1;
+  };
+  for (std::uint16_t lo = 0; lo < 0x7c00u; ++lo) {
+    const float a = detail::f16_to_float(lo);
+    const float b =
+        lo == 0x7bffu ? 65536.0f : detail::f16_to_float(static_cast<std::uint16_t>(lo + 1));
+    check_midpoint(a, a + (b - a) / 2, b, lo, detail::float_to_f16);
+  }
+  for (std::uint16_t lo = 0; lo < 0x7f80u; ++lo) {
+    // The float 0x8000 above a bfloat16's bits is the midpoint to the next one.
+    const float mid = detail::bits_float(static_cast<std::uint32_t>(lo) << 16 | 0x8000u);
+    check_midpoint(0.0f, mid, INFINITY, lo, detail::float_to_bf16);
+  }
+  CHECK(wrong == 0);
   // Random floats of every magnitude against the hardware, where the CPU has F16C.
 #if defined(__x86_64__) && defined(__GNUC__)
   if (__builtin_cpu_supports("f16c")) {
