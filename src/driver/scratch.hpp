@@ -21,11 +21,33 @@ enum class ScratchSlot {
   kCount
 };
 
+/// True for the slots sized by a call's tokens: they grow with the prompts and batches a process
+/// sees, each time onto fresh pages, so they lie on transparent huge pages where they reach
+/// 2 MiB (aligned_buffer.hpp has the measurements). A switch without a default: a new slot does
+/// not compile (-Wswitch) until it is placed here.
+constexpr bool on_huge_pages(ScratchSlot slot) {
+  switch (slot) {
+    case ScratchSlot::activations:
+    case ScratchSlot::gathered:
+    case ScratchSlot::backward:
+    case ScratchSlot::gradients:
+    case ScratchSlot::sequence_parallel:
+      return true;
+    case ScratchSlot::kernel:
+    case ScratchSlot::gemm:
+    case ScratchSlot::partials:
+    case ScratchSlot::lse:
+    case ScratchSlot::bias_transposed:
+    case ScratchSlot::weights:
+    case ScratchSlot::kCount:
+      return false;
+  }
+  return false;
+}
+
 /// 64-byte aligned scratch that belongs to the calling thread and only grows, so a steady
-/// state of calls faults no fresh pages (a first touch costs 6-15 us per 4 KiB page here). The
-/// slots sized by a call's tokens (activations, gathered, backward, gradients, sequence_parallel)
-/// lie on transparent huge pages where they reach 2 MiB, so that growing them is not a fault per
-/// 4 KiB.
+/// state of calls faults no fresh pages (a first touch costs 6-15 us per 4 KiB page here);
+/// on huge pages where on_huge_pages(slot) says so.
 /// Valid until the same thread asks the same slot for more. Throws std::bad_alloc.
 float* thread_scratch(ScratchSlot slot, std::size_t floats);
 
