@@ -141,13 +141,15 @@ TEST_CASE("cache attention: a sliding window, token by token and in chunks, equa
     std::size_t l, h, kvh, d;
   };
   // 1100 tokens: a decode step over several slices of 512 keys, windows that start inside a
-  // slice and a block; 8 heads over 1 kv head: chunks of 7 take the gathered path.
+  // slice and a block; 8 heads over 1 kv head: chunks of 7 take the gathered path. Window 70 in
+  // chunks of 7 (the paged kernel): a key block can lie wholly before the chunk's first token's
+  // causal end and wholly inside its window while the last token's window starts within it.
   const Case cases[] = {{1100, 4, 2, 17}, {130, 8, 1, 3}};
   std::size_t index = 0;
   for (const Case& c : cases) {
     const Sequence s(c.l, c.h, c.kvh, c.d, 400 + 10 * index++);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
-    for (std::size_t w : {1, 7, 64, 600, 5000}) {
+    for (std::size_t w : {1, 7, 64, 70, 600, 5000}) {
       Options windowed;
       windowed.window = w;
       const auto ref = oracle(s, s.k, s.v, scale, windowed);

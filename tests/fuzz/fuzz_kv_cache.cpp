@@ -217,8 +217,9 @@ void plant_nonfinite(FuzzedDataProvider& fdp, std::vector<float>& x, std::size_t
 // row sees only this call's keys (a new sequence, a short window) its softmax is 0 / 0 (NaN), or
 // with sinks 0 x v (NaN where a value it sees is NaN or Inf); the decode and paged kernels'
 // slices and merges must keep that, and any NaN score among the -inf ones, as the oracle has it.
-void poison_column(FuzzedDataProvider& fdp, Call& c, std::vector<float>& q, std::size_t group,
-                   std::size_t d) {
+// q holds the call's h = kv heads x group query heads of head size d.
+void poison_column(FuzzedDataProvider& fdp, Call& c, std::vector<float>& q, std::size_t h,
+                   std::size_t group, std::size_t d) {
   const ConstHeadsView& kv = c.kview;
   if (kv.n * kv.l * kv.h == 0 || std::min(d, kv.d) == 0) return;
   const std::size_t kh = fdp.ConsumeIntegralInRange<std::size_t>(0, kv.h - 1);
@@ -226,7 +227,6 @@ void poison_column(FuzzedDataProvider& fdp, Call& c, std::vector<float>& q, std:
   for (std::size_t token = 0; token < kv.n * kv.l; ++token) {
     c.k[(token * kv.h + kh) * kv.d + col] = INFINITY;
   }
-  const std::size_t h = q.size() / (kv.n * kv.l * d);
   const std::size_t row = fdp.ConsumeIntegralInRange<std::size_t>(0, kv.n * kv.l - 1);
   const std::size_t qh =
       std::min(h - 1, kh * group + fdp.ConsumeIntegralInRange<std::size_t>(0, group - 1));
@@ -697,7 +697,7 @@ void run(FuzzedDataProvider& fdp) {
         std::vector<float> q(std::max<std::size_t>(1, n * t * h * d));
         for (float& x : q) x = static_cast<float>(rng.normal());
         if (fdp.ConsumeIntegralInRange(0, 7) == 0) plant_nonfinite(fdp, q, n * t * h * d, "q");
-        if (fdp.ConsumeIntegralInRange(0, 7) == 0) poison_column(fdp, c, q, group, d);
+        if (fdp.ConsumeIntegralInRange(0, 7) == 0) poison_column(fdp, c, q, h, group, d);
         std::vector<float> out(q.size(), -7.0f);
         if (!appending_call(cache, model, before, "attention", spoilt, c.ids, c.t, [&] {
               simdattn::scaled_dot_product_attention(cache, c.ids, {q.data(), n, t, h, d}, c.kview,

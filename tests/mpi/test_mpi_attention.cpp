@@ -35,7 +35,8 @@ std::vector<Shape> shapes() {
     uneven_q.push_back(1 + (7 * s + 3) % 11);
     uneven_k.push_back(1 + (5 * s + 8) % 13);
   }
-  std::vector<std::size_t> ones(p, 1);
+  std::vector<std::size_t> ones(p, 1), short_first(p, 20);
+  short_first[0] = 1;
   return {
       {"self N=2 L=37 H=4 D=16", 2, 37, 37, 4, 4, 16, {}, {}},
       {"cross Lq=29 Lk=45 D=3", 1, 29, 45, 2, 2, 3, {}, {}},
@@ -44,6 +45,9 @@ std::vector<Shape> shapes() {
       {"GQA H=4 H_kv=1 D=8", 1, 23, 31, 4, 1, 8, {}, {}},
       {"one row per rank", 2, p, p, 4, 4, 8, ones, ones},
       {"uneven slices", 1, 0, 0, 4, 4, 8, uneven_q, uneven_k},
+      // Rank 0 sends the all-to-all less than its share of the output it returns, rank 1
+      // receives less than its rows of every head: the exchange buffers fit the larger trip.
+      {"one short slice beside long ones", 1, 0, 0, 4, 4, 8, short_first, ones},
       {"L=700 (several kernel calls per step)", 1, 700, 700, 2, 2, 32, {}, {}, 2e-6},
   };
 }
@@ -181,6 +185,39 @@ TEST_CASE("mpi: every mask kind, layout and schedule equals the single-process r
             }
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("mpi: a key mask of its own per head ([N, H, 1, Lk]) under both schedules", "[mpi]") {
+  // Each rank of the all-to-all takes a share of the heads, so it must read the mask of its own
+  // heads, not the first ones; the ring keeps every head on every rank. 12 kv heads divide among
+  // 1, 2, 3 and 4 ranks; 24 query heads read them in pairs.
+  for (const std::size_t h : {12, 24}) {
+    const std::size_t hkv = 12;
+    Problem pr(2, 5 * static_cast<std::size_t>(ranks()), 9 * static_cast<std::size_t>(ranks()), h,
+               hkv, 8, MaskKind::none);
+    detail::Random rng(29);
+    pr.mask.bytes.assign(pr.n * pr.h * pr.lk, 1);
+    for (std::size_t row = 0; row < pr.n * pr.h; ++row) {
+      std::uint8_t* r = pr.mask.bytes.data() + row * pr.lk;
+      for (std::size_t k = 0; k < pr.lk; ++k) r[k] = rng.uniform() < 0.5 ? 0 : 1;
+      r[rng.next() % pr.lk] = 1;
+    }
+    pr.mask.mask = Mask{pr.mask.bytes.data(), pr.n, pr.h, 1, pr.lk};
+    REQUIRE(ulysses_applies(pr));
+    for (Layout layout : {Layout::contiguous, Layout::zigzag}) {
+      simdattn::mpi::Options options;
+      options.layout = layout;
+      options.threads = 2;
+      const Expected ex = expected(pr, options, kTol);
+      for (Schedule schedule : {Schedule::ring, Schedule::ulysses}) {
+        options.schedule = schedule;
+        run_case(pr, lengths_of(layout, pr.lq, {}), lengths_of(layout, pr.lk, {}), options, ex,
+                 std::to_string(h) + " heads over " + std::to_string(hkv) +
+                     (layout == Layout::zigzag ? ", zigzag" : ", contiguous") +
+                     (schedule == Schedule::ring ? ", ring" : ", ulysses"));
       }
     }
   }
