@@ -146,6 +146,58 @@ TEST_CASE("mpi errors: ranks that disagree raise the same error on all", "[mpi][
                                                   mask);
     });
     CHECK(contains(has_mask, "whether a mask is given"));
+    // Every other field the ranks must share; rank 1 differs in one at a time. The message names
+    // the first field that differs and both values.
+    struct Differ {
+      const char* message;
+      std::function<void(ConstHeadsView&, ConstHeadsView&, HeadsView<float>&,
+                         simdattn::mpi::Options&)>
+          change;
+    };
+    // Rank 1's batch of 2: its query, keys and values read `twice`, its output goes to `out2`.
+    std::vector<float> twice = random_normal(2 * s.q.size(), 24), out2(twice.size());
+    const Differ differs[] = {
+        {"batch size N differs between ranks: rank 0 has 1, rank 1 has 2",
+         [&](ConstHeadsView& q, ConstHeadsView& kv, HeadsView<float>& o, simdattn::mpi::Options&) {
+           q = kv = {twice.data(), 2, kL, kH, kD};
+           o = {out2.data(), 2, kL, kH, kD};
+         }},
+        {"query heads H differs between ranks: rank 0 has 4, rank 1 has 2",
+         [&](ConstHeadsView& q, ConstHeadsView& kv, HeadsView<float>& o, simdattn::mpi::Options&) {
+           q.h = kv.h = o.h = 2;
+         }},
+        {"key/value heads H_kv differs between ranks: rank 0 has 4, rank 1 has 2",
+         [&](ConstHeadsView&, ConstHeadsView& kv, HeadsView<float>&, simdattn::mpi::Options&) {
+           kv.h = 2;
+         }},
+        {"options.scale differs between ranks",
+         [&](ConstHeadsView&, ConstHeadsView&, HeadsView<float>&, simdattn::mpi::Options& o) {
+           o.scale = 0.5f;
+         }},
+        {"options.masked_rows differs between ranks: rank 0 has 0, rank 1 has 1",
+         [&](ConstHeadsView&, ConstHeadsView&, HeadsView<float>&, simdattn::mpi::Options& o) {
+           o.masked_rows = MaskedRows::zeros;
+         }},
+        {"options.layout differs between ranks: rank 0 has 0, rank 1 has 1",
+         [&](ConstHeadsView&, ConstHeadsView&, HeadsView<float>&, simdattn::mpi::Options& o) {
+           o.layout = Layout::zigzag;
+         }},
+        {"options.schedule differs between ranks: rank 0 has 0, rank 1 has 1",
+         [&](ConstHeadsView&, ConstHeadsView&, HeadsView<float>&, simdattn::mpi::Options& o) {
+           o.schedule = Schedule::ring;
+         }},
+    };
+    for (const Differ& x : differs) {
+      const std::string message = collective_error([&] {
+        ConstHeadsView q = s.qv(), kv = s.kv();
+        HeadsView<float> o = s.ov();
+        simdattn::mpi::Options options;
+        if (rank() == 1) x.change(q, kv, o, options);
+        simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, kv, kv, o, {}, options);
+      });
+      CHECK(contains(message, x.message));
+    }
+    works_afterwards();
   }
   // The mask's columns are the global keys: Lk of one rank is wrong for every P > 1.
   const std::string mask_shape = collective_error([&] {
@@ -182,14 +234,19 @@ TEST_CASE("mpi errors: a forced all-to-all that cannot run says why", "[mpi][err
                                                   mask, options);
     });
     CHECK(contains(rows, "needs a mask without per-query rows"));
-    const std::string differ = collective_error([&] {
-      std::vector<std::uint8_t> bytes(kL * static_cast<std::size_t>(p), 1);
-      if (rank() == 1) bytes[0] = 0;
-      const Mask mask{bytes.data(), 1, 1, 1, bytes.size()};
-      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
-                                                  mask, options);
-    });
-    CHECK(contains(differ, "needs the same mask on every rank; rank 1's differs"));
+    // A mask per head, [1, H, 1, Lk], whose first or last byte differs on rank 1.
+    for (const bool last : {false, true}) {
+      const std::string differ = collective_error([&] {
+        const std::size_t lk = kL * static_cast<std::size_t>(p);
+        std::vector<std::uint8_t> bytes(kH * lk, 1);
+        if (rank() == 1) bytes[last ? bytes.size() - 1 : 0] = 0;
+        const Mask mask{bytes.data(), 1, kH, 1, lk};
+        simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(),
+                                                    mask, options);
+      });
+      INFO((last ? "last" : "first") << " byte differs");
+      CHECK(contains(differ, "needs the same mask on every rank; rank 1's differs"));
+    }
   }
   works_afterwards();
 }
