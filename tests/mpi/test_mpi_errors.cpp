@@ -108,6 +108,42 @@ TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][er
                        ": options.window is set: simdattn::mpi supports a mask and causal "
                        "attention only");
 
+  // Shapes that do not fit and outputs over an input or the mask, on one rank.
+  struct Bad {
+    const char* message;
+    std::function<void(ConstHeadsView&, ConstHeadsView&, HeadsView<float>&, Mask&)> change;
+  };
+  std::vector<std::uint8_t> mask_bytes(kL * static_cast<std::size_t>(ranks()), 1);
+  const Bad bads[] = {
+      {"shapes do not fit: query [1, 5, 4, 8], keys [1, 5, 4, 8], values [1, 4, 4, 8], out "
+       "[1, 5, 4, 8]",
+       [](ConstHeadsView&, ConstHeadsView& v, HeadsView<float>&, Mask&) { v.l = kL - 1; }},
+      {"shapes do not fit: query [1, 5, 4, 8], keys [1, 5, 4, 8], values [1, 5, 4, 8], out "
+       "[1, 4, 4, 8]",
+       [](ConstHeadsView&, ConstHeadsView&, HeadsView<float>& o, Mask&) { o.l = kL - 1; }},
+      {"out overlaps an input (query, keys or values)",
+       [](ConstHeadsView& q, ConstHeadsView&, HeadsView<float>& o, Mask&) { q.data = o.data; }},
+      {"out overlaps the mask",
+       [&](ConstHeadsView&, ConstHeadsView&, HeadsView<float>& o, Mask& m) {
+         m = {reinterpret_cast<const std::uint8_t*>(o.data), 1, 1, 1, mask_bytes.size()};
+       }},
+      {"mask has a zero size: [1, 1, 1, 0]",
+       [&](ConstHeadsView&, ConstHeadsView&, HeadsView<float>&, Mask& m) { m.lk = 0; }},
+  };
+  for (const Bad& x : bads) {
+    const std::string message = collective_error([&] {
+      ConstHeadsView q = s.qv(), v = s.vv();
+      HeadsView<float> o = s.ov();
+      Mask mask{mask_bytes.data(), 1, 1, 1, mask_bytes.size()};
+      if (rank() == bad) x.change(q, v, o, mask);
+      simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, s.kv(), v, o, mask);
+    });
+    CHECK(message.rfind("simdattn::mpi::scaled_dot_product_attention: rank " + std::to_string(bad) +
+                            ": " + x.message,
+                        0) == 0);
+  }
+  works_afterwards();
+
   const std::string head_stride = collective_error([&] {
     std::vector<float> heads_first(kN * kH * kL * kD);
     ConstHeadsView q = s.qv();
@@ -269,6 +305,10 @@ TEST_CASE("mpi: segments of the layouts", "[mpi]") {
   CHECK(even_split(Layout::zigzag, 3, 3, 2).size() == 1);
   CHECK_THROWS_AS(even_split(Layout::contiguous, 2, 3, 0), std::invalid_argument);
   CHECK_THROWS_AS(segments(Layout::contiguous, {4, 0}, 0), std::invalid_argument);
+  CHECK_THROWS_WITH(segments(Layout::zigzag, {4, 3}, 2),
+                    "simdattn::mpi::segments: rank 2 is not one of the 2 ranks");
+  CHECK_THROWS_WITH(segments(Layout::contiguous, {4, 3}, -1),
+                    "simdattn::mpi::segments: rank -1 is not one of the 2 ranks");
 }
 
 }  // namespace simdattn::test::mpi
