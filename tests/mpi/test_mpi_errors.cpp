@@ -287,6 +287,52 @@ TEST_CASE("mpi errors: a forced all-to-all that cannot run says why", "[mpi][err
   works_afterwards();
 }
 
+TEST_CASE("mpi errors: mpi::forward's bad arguments are every rank's error", "[mpi][errors]") {
+  const int bad = ranks() - 1;
+  const std::size_t e = 16, l = 3;
+  const MultiHeadAttention module(e, 2, 9);
+  std::vector<float> x = random_normal(l * e, 25), out(l * e);
+  std::vector<std::uint8_t> mask_bytes(l * static_cast<std::size_t>(ranks()), 1);
+  const Mask mask{mask_bytes.data(), 1, 1, 1, mask_bytes.size()};
+  const std::string prefix = "simdattn::mpi::forward: rank " + std::to_string(bad) + ": ";
+  // The output over the query.
+  const std::string in_place = collective_error([&] {
+    float* o = rank() == bad ? x.data() : out.data();
+    simdattn::mpi::forward(module, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
+                           {x.data(), 1, l, e}, {}, {o, 1, l, e});
+  });
+  CHECK(in_place == prefix +
+                        "out overlaps an input (values, keys or query): in-place forward "
+                        "is not supported");
+  // The output over the mask: the mask's bytes inside the output.
+  const std::string over_mask = collective_error([&] {
+    Mask m = mask;
+    if (rank() == bad) m.data = reinterpret_cast<const std::uint8_t*>(out.data() + l * e / 2);
+    simdattn::mpi::forward(module, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
+                           {x.data(), 1, l, e}, m, {out.data(), 1, l, e});
+  });
+  INFO(over_mask);
+  CHECK(over_mask.rfind(prefix, 0) == 0);
+  CHECK(contains(over_mask, "out overlaps the mask"));
+  // A query of another embedding size: the Tensor-returning call cannot size its result there.
+  const std::string embed = collective_error([&] {
+    const std::size_t qe = rank() == bad ? e / 2 : e;
+    simdattn::mpi::forward(module, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
+                           {x.data(), 1, l, qe});
+  });
+  CHECK(embed.rfind(prefix, 0) == 0);
+  CHECK(contains(embed, "query"));
+  // A correct call reports the schedule that ran.
+  simdattn::mpi::Timings timings;
+  simdattn::mpi::Options options;
+  options.schedule = Schedule::ring;
+  options.timings = &timings;
+  simdattn::mpi::forward(module, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
+                         {x.data(), 1, l, e}, mask, {out.data(), 1, l, e}, options);
+  CHECK(all_ranks(timings.schedule == Schedule::ring));
+  works_afterwards();
+}
+
 TEST_CASE("mpi: segments of the layouts", "[mpi]") {
   using simdattn::mpi::even_split;
   using simdattn::mpi::segments;
