@@ -240,11 +240,15 @@ TEST_CASE("mpi: a slice whose scores are all -inf weighs nothing but passes on 0
   // that whole slice -inf. Its part must weigh nothing on both paths, so the rows equal one
   // process's finite result; and where one of its values is NaN, that column of every row is
   // NaN (0 x NaN), as in one process, the rest unchanged.
+  // 4 query heads over 2 kv heads: the NaN value lies in kv head 1, which query heads 2 and 3
+  // read.
   const auto p = static_cast<std::size_t>(ranks());
   if (p < 2) return;  // with one rank every key scores -inf: NaN rows, as in one process
-  Problem pr(1, 5 * p, 4 * p, 2, 1, 6, MaskKind::none);
+  Problem pr(1, 5 * p, 4 * p, 4, 2, 6, MaskKind::none);
   for (std::size_t i = 0; i < pr.lq * pr.h; ++i) pr.q[i * pr.d] = -std::abs(pr.q[i * pr.d]) - 0.1f;
-  for (std::size_t key = pr.lk - pr.lk / p; key < pr.lk; ++key) pr.k[key * pr.d] = INFINITY;
+  for (std::size_t key = pr.lk - pr.lk / p; key < pr.lk; ++key) {
+    for (std::size_t kh = 0; kh < pr.hkv; ++kh) pr.k[(key * pr.hkv + kh) * pr.d] = INFINITY;
+  }
   const auto q_lengths = lengths_of(Layout::contiguous, pr.lq, {});
   const auto k_lengths = lengths_of(Layout::contiguous, pr.lk, {});
   for (Path path : {Path::optimized, Path::naive}) {
@@ -258,8 +262,8 @@ TEST_CASE("mpi: a slice whose scores are all -inf weighs nothing but passes on 0
         std::all_of(ex.whole.begin(), ex.whole.end(), [](float x) { return std::isfinite(x); }));
     run_case(pr, q_lengths, k_lengths, options, ex, what);
 
-    // A NaN value in that slice, column 4.
-    float& planted = pr.v[(pr.lk - 1) * pr.d + 4];
+    // A NaN value in that slice, kv head 1, column 4.
+    float& planted = pr.v[((pr.lk - 1) * pr.hkv + 1) * pr.d + 4];
     const float kept = planted;
     planted = NAN;
     const RankResult got = run_on_ranks(pr, q_lengths, k_lengths, options);
@@ -269,7 +273,8 @@ TEST_CASE("mpi: a slice whose scores are all -inf weighs nothing but passes on 0
               << " lost, " << c.spread << " spread, error " << c.max_error);
     bool column_4_only = true;
     for (std::size_t x = 0; x < want.size(); ++x) {
-      column_4_only = column_4_only && std::isfinite(want[x]) == (x % pr.d != 4);
+      const bool reads_nan = x % pr.d == 4 && x / pr.d % pr.h >= pr.h / 2;
+      column_4_only = column_4_only && std::isfinite(want[x]) == !reads_nan;
     }
     CHECK(all_ranks(column_4_only));
     CHECK(all_ranks(c.lost == 0 && c.spread == 0));
@@ -336,6 +341,20 @@ TEST_CASE("mpi: the ring skips the causal future, zig-zag balances it", "[mpi]")
     // before one of the rank's chunks, so every step computes.
     CHECK(computed == (layout == Layout::contiguous ? r + 1 : p));
   }
+  // Slices of different lengths: rank r passes on every slice but that of rank r + 1, which
+  // it receives last.
+  std::vector<std::size_t> k_lengths;
+  for (int s = 0; s < p; ++s) k_lengths.push_back(2 * static_cast<std::size_t>(s) + 1);
+  const Problem uneven(1, 3 * static_cast<std::size_t>(p), sum(k_lengths), 2, 2, 8, MaskKind::none);
+  simdattn::mpi::Options options;
+  options.schedule = Schedule::ring;
+  simdattn::mpi::Timings timings;
+  options.timings = &timings;
+  run_case(uneven, lengths_of(Layout::contiguous, uneven.lq, {}), k_lengths, options,
+           expected(uneven, options, kTol), "timings, uneven slices");
+  const std::size_t passed_on =
+      p == 1 ? 0 : sum(k_lengths) - k_lengths[static_cast<std::size_t>((r + 1) % p)];
+  CHECK(timings.bytes_sent == passed_on * 2 * 2 * 8 * sizeof(float));
 }
 
 TEST_CASE("mpi: the automatic schedule follows the documented rule", "[mpi]") {
