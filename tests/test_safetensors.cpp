@@ -373,8 +373,13 @@ TEST_CASE("safetensors: truncated file and header length past the end", "[safete
   const auto good = build(tutorial_tensors(random_module(24, 3, 1)));
   check_rejected(std::vector<std::uint8_t>(good.begin(), good.begin() + 5),
                  "truncated file: 5 bytes");
+  check_rejected(std::vector<std::uint8_t>(good.begin(), good.begin() + 7),
+                 "truncated file: 7 bytes");
   check_rejected({}, "truncated file: 0 bytes");
   check_rejected(assemble("{}", {}, 1000), "header length 1000 is past the end of the file");
+  // One byte past the end: "{}" is the 2 bytes after the length.
+  check_rejected(assemble("{}", {}, 3),
+                 "header length 3 is past the end of the file (only 2 bytes follow it)");
   check_rejected(assemble("{}", {}, ~0ull - 1), "is past the end of the file");
   // Cut inside the data: the last tensor's offsets now point past the end.
   check_rejected(std::vector<std::uint8_t>(good.begin(), good.end() - 4),
@@ -388,6 +393,13 @@ TEST_CASE("safetensors: invalid JSON or header", "[safetensors]") {
   check_rejected(assemble("{\"\xff\":1}", {}), "invalid JSON in the header");  // not UTF-8
   check_rejected(assemble(std::string(100000, '[') + std::string(100000, ']'), {}),
                  "nested deeper than");
+  // The limit is 16 levels below the header object: 16 open, 17 refused.
+  auto nested = [](int levels) {
+    return "{\"__metadata__\": {}, \"t\": " + std::string(levels, '[') + std::string(levels, ']') +
+           "}";
+  };
+  check_rejected(assemble(nested(16), {}), "invalid header: tensor 't' is [");
+  check_rejected(assemble(nested(17), {}), "nested deeper than 16 levels");
   check_rejected(assemble("[1, 2]", {}), "invalid header: a JSON array, expected an object");
   check_rejected(assemble("{\"t\": 3}", {}), "invalid header: tensor 't' is 3, expected an object");
   check_rejected(
@@ -402,6 +414,11 @@ TEST_CASE("safetensors: invalid JSON or header", "[safetensors]") {
   check_rejected(assemble(R"({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})",
                           std::vector<std::uint8_t>(4)),
                  "has no \"data_offsets\": [begin, end]");
+  check_rejected(assemble(R"({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}})",
+                          std::vector<std::uint8_t>(8)),
+                 "has no \"data_offsets\": [begin, end]");
+  check_rejected(assemble(R"({"__metadata__": 3})", {}),
+                 "invalid header: \"__metadata__\" is not an object");
   check_rejected(assemble(R"({"__metadata__": {"heads": 3}})", {}),
                  "\"__metadata__\" value of 'heads' is 3, expected a string");
   check_rejected(
@@ -438,6 +455,13 @@ TEST_CASE("safetensors: out-of-range, overlapping or mis-sized data offsets", "[
       assemble(R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}})", data),
       "data offsets do not match the shape: tensor 't' has data_offsets [0, 12] (12 "
       "bytes) but F32 [4] needs 16");
+  // An empty tensor occupies no bytes, wherever its offsets point.
+  const auto inside = assemble(R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                                   "e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]}})",
+                               std::vector<std::uint8_t>(16));
+  const auto f = SafetensorsFile::from_memory(inside.data(), inside.size(), "empty inside");
+  CHECK(f.read_float("e").empty());
+  CHECK(f.read_float("a").size() == 4);
 }
 
 TEST_CASE("safetensors: missing tensor, wrong shape, wrong dtype", "[safetensors]") {
@@ -472,6 +496,8 @@ TEST_CASE("safetensors: missing tensor, wrong shape, wrong dtype", "[safetensors
   check_rejected(
       replaced("fc_out.weight", f32("fc_out.weight", {24 * 24}, m.weight(Projection::output))),
       "wrong shape: tensor 'fc_out.weight' is [576], expected [E, E]");
+  check_rejected(replaced("fc_out.weight", f32("fc_out.weight", {0, 0}, {})),
+                 "wrong shape: tensor 'fc_out.weight' is [0, 0], expected [E, E] with E > 0");
   // The last tensor read is bad: everything before it was read already, nothing committed.
   check_rejected(replaced("fc_out.bias", f32("fc_out.bias", {23}, test::random_normal(23, 3))),
                  "wrong shape: tensor 'fc_out.bias' is [23]");
@@ -559,9 +585,11 @@ TEST_CASE("safetensors: modules simdattn cannot represent are refused", "[safete
   for (RawTensor& t : torch_mha_tensors(m)) both.push_back(std::move(t));
   check_rejected(build(both), "ambiguous module");
 
-  std::vector<RawTensor> bias_kv = torch_mha_tensors(m);
-  bias_kv.push_back(f32("bias_k", {1, 1, 24}, test::random_normal(24, 1)));
-  check_rejected(build(bias_kv), "add_bias_kv=True");
+  for (const char* name : {"bias_k", "bias_v"}) {
+    std::vector<RawTensor> bias_kv = torch_mha_tensors(m);
+    bias_kv.push_back(f32(name, {1, 1, 24}, test::random_normal(24, 1)));
+    check_rejected(build(bias_kv), "add_bias_kv=True");
+  }
 
   std::vector<RawTensor> kdim = torch_mha_tensors(m);
   kdim[0] = f32("q_proj_weight", {24, 24}, m.weight(Projection::query));
