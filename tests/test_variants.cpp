@@ -1044,6 +1044,8 @@ TEST_CASE("variants: bad options are rejected with the values named", "[variants
   const std::vector<std::uint8_t> pad(10);
   o.key_padding = KeyPadding{pad.data(), 2, 4};
   rejects(o, "options.key_padding of shape [2, 4] must be [N, Lk] = [2, 5]");
+  o.key_padding = KeyPadding{pad.data(), 1, 5};
+  rejects(o, "options.key_padding of shape [1, 5] must be [N, Lk] = [2, 5]");
   o = {};
   std::vector<float> w(2 * 4 * 3 * 5);
   o.weights = AttentionWeights{w.data(), 2 * 3 * 5, false};
@@ -1063,6 +1065,12 @@ TEST_CASE("variants: bad options are rejected with the values named", "[variants
       scaled_dot_product_attention(
           p.qv(), p.kv(), p.vv(), HeadsView<float>{shared.data() + 2, p.n, p.lq, p.h, p.dv}, {}, o),
       where + "out overlaps options.bias");
+  o = {};
+  o.key_padding = KeyPadding{reinterpret_cast<const std::uint8_t*>(shared.data() + 8), 2, 5};
+  CHECK_INVALID(
+      scaled_dot_product_attention(p.qv(), p.kv(), p.vv(),
+                                   HeadsView<float>{shared.data(), p.n, p.lq, p.h, p.dv}, {}, o),
+      where + "out overlaps options.key_padding");
   SECTION("head strides that put two elements at one address") {
     const ConstHeadsView q{p.q.data(), 1, 3, 4, 3, 3, 0, 2};
     CHECK_INVALID(scaled_dot_product_attention(q, p.kv(), p.vv(),
@@ -1075,5 +1083,15 @@ TEST_CASE("variants: bad options are rejected with the values named", "[variants
         where +
             "query.head_stride (6) makes elements overlap: [N, L, H] = 1 x stride 24, 3 x "
             "stride 3, 4 x stride 6 with D = 3");
+    // One element shared: the rows of a head end at 9, the next head starts at 8.
+    const ConstHeadsView q3{p.q.data(), 1, 3, 4, 3, 3, 0, 8};
+    CHECK_THROWS_WITH(scaled_dot_product_attention(
+                          q3, p.kv(), p.vv(), HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv}),
+                      Catch::Contains("query.head_stride (8) makes elements overlap"));
+    // The last batch's offset, 2 x 2^63, does not fit in size_t.
+    const ConstHeadsView q4{p.q.data(), 3, 3, 4, 3, 12, std::size_t{1} << 63};
+    CHECK_THROWS_WITH(scaled_dot_product_attention(
+                          q4, p.kv(), p.vv(), HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv}),
+                      Catch::Contains("query overflows: 2 * 9223372036854775808"));
   }
 }
