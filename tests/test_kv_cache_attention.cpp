@@ -658,9 +658,17 @@ TEST_CASE("cache attention: refused calls name the values and leave the cache as
       scaled_dot_product_attention(cache, {a}, heads(2, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(2, 1, h, d), o);
     });
+    refused({"query [1, 2, 4, 8] does not match", "[1, 1, 2, 8]"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 2, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 2, h, d), o);
+    });
     refused({"out [1, 2, 4, 8] must have the query's shape [1, 1, 4, 8]"}, [&] {
       scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
                                    heads(1, 1, kvh, d), outv(1, 2, h, d), o);
+    });
+    refused({"out [1, 1, 2, 8] must have the query's shape [1, 1, 4, 8]"}, [&] {
+      scaled_dot_product_attention(cache, {a}, heads(1, 1, h, d), heads(1, 1, kvh, d),
+                                   heads(1, 1, kvh, d), outv(1, 1, 2, d), o);
     });
     refused({"out overlaps an input"}, [&] {
       scaled_dot_product_attention(
