@@ -1,7 +1,8 @@
 // simdattn::mpi::scaled_dot_product_attention under mpirun -np P (CTest runs P = 1, 2, 3, 4):
 // each rank's rows equal the same rows of the single-process result within 1e-6 relative, for
-// every mask kind, both layouts, both schedules, grouped K/V heads, uneven slices and slices of
-// one row; and for a fixed P the result is bitwise the same at 1 and 2 threads.
+// every mask kind and a key mask per head, both layouts, both schedules, grouped K/V heads,
+// uneven slices and slices of one row; and for a fixed P the result is bitwise the same at 1 and
+// 2 threads.
 #include <algorithm>
 #include <cmath>
 #include <string>
