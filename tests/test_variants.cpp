@@ -1072,26 +1072,24 @@ TEST_CASE("variants: bad options are rejected with the values named", "[variants
                                    HeadsView<float>{shared.data(), p.n, p.lq, p.h, p.dv}, {}, o),
       where + "out overlaps options.key_padding");
   SECTION("head strides that put two elements at one address") {
-    const ConstHeadsView q{p.q.data(), 1, 3, 4, 3, 3, 0, 2};
-    CHECK_INVALID(scaled_dot_product_attention(q, p.kv(), p.vv(),
-                                               HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv}),
-                  where + "query.head_stride (2) is smaller than D (3)");
-    const ConstHeadsView q2{p.q.data(), 1, 3, 4, 3, 3, 0, 6};
-    CHECK_INVALID(
-        scaled_dot_product_attention(q2, p.kv(), p.vv(),
-                                     HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv}),
-        where +
-            "query.head_stride (6) makes elements overlap: [N, L, H] = 1 x stride 24, 3 x "
-            "stride 3, 4 x stride 6 with D = 3");
+    // The query [N, L, H, D] = [n, 3, 4, 3] with rows 3 apart and the given head stride.
+    auto with_query = [&](std::size_t n, std::size_t batch_stride, std::size_t head_stride) {
+      const ConstHeadsView q{p.q.data(), n, 3, 4, 3, 3, batch_stride, head_stride};
+      scaled_dot_product_attention(q, p.kv(), p.vv(),
+                                   HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv});
+    };
+    CHECK_INVALID(with_query(1, 0, 2), where + "query.head_stride (2) is smaller than D (3)");
+    CHECK_INVALID(with_query(1, 0, 6),
+                  where +
+                      "query.head_stride (6) makes elements overlap: [N, L, H] = 1 x stride 24, "
+                      "3 x stride 3, 4 x stride 6 with D = 3");
     // One element shared: the rows of a head end at 9, the next head starts at 8.
-    const ConstHeadsView q3{p.q.data(), 1, 3, 4, 3, 3, 0, 8};
-    CHECK_THROWS_WITH(scaled_dot_product_attention(
-                          q3, p.kv(), p.vv(), HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv}),
-                      Catch::Contains("query.head_stride (8) makes elements overlap"));
+    CHECK_INVALID(with_query(1, 0, 8),
+                  where +
+                      "query.head_stride (8) makes elements overlap: [N, L, H] = 1 x stride 32, "
+                      "3 x stride 3, 4 x stride 8 with D = 3");
     // The last batch's offset, 2 x 2^63, does not fit in size_t.
-    const ConstHeadsView q4{p.q.data(), 3, 3, 4, 3, 12, std::size_t{1} << 63};
-    CHECK_THROWS_WITH(scaled_dot_product_attention(
-                          q4, p.kv(), p.vv(), HeadsView<float>{out.data(), 1, p.lq, p.h, p.dv}),
-                      Catch::Contains("query overflows: 2 * 9223372036854775808"));
+    CHECK_INVALID(with_query(3, std::size_t{1} << 63, 12),
+                  where + "query overflows: 2 * 9223372036854775808 does not fit in size_t");
   }
 }

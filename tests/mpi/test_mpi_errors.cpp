@@ -56,6 +56,10 @@ bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
 }  // namespace
 
 TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][errors]") {
@@ -138,9 +142,8 @@ TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][er
       if (rank() == bad) x.change(q, v, o, mask);
       simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, s.kv(), v, o, mask);
     });
-    CHECK(message.rfind("simdattn::mpi::scaled_dot_product_attention: rank " + std::to_string(bad) +
-                            ": " + x.message,
-                        0) == 0);
+    CHECK(starts_with(message, "simdattn::mpi::scaled_dot_product_attention: rank " +
+                                   std::to_string(bad) + ": " + x.message));
   }
   works_afterwards();
 
@@ -312,7 +315,7 @@ TEST_CASE("mpi errors: mpi::forward's bad arguments are every rank's error", "[m
                            {x.data(), 1, l, e}, m, {out.data(), 1, l, e});
   });
   INFO(over_mask);
-  CHECK(over_mask.rfind(prefix, 0) == 0);
+  CHECK(starts_with(over_mask, prefix));
   CHECK(contains(over_mask, "out overlaps the mask"));
   // A query of another embedding size: the Tensor-returning call cannot size its result there.
   const std::string embed = collective_error([&] {
@@ -320,7 +323,7 @@ TEST_CASE("mpi errors: mpi::forward's bad arguments are every rank's error", "[m
     simdattn::mpi::forward(module, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
                            {x.data(), 1, l, qe});
   });
-  CHECK(embed.rfind(prefix, 0) == 0);
+  CHECK(starts_with(embed, prefix));
   CHECK(contains(embed, "query"));
   // A correct call reports the schedule that ran.
   simdattn::mpi::Timings timings;
