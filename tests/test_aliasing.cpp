@@ -167,4 +167,33 @@ TEST_CASE("forward: out equal to or overlapping an input is rejected", "[reliabi
   }
 }
 
+TEST_CASE("forward: options.weights overlapping an input or out is rejected",
+          "[reliability][aliasing]") {
+  // Slots of 100 floats in one buffer: values, keys, query, out (80 floats each), then the
+  // attention weights [N, H, Lq, Lk] = [2, 2, 5, 5].
+  const std::size_t e = 8, n = 2, l = 5, slot = 100;
+  const MultiHeadAttention m(e, 2, 64);
+  std::vector<float> buf = test::random_normal(5 * slot, 67);
+  auto at = [&](std::size_t i) { return buf.data() + i * slot; };
+  const char* names[] = {"values", "keys", "query", "out"};
+  for (Path path : test::kPaths) {
+    INFO("path " << test::path_name(path));
+    Options o;
+    o.path = path;
+    auto call = [&] {
+      m.forward({at(0), n, l, e}, {at(1), n, l, e}, {at(2), n, l, e}, {}, {at(3), n, l, e}, o);
+    };
+    for (std::size_t i = 0; i < 4; ++i) {
+      o.weights = AttentionWeights{at(i), slot, false};
+      check_rejected(
+          call,
+          std::string("simdattn::MultiHeadAttention::forward: options.weights overlaps ") +
+              names[i],
+          buf);
+    }
+    o.weights = AttentionWeights{at(4), slot, false};
+    CHECK_NOTHROW(call());
+  }
+}
+
 }  // namespace simdattn

@@ -67,16 +67,20 @@ TEST_CASE("heads 1..16 with head_dim 1, 3, 15, 17, N > 1, self and cross", "[mod
 }
 
 TEST_CASE("one buffer, shared keys/values, and separate buffers give the same result", "[module]") {
-  // The optimized path has three routes (one fused QKV GEMM, a fused KV GEMM, three GEMMs).
+  // The optimized path has three routes (one fused QKV GEMM, a fused KV GEMM, three GEMMs); the
+  // naive path reads each distinct tensor once.
   const std::size_t n = 3, l = 19, e = 48, heads = 4;
   MultiHeadAttention m(e, heads, 8);
   m.set_bias(Projection::key, test::random_normal(e, 4));
   m.set_bias(Projection::value, test::random_normal(e, 5));
   const Tensor x = Tensor::randn(n, l, e, 9);
   const Tensor x_copy1(n, l, e, x.values()), x_copy2(n, l, e, x.values());
-  const Tensor query = Tensor::randn(n, 7, e, 10);
+  const Tensor query = Tensor::randn(n, 7, e, 10), other = Tensor::randn(n, l, e, 11);
   const auto ref_self = test::oracle_forward(m, x, x, x);
   const auto ref_cross = test::oracle_forward(m, x, x, query);
+  // The query shared with the keys only, or with the values only.
+  const auto ref_query_keys = test::oracle_forward(m, other, x, x);
+  const auto ref_query_values = test::oracle_forward(m, x, other, x);
   for (Path path : kPaths) {
     INFO("path " << path_name(path));
     Options o;
@@ -85,6 +89,8 @@ TEST_CASE("one buffer, shared keys/values, and separate buffers give the same re
     test::check_close(m.forward(x_copy1, x_copy2, x, {}, o).data(), ref_self, "three buffers");
     test::check_close(m.forward(x, x, query, {}, o).data(), ref_cross, "shared keys/values");
     test::check_close(m.forward(x_copy1, x, query, {}, o).data(), ref_cross, "separate K and V");
+    test::check_close(m.forward(other, x, x, {}, o).data(), ref_query_keys, "query = keys");
+    test::check_close(m.forward(x, other, x, {}, o).data(), ref_query_values, "query = values");
   }
 }
 
