@@ -8,6 +8,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -733,6 +734,47 @@ TEST_CASE("backward: bad arguments throw std::invalid_argument naming them", "[b
   CHECK_THROWS_MATCHES(
       call(qv, ov, ConstLseView{reinterpret_cast<const float*>(dq.data()), n, h, lq}, dqv, dkv),
       std::invalid_argument, Message(w + "d_query overlaps lse"));
+  // Shapes checked beside the query's or the keys'.
+  std::vector<float> wide(n * lk * 3 * (d + 1));
+  CHECK_THROWS_MATCHES(
+      scaled_dot_product_attention_backward(qv, ConstHeadsView{wide.data(), n, lk, h, d + 1}, vv,
+                                            ov, gov, lv, dqv, dkv, dvv),
+      std::invalid_argument, Message(w + "head_dim D differ: query has 2, keys has 3"));
+  CHECK_THROWS_MATCHES(
+      scaled_dot_product_attention_backward(qv, ConstHeadsView{wide.data(), n, lk, 3, d}, vv, ov,
+                                            gov, lv, dqv, dkv, dvv),
+      std::invalid_argument,
+      Message(w + "query heads H = 2 is not a multiple of the keys' and values' heads H = 3 "
+                  "(grouped-query attention needs H_q % H_kv == 0)"));
+  CHECK_THROWS_MATCHES(
+      scaled_dot_product_attention_backward(
+          qv, kv, vv, ov, ConstHeadsView{go.data(), n, lq, h, d - 1}, lv, dqv, dkv, dvv),
+      std::invalid_argument, Message(w + "head_dim D differ: query has 2, d_out has 1"));
+  CHECK_THROWS_MATCHES(call(qv, ov, lv, dqv, HeadsView<float>{dk.data(), n, lk - 1, h, d}),
+                       std::invalid_argument,
+                       Message(w + "key lengths Lk differ: keys has 4, d_keys has 3"));
+  // Every score modification the backward pass does not have, by name.
+  const std::vector<float> per_head(h, 0.5f), bias(n * h * lq * lk, 0.5f);
+  std::vector<float> weights(n * h * lq * lk);
+  Options softcap, with_bias, alibi, sinks, with_weights;
+  softcap.softcap = 30.0f;
+  with_bias.bias = Bias{bias.data(), n, h, lq, lk};
+  alibi.alibi = Alibi{true, {}};
+  sinks.sinks = PerHead{per_head.data(), h};
+  with_weights.weights = AttentionWeights{weights.data(), weights.size(), false};
+  const std::pair<const Options*, const char*> refused[] = {{&softcap, "options.softcap"},
+                                                            {&with_bias, "options.bias"},
+                                                            {&alibi, "options.alibi"},
+                                                            {&sinks, "options.sinks"},
+                                                            {&with_weights, "options.weights"}};
+  for (const auto& r : refused) {
+    CHECK_THROWS_MATCHES(
+        scaled_dot_product_attention_backward(qv, kv, vv, ov, gov, lv, dqv, dkv, dvv, {}, *r.first),
+        std::invalid_argument,
+        Message(w + r.second +
+                " is not supported by the backward pass (masks, causal, window, key_padding and "
+                "grouped K/V heads are)"));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -840,6 +882,9 @@ TEST_CASE("module backward: matches the double oracle (aliasing, biases, masks, 
   const test::MaskKind kind =
       GENERATE(test::MaskKind::none, test::MaskKind::causal_top_left,
                test::MaskKind::causal_bottom_right, test::MaskKind::fully_masked_rows);
+  // Both policies where some rows see no key.
+  const MaskedRows policy = GENERATE(MaskedRows::uniform, MaskedRows::zeros);
+  if (policy == MaskedRows::zeros && kind != test::MaskKind::fully_masked_rows) return;
   const std::size_t e = shape.e, n = 2;
   const std::uint64_t seed = 7 + e * 3 + lq * 5 + lk * 11;
   MultiHeadAttention m(e, shape.heads, KvHeads{shape.kv_heads}, seed);
@@ -860,6 +905,7 @@ TEST_CASE("module backward: matches the double oracle (aliasing, biases, masks, 
   const test::MaskCase mc = test::make_mask(kind, n, shape.heads, lq, lk, seed + 8);
   Options options;
   options.causal = mc.causal;
+  options.masked_rows = policy;
 
   // The oracle, each use separately, then summed over the uses of each tensor.
   std::vector<double> w[4], b[4], dw[4], db[4];
@@ -914,7 +960,7 @@ TEST_CASE("module backward: matches the double oracle (aliasing, biases, masks, 
   std::ostringstream what;
   what << "ISA " << isa_name(active_isa()) << " E=" << e << " H=" << shape.heads
        << " KV=" << shape.kv_heads << " Lq=" << lq << " Lk=" << lk << " " << inputs << " mask "
-       << test::mask_kind_name(kind);
+       << test::mask_kind_name(kind) << (policy == MaskedRows::zeros ? ", zeros" : "");
   for (Path path : test::kPaths) {
     Options o = options;
     o.path = path;
@@ -944,39 +990,60 @@ TEST_CASE("module backward: matches the double oracle (aliasing, biases, masks, 
 
 TEST_CASE("module backward: bad arguments throw std::invalid_argument naming them",
           "[backward][errors]") {
+  using Catch::Matchers::Message;
   const std::size_t e = 8, n = 1, l = 4;
   const MultiHeadAttention m(e, 2, 1);
   const auto x = test::random_normal(n * l * e, 2);
   const auto d_out = test::random_normal(n * l * e, 3);
-  const ConstTensorView xv{x.data(), n, l, e};
+  const ConstTensorView xv{x.data(), n, l, e}, gv{d_out.data(), n, l, e};
   Gradients g;
-  auto message = [&](auto&& call) -> std::string {
-    try {
-      call();
-    } catch (const std::invalid_argument& err) {
-      return err.what();
-    }
-    return "no exception";
-  };
-  CHECK_THAT(message([&] {
-               m.backward(xv, xv, xv, {d_out.data(), n, l - 1, e}, g);
-             }),
-             Catch::Matchers::Contains("d_out has shape"));
-  CHECK_THAT(message([&] {
-               m.backward(xv, xv, xv, {nullptr, n, l, e}, g);
-             }),
-             Catch::Matchers::Contains("d_out"));
+  const std::string w = "simdattn::MultiHeadAttention::backward: ";
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, {d_out.data(), n, l - 1, e}, g),
+                       std::invalid_argument,
+                       Message(w + "d_out has shape [1, 3, 8], the output is [1, 4, 8]"));
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, {nullptr, n, l, e}, g), std::invalid_argument,
+                       Message(w + "d_out.data is null"));
   Options softcap;
   softcap.softcap = 30.0f;
-  CHECK_THAT(message([&] {
-               m.backward(xv, xv, xv, {d_out.data(), n, l, e}, g, {}, softcap);
-             }),
-             Catch::Matchers::Contains("options.softcap"));
-  // An input inside the gradients' own storage would be overwritten while it is read.
-  m.backward(xv, xv, xv, {d_out.data(), n, l, e}, g);
-  const ConstTensorView inside{g.query.data(), n, l, e};
-  CHECK_THAT(message([&] {
-               m.backward(inside, inside, inside, {d_out.data(), n, l, e}, g);
-             }),
-             Catch::Matchers::Contains("grads"));
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, gv, g, {}, softcap), std::invalid_argument,
+                       Message(w + "options.softcap is not supported by the backward pass (masks, "
+                                   "causal, window, key_padding and grouped K/V heads are)"));
+  // Every tensor dense: a view of every other row of a larger buffer is refused.
+  const auto wide = test::random_normal(n * l * 2 * e, 4);
+  const ConstTensorView strided{wide.data(), n, l, e, 2 * e};
+  const std::string dense =
+      w +
+      "the backward pass takes dense [N, L, E] tensors (row_stride E, batch_stride L x E); pass "
+      "copies of strided views";
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, strided, gv, g), std::invalid_argument, Message(dense));
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, strided, g), std::invalid_argument, Message(dense));
+  // An argument inside the gradients' own storage would be overwritten while it is read.
+  m.backward(xv, xv, xv, gv, g);
+  const std::string inside =
+      w +
+      "an argument lies inside grads' tensors (which are reallocated and overwritten): pass a "
+      "copy";
+  const ConstTensorView in_query{g.query.data(), n, l, e}, in_values{g.values.data(), n, l, e};
+  CHECK_THROWS_MATCHES(m.backward(in_query, in_query, in_query, gv, g), std::invalid_argument,
+                       Message(inside));
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, in_values, g), std::invalid_argument,
+                       Message(inside));
+}
+
+TEST_CASE("module backward: one Gradients reused by modules of other sizes", "[backward]") {
+  // Each call reshapes the gradients it is given: E = 8, then 16 at the same N and L, then 8.
+  const std::size_t n = 2, l = 5;
+  Gradients reused;
+  for (std::size_t e : {8, 16, 8}) {
+    INFO("E = " << e);
+    const MultiHeadAttention m(e, 2, 30 + e);
+    const auto x = test::random_normal(n * l * e, 40 + e);
+    const auto d_out = test::random_normal(n * l * e, 50 + e);
+    const ConstTensorView xv{x.data(), n, l, e}, gv{d_out.data(), n, l, e};
+    Gradients fresh;
+    m.backward(xv, xv, xv, gv, fresh);
+    m.backward(xv, xv, xv, gv, reused);
+    CHECK((reused.query.n() == n && reused.query.l() == l && reused.query.e() == e));
+    CHECK(bitwise_equal(reused, fresh));
+  }
 }
