@@ -697,6 +697,17 @@ TEST_CASE("training forward: the log-sum-exp with the score modifications, fully
   check_training_forward(qv, kv, vv, mc.mask, options, ref.lse);
 }
 
+namespace {
+
+// The message of a call refused for an option the backward pass does not have.
+std::string not_in_backward(const std::string& where, const char* option) {
+  return where + option +
+         " is not supported by the backward pass (masks, causal, window, key_padding and grouped "
+         "K/V heads are)";
+}
+
+}  // namespace
+
 TEST_CASE("backward: bad arguments throw std::invalid_argument naming them", "[backward][errors]") {
   using Catch::Matchers::Message;
   const std::size_t n = 1, lq = 3, lk = 4, h = 2, d = 2;
@@ -770,10 +781,7 @@ TEST_CASE("backward: bad arguments throw std::invalid_argument naming them", "[b
   for (const auto& r : refused) {
     CHECK_THROWS_MATCHES(
         scaled_dot_product_attention_backward(qv, kv, vv, ov, gov, lv, dqv, dkv, dvv, {}, *r.first),
-        std::invalid_argument,
-        Message(w + r.second +
-                " is not supported by the backward pass (masks, causal, window, key_padding and "
-                "grouped K/V heads are)"));
+        std::invalid_argument, Message(not_in_backward(w, r.second)));
   }
 }
 
@@ -1006,8 +1014,7 @@ TEST_CASE("module backward: bad arguments throw std::invalid_argument naming the
   Options softcap;
   softcap.softcap = 30.0f;
   CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, gv, g, {}, softcap), std::invalid_argument,
-                       Message(w + "options.softcap is not supported by the backward pass (masks, "
-                                   "causal, window, key_padding and grouped K/V heads are)"));
+                       Message(not_in_backward(w, "options.softcap")));
   // Every tensor dense: a view of every other row of a larger buffer is refused.
   const auto wide = test::random_normal(n * l * 2 * e, 4);
   const ConstTensorView strided{wide.data(), n, l, e, 2 * e};
