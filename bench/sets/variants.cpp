@@ -5,7 +5,9 @@
 //   softcap (50, Gemma 2's); sinks; key_padding; weights and weights_avg (need_weights:
 //   [N, H, Lq, Lk] or head-averaged); nhld (the same tensors in [N, H, L, D]); dv (Dv = 128
 //   with Dk = 64: 1.5x the multiply-adds of plain, flops counted as such);
-//   at L = 8192: window (W = 256, top-left causal) against causal (no window);
+//   at L = 8192: window (W = 256, top-left causal) against causal (no window), and both again
+//   as [N, H, L, D] views (causal_nhld, window_nhld), where a head's rows are contiguous rather
+//   than E floats apart;
 //   decode (Lq = 1, Lk = 8192, bottom-right): plain against window (W = 256).
 // GFLOPS counts the multiply-adds of the visible (query, key) pairs: 4 x E per pair for plain
 // attention, so within one shape a variant's GFLOPS over plain's is its speed ratio; a window
@@ -157,6 +159,8 @@ std::vector<Case> cases() {
       {"dv", l, l, e, h, 0, Causal::none, 128},
       {"causal", 8192, 8192, e, h, 0, Causal::top_left},
       {"window", 8192, 8192, e, h, 256, Causal::top_left},
+      {"causal_nhld", 8192, 8192, e, h, 0, Causal::top_left, 0, true},
+      {"window_nhld", 8192, 8192, e, h, 256, Causal::top_left, 0, true},
       {"decode", 1, 8192, 1024, 16, 0, Causal::bottom_right},
       {"decode_window", 1, 8192, 1024, 16, 256, Causal::bottom_right},
   };
