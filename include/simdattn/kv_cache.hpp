@@ -45,6 +45,10 @@
 // unknown sequence id, a view whose heads or head_dim differ from the cache's, T = 0, a batch
 // whose size differs from the number of ids, a repeated id, more blocks than are free) and then
 // leaves the cache exactly as it was: the same lengths, the same bytes, the same free blocks.
+// Attention over the cache and MultiHeadAttention::step take scratch memory after their append
+// has taken its blocks; if it runs out they throw std::bad_alloc with the append taken back: the
+// same sequences, lengths, tokens and free blocks (only rows past a sequence's end, which no call
+// reads, may have been written), `out` unspecified.
 //
 // Threads: const member functions may run concurrently; anything that changes the cache
 // (add_sequence, fork, release, truncate, append, and attention over the cache, which appends)
@@ -181,7 +185,8 @@ class KvCache {
 /// Throws std::invalid_argument, with the cache unchanged, on anything append() refuses, a
 /// query or out that does not match (N, T, D, H a multiple of kv_heads), a top-left causal
 /// option, an unsupported option, a bad window, softcap, slope or sink, a bad scale or thread
-/// count, or `out` overlapping an input (the slopes and sinks included).
+/// count, or `out` overlapping an input (the slopes and sinks included); std::bad_alloc, with the
+/// append taken back, if scratch memory runs out (see "Errors" above).
 void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>& ids,
                                   const ConstHeadsView& query, const ConstHeadsView& keys,
                                   const ConstHeadsView& values, const HeadsView<float>& out,

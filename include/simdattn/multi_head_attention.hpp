@@ -136,7 +136,8 @@ class MultiHeadAttention {
   /// other heads or head_dim, ids.size() != N, an unknown or repeated id, T = 0, too few free
   /// blocks, a top-left causal option, an unsupported option or a bad value of a supported one,
   /// x or out with strides other than row-major, or `out` overlapping x (or the slopes or
-  /// sinks).
+  /// sinks); std::bad_alloc, with the append taken back, if scratch memory runs out
+  /// (kv_cache.hpp, "Errors").
   void step(KvCache& cache, const std::vector<SequenceId>& ids, const ConstTensorView& x,
             const TensorView<float>& out, const Options& options = {}) const;
   /// Convenience form returning a new [N, T, E] tensor.

@@ -1,0 +1,275 @@
+// Running out of memory part way through a call over a KvCache: attention over the cache and the
+// module's step reserve blocks and write the new tokens before the attention's scratch is taken,
+// so a std::bad_alloc there must take the append back. The memory runs out for real: each call
+// runs in a child process whose address space may grow by a few MiB only (RLIMIT_AS), against a
+// history long enough that the gathered keys and values (prefill) or the reference's copies need
+// far more. After the failure the child checks the cache's sequences, lengths, free blocks and
+// tokens, lifts the limit and runs the same call again; another child, whose call never fails,
+// runs it too, and both must give the same output and state, bit for bit. Linux on x86-64 only,
+// without AddressSanitizer or ThreadSanitizer (their shadow memory needs the address space).
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SIMDATTN_TEST_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SIMDATTN_TEST_SANITIZED 1
+#endif
+
+#if defined(__linux__) && defined(__x86_64__) && !defined(SIMDATTN_TEST_SANITIZED)
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+
+using namespace simdattn;
+using test::kPaths;
+using test::path_name;
+
+namespace {
+
+// What the child may allocate beyond its address space at the call: the call's small vectors
+// fit, the 9.6 MiB reference copies and the 32 MiB gathered keys and values do not.
+constexpr std::size_t kHeadroom = std::size_t{4} << 20;
+
+// A child's exit codes.
+enum Outcome : int {
+  kRestored = 0,       // bad_alloc, the cache as before, the call run again
+  kNoLimit = 10,       // an allocation beyond the headroom succeeded: the limit does not hold
+  kNoThrow = 11,       // the call did not run out of memory
+  kOtherError = 12,    // the call threw something else
+  kStateChanged = 13,  // the cache differs after the failure
+  kRetryFailed = 14,   // the call run again threw
+  kSetupFailed = 15,   // the child could not take its snapshot or set the limit
+};
+
+const char* describe(int code) {
+  switch (code) {
+    case kRestored:
+      return "bad_alloc, cache restored";
+    case kNoLimit:
+      return "the address-space limit does not hold here";
+    case kNoThrow:
+      return "the call did not run out of memory";
+    case kOtherError:
+      return "the call threw something other than std::bad_alloc";
+    case kStateChanged:
+      return "the cache changed although the call failed";
+    case kRetryFailed:
+      return "the call failed when run again without the limit";
+    case kSetupFailed:
+      return "the child's setup failed";
+    default:
+      return "the child crashed or exited otherwise";
+  }
+}
+
+// Every sequence's length and tokens, and the free blocks.
+struct CacheState {
+  std::size_t free_blocks = 0;
+  std::vector<SequenceId> ids;
+  std::vector<std::size_t> lengths;
+  std::vector<std::vector<float>> tokens;  // keys then values, per sequence
+  bool operator==(const CacheState& o) const {
+    return free_blocks == o.free_blocks && ids == o.ids && lengths == o.lengths &&
+           tokens == o.tokens;
+  }
+};
+
+CacheState snapshot(const KvCache& cache) {
+  CacheState s;
+  s.free_blocks = cache.free_blocks();
+  s.ids = cache.sequences();
+  const std::size_t row = cache.kv_heads() * cache.head_dim();
+  for (SequenceId id : s.ids) {
+    const std::size_t l = cache.length(id);
+    s.lengths.push_back(l);
+    std::vector<float> t(2 * l * row);
+    cache.read(id, 0, l, t.data(), t.data() + l * row);
+    s.tokens.push_back(std::move(t));
+  }
+  return s;
+}
+
+std::size_t address_space_bytes() {
+  unsigned long pages = 0;
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  const int got = std::fscanf(f, "%lu", &pages);
+  std::fclose(f);
+  return got == 1 ? pages * static_cast<std::size_t>(sysconf(_SC_PAGESIZE)) : 0;
+}
+
+// Memory both processes see: the child's output of the call run again, then the free blocks and
+// lengths after it.
+struct Shared {
+  float* out;
+  std::size_t floats;
+  std::size_t* counts;
+  Shared(std::size_t out_floats, std::size_t count_slots) : floats(out_floats) {
+    const std::size_t bytes = out_floats * sizeof(float) + count_slots * sizeof(std::size_t);
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    base = p;
+    size = bytes;
+    counts = reinterpret_cast<std::size_t*>(p);
+    out = reinterpret_cast<float*>(counts + count_slots);
+  }
+  ~Shared() { munmap(base, size); }
+  Shared(const Shared&) = delete;
+  Shared& operator=(const Shared&) = delete;
+
+ private:
+  void* base = nullptr;
+  std::size_t size = 0;
+};
+
+void record_after(const KvCache& cache, std::size_t* counts) {
+  counts[0] = cache.free_blocks();
+  std::size_t i = 1;
+  for (SequenceId id : cache.sequences()) counts[i++] = cache.length(id);
+}
+
+// In a child: with `limit`, `call` (writing `out`) under the headroom, the checks above, and the
+// call again without it; else the call alone. Returns the child's Outcome; `shared` then holds
+// the output and state of its last call. The parent's own scratch and cache stay as they were,
+// so that each child starts from the same state.
+int run_in_child(KvCache& cache, const std::vector<float>& out, const std::function<void()>& call,
+                 bool limit, Shared& shared) {
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int code = limit ? kSetupFailed : kRestored;
+    try {
+      const CacheState before = snapshot(cache);
+      rlimit old{};
+      const std::size_t used = address_space_bytes();
+      if (limit && used != 0 && getrlimit(RLIMIT_AS, &old) == 0) {
+        rlimit tight = old;
+        tight.rlim_cur = used + kHeadroom;
+        if (old.rlim_cur == RLIM_INFINITY || tight.rlim_cur < old.rlim_cur) {
+          if (setrlimit(RLIMIT_AS, &tight) == 0) {
+            void* probe = std::malloc(2 * kHeadroom);
+            if (probe != nullptr) {
+              std::free(probe);
+              code = kNoLimit;
+            } else {
+              try {
+                call();
+                code = kNoThrow;
+              } catch (const std::bad_alloc&) {
+                code = kRestored;
+              } catch (...) {
+                code = kOtherError;
+              }
+            }
+            setrlimit(RLIMIT_AS, &old);
+          }
+        }
+        if (code == kRestored && !(snapshot(cache) == before)) code = kStateChanged;
+      }
+      if (code == kRestored) {
+        try {
+          call();
+          std::copy(out.begin(), out.end(), shared.out);
+          record_after(cache, shared.counts);
+        } catch (...) {
+          code = kRetryFailed;
+        }
+      }
+    } catch (...) {
+      code = kSetupFailed;
+    }
+    _exit(code);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// On each path (one thread): runs `call` in a failing child and in one that does not fail;
+// checks as the header says.
+void check_taken_back(KvCache& cache, const std::vector<float>& out,
+                      const std::function<void(const Options&)>& call_with) {
+  for (Path path : kPaths) {
+    INFO("path " << path_name(path));
+    Options o;
+    o.path = path;
+    o.threads = 1;
+    const std::function<void()> call = [&] { call_with(o); };
+    const std::size_t slots = 1 + cache.sequences().size();
+    Shared failed(out.size(), slots), plain(out.size(), slots);
+    const int code = run_in_child(cache, out, call, true, failed);
+    INFO("child: " << describe(code) << " (exit code " << code << ")");
+    if (code == kNoLimit) {
+      WARN("RLIMIT_AS does not bound allocations here: the out-of-memory check is skipped");
+      return;
+    }
+    REQUIRE(code == kRestored);
+    REQUIRE(run_in_child(cache, out, call, false, plain) == kRestored);
+    CHECK(std::memcmp(failed.out, plain.out, out.size() * sizeof(float)) == 0);
+    CHECK(std::equal(failed.counts, failed.counts + slots, plain.counts));
+  }
+}
+
+// A cache whose pool holds 2^18 tokens of one kv head of 16, with a sequence of 150000 tokens
+// (its last block part full) and a fork of it that shares every block: appending to both copies
+// the shared last block for the first and writes into it in place for the second.
+struct LongHistory {
+  static constexpr std::size_t kKvHeads = 1, kD = 16, kHistory = 150000;
+  KvCache cache;
+  SequenceId a, b;
+  LongHistory()
+      : cache(test::cache_config(KvCache::blocks_for(std::size_t{1} << 18) + 8, kKvHeads, kD)) {
+    a = cache.add_sequence();
+    const auto k = test::random_normal(kHistory * kKvHeads * kD, 1);
+    const auto v = test::random_normal(kHistory * kKvHeads * kD, 2);
+    cache.append({a}, {k.data(), 1, kHistory, kKvHeads, kD}, {v.data(), 1, kHistory, kKvHeads, kD});
+    b = cache.fork(a);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cache attention: running out of memory part way takes the append back",
+          "[kv_cache][attention][reliability]") {
+  // 8 query heads over the one kv head, 3 new tokens: 24 rows per kv head, the prefill route
+  // that gathers the history as float (2 x 2^18 x 16 floats) before its attention.
+  constexpr std::size_t n = 2, t = 3, h = 8, d = LongHistory::kD, kvh = LongHistory::kKvHeads;
+  LongHistory history;
+  const auto q = test::random_normal(n * t * h * d, 3);
+  const auto k = test::random_normal(n * t * kvh * d, 4);
+  const auto v = test::random_normal(n * t * kvh * d, 5);
+  std::vector<float> out(n * t * h * d);
+  check_taken_back(history.cache, out, [&](const Options& o) {
+    scaled_dot_product_attention(history.cache, {history.a, history.b}, {q.data(), n, t, h, d},
+                                 {k.data(), n, t, kvh, d}, {v.data(), n, t, kvh, d},
+                                 {out.data(), n, t, h, d}, o);
+  });
+}
+
+TEST_CASE("module step: running out of memory part way takes the append back",
+          "[module][kv_cache][reliability]") {
+  constexpr std::size_t n = 2, t = 3, h = 8, e = h * LongHistory::kD;
+  const MultiHeadAttention m(e, h, KvHeads{LongHistory::kKvHeads}, 6);
+  LongHistory history;
+  const Tensor x = Tensor::randn(n, t, e, 7);
+  std::vector<float> out(n * t * e);
+  check_taken_back(history.cache, out, [&](const Options& o) {
+    m.step(history.cache, {history.a, history.b}, {x.data(), n, t, e}, {out.data(), n, t, e}, o);
+  });
+}
+
+#endif  // Linux on x86-64 without AddressSanitizer or ThreadSanitizer
