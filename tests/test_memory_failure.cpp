@@ -39,14 +39,18 @@ using test::path_name;
 
 namespace {
 
-// What the child may allocate beyond its address space at the call: the call's small vectors
-// fit, the 9.6 MiB reference copies and the 32 MiB gathered keys and values do not.
+// What the child's address space may still grow by at the call. Free memory inside it (the
+// holes earlier tests left in the heap) is taken first, in pieces of kPiece, so that no block
+// of kPiece is left anywhere: the call's small vectors fit, the 9.2 MiB reference copies and
+// the 32 MiB gathered keys and values do not.
 constexpr std::size_t kHeadroom = std::size_t{4} << 20;
+constexpr std::size_t kPiece = std::size_t{8} << 20;
+constexpr std::size_t kMostPieces = 4096;  // 32 GiB: more means the limit does not hold
 
 // A child's exit codes.
 enum Outcome : int {
   kRestored = 0,       // bad_alloc, the cache as before, the call run again
-  kNoLimit = 10,       // an allocation beyond the headroom succeeded: the limit does not hold
+  kNoLimit = 10,       // kMostPieces pieces were granted: the limit does not hold
   kNoThrow = 11,       // the call did not run out of memory
   kOtherError = 12,    // the call threw something else
   kStateChanged = 13,  // the cache differs after the failure
@@ -161,9 +165,12 @@ int run_in_child(KvCache& cache, const std::vector<float>& out, const std::funct
         tight.rlim_cur = used + kHeadroom;
         if (old.rlim_cur == RLIM_INFINITY || tight.rlim_cur < old.rlim_cur) {
           if (setrlimit(RLIMIT_AS, &tight) == 0) {
-            void* probe = std::malloc(2 * kHeadroom);
-            if (probe != nullptr) {
-              std::free(probe);
+            static void* held[kMostPieces];
+            std::size_t pieces = 0;
+            while (pieces < kMostPieces && (held[pieces] = std::malloc(kPiece)) != nullptr) {
+              ++pieces;
+            }
+            if (pieces == kMostPieces) {
               code = kNoLimit;
             } else {
               try {
@@ -176,6 +183,7 @@ int run_in_child(KvCache& cache, const std::vector<float>& out, const std::funct
               }
             }
             setrlimit(RLIMIT_AS, &old);
+            for (std::size_t i = 0; i < pieces; ++i) std::free(held[i]);
           }
         }
         if (code == kRestored && !(snapshot(cache) == before)) code = kStateChanged;
