@@ -91,9 +91,11 @@ TEST_CASE("scaled_dot_product_attention is bitwise deterministic run to run and 
 TEST_CASE("MultiHeadAttention::forward with a packed weight above 4 MiB: oracle, 1-3 threads",
           "[reliability][determinism]") {
   // E = 600: the [3E, E] self-attention weight (4.3 MB) is past the projection driver's
-  // kGemmWeightMajorBytes, so its tasks run in weight-major order; 2 x 100 rows are several
-  // row blocks.
-  const std::size_t e = 600, heads = 4, n = 2, l = 100;
+  // kGemmWeightMajorBytes, so its tasks run in weight-major order. 2 x 96 rows make 2 row
+  // blocks against the weight's 8 column blocks: counts with a common factor, so that a task
+  // index split with one order's row and the other's column misses blocks (with coprime
+  // counts, t % rows and t % columns would still cover every block once).
+  const std::size_t e = 600, heads = 4, n = 2, l = 96;
   // The premise, checked: below the limit this case would test nothing new.
   REQUIRE(3 * e * e * sizeof(float) > kernels::kGemmWeightMajorBytes);
   MultiHeadAttention m(e, heads, 31);
