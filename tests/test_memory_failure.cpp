@@ -119,9 +119,8 @@ std::size_t address_space_bytes() {
 // lengths after it.
 struct Shared {
   float* out;
-  std::size_t floats;
   std::size_t* counts;
-  Shared(std::size_t out_floats, std::size_t count_slots) : floats(out_floats) {
+  Shared(std::size_t out_floats, std::size_t count_slots) {
     const std::size_t bytes = out_floats * sizeof(float) + count_slots * sizeof(std::size_t);
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(p != MAP_FAILED);
