@@ -10,6 +10,7 @@
 // Inputs are finite: with NaN/Inf hidden by a mask, which rows it reaches may depend on the
 // task split (see the README's reliability section and test_nonfinite.cpp).
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "common.hpp"
@@ -96,8 +97,11 @@ TEST_CASE("MultiHeadAttention::forward with a packed weight above 4 MiB: oracle,
   // index split with one order's row and the other's column misses blocks (with coprime
   // counts, t % rows and t % columns would still cover every block once).
   const std::size_t e = 600, heads = 4, n = 2, l = 96;
-  // The premise, checked: below the limit this case would test nothing new.
+  // The premises, checked: below the limit, or with coprime block counts, this case would test
+  // nothing new.
   REQUIRE(3 * e * e * sizeof(float) > kernels::kGemmWeightMajorBytes);
+  REQUIRE(std::gcd((n * l + kernels::kGemmTaskRows - 1) / kernels::kGemmTaskRows,
+                   (3 * e + kernels::kGemmTaskCols - 1) / kernels::kGemmTaskCols) > 1);
   MultiHeadAttention m(e, heads, 31);
   const auto x = test::random_normal(n * l * e, 32);
   const ConstTensorView xv{x.data(), n, l, e};

@@ -144,47 +144,50 @@ void record_after(const KvCache& cache, std::size_t* counts) {
   for (SequenceId id : cache.sequences()) counts[i++] = cache.length(id);
 }
 
-// In a child: with `limit`, `call` (writing `out`) under the headroom, the checks above, and the
-// call again without it; else the call alone. Returns the child's Outcome; `shared` then holds
-// the output and state of its last call. The parent's own scratch and cache stay as they were,
-// so that each child starts from the same state.
+// Runs `call` with the address space capped at its size now plus kHeadroom and every free piece
+// of kPiece under the cap taken, then lifts the cap. Returns the call's Outcome.
+int call_under_cap(const std::function<void()>& call) {
+  const std::size_t used = address_space_bytes();
+  rlimit old{};
+  if (used == 0 || getrlimit(RLIMIT_AS, &old) != 0) return kSetupFailed;
+  rlimit tight = old;
+  tight.rlim_cur = used + kHeadroom;
+  if (old.rlim_cur != RLIM_INFINITY && tight.rlim_cur >= old.rlim_cur) return kSetupFailed;
+  if (setrlimit(RLIMIT_AS, &tight) != 0) return kSetupFailed;
+  static void* held[kMostPieces];
+  std::size_t pieces = 0;
+  while (pieces < kMostPieces && (held[pieces] = std::malloc(kPiece)) != nullptr) ++pieces;
+  int code = kNoLimit;
+  if (pieces < kMostPieces) {
+    try {
+      call();
+      code = kNoThrow;
+    } catch (const std::bad_alloc&) {
+      code = kRestored;
+    } catch (...) {
+      code = kOtherError;
+    }
+  }
+  setrlimit(RLIMIT_AS, &old);
+  for (std::size_t i = 0; i < pieces; ++i) std::free(held[i]);
+  return code;
+}
+
+// In a child: with `limit`, `call` (writing `out`) under the cap, the checks above, and the call
+// again without it; else the call alone. Returns the child's Outcome; `shared` then holds the
+// output and state of its last call. The parent's own scratch and cache stay as they were, so
+// that each child starts from the same state.
 int run_in_child(KvCache& cache, const std::vector<float>& out, const std::function<void()>& call,
                  bool limit, Shared& shared) {
   std::fflush(nullptr);
   const pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    int code = limit ? kSetupFailed : kRestored;
+    int code = kRestored;
     try {
-      const CacheState before = snapshot(cache);
-      rlimit old{};
-      const std::size_t used = address_space_bytes();
-      if (limit && used != 0 && getrlimit(RLIMIT_AS, &old) == 0) {
-        rlimit tight = old;
-        tight.rlim_cur = used + kHeadroom;
-        if (old.rlim_cur == RLIM_INFINITY || tight.rlim_cur < old.rlim_cur) {
-          if (setrlimit(RLIMIT_AS, &tight) == 0) {
-            static void* held[kMostPieces];
-            std::size_t pieces = 0;
-            while (pieces < kMostPieces && (held[pieces] = std::malloc(kPiece)) != nullptr) {
-              ++pieces;
-            }
-            if (pieces == kMostPieces) {
-              code = kNoLimit;
-            } else {
-              try {
-                call();
-                code = kNoThrow;
-              } catch (const std::bad_alloc&) {
-                code = kRestored;
-              } catch (...) {
-                code = kOtherError;
-              }
-            }
-            setrlimit(RLIMIT_AS, &old);
-            for (std::size_t i = 0; i < pieces; ++i) std::free(held[i]);
-          }
-        }
+      if (limit) {
+        const CacheState before = snapshot(cache);
+        code = call_under_cap(call);
         if (code == kRestored && !(snapshot(cache) == before)) code = kStateChanged;
       }
       if (code == kRestored) {

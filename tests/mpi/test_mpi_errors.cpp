@@ -290,18 +290,18 @@ TEST_CASE("mpi errors: a forced all-to-all that cannot run says why", "[mpi][err
     }
     // MPI counts are ints: 2^28 rows of 4 heads of D = 1 per rank make 3 x 2^30 rows to send.
     // The views lie in address space reserved without access, so any read would crash.
-    const std::size_t l = std::size_t{1} << 28, h = 4, view_bytes = l * h * sizeof(float);
-    void* region = mmap(nullptr, 4 * view_bytes, PROT_NONE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    const std::size_t l = std::size_t{1} << 28, h = 4, floats = l * h;
+    const std::size_t region_bytes = 4 * floats * sizeof(float);
+    void* region =
+        mmap(nullptr, region_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     REQUIRE(region != MAP_FAILED);
     auto* base = static_cast<float*>(region);
-    const std::size_t floats = l * h;
     const std::string counts = collective_error([&] {
       simdattn::mpi::scaled_dot_product_attention(
           MPI_COMM_WORLD, {base, 1, l, h, 1}, {base + floats, 1, l, h, 1},
           {base + 2 * floats, 1, l, h, 1}, {base + 3 * floats, 1, l, h, 1}, {}, options);
     });
-    munmap(region, 4 * view_bytes);
+    munmap(region, region_bytes);
     CHECK(counts ==
           "simdattn::mpi::scaled_dot_product_attention: options.schedule = ulysses exchanges "
           "more than INT_MAX rows of D floats per rank (rank 0)");
