@@ -658,22 +658,25 @@ TEST_CASE("training forward: the log-sum-exp with the score modifications, fully
           "[backward][variants]") {
   // lse_i = log(sum over visible keys of exp(s_k) + exp(sink)) with s the modified scores: a row
   // that sees no key has lse = sink with sinks, -inf without. Decode (Lq <= 4) and tile kernels.
+  // Sinks of +-300 lie far beyond float's exp range (about 88): the sink's term must be summed
+  // with the larger exponent taken out, or a row's lse overflows to +inf.
   const std::size_t n = 2, h = 2;
   const std::size_t d = GENERATE(3, 16);
   const std::size_t lq = GENERATE(1, 3, 37);
   const std::size_t lk = GENERATE(5, 130);
-  const int variant = GENERATE(0, 1, 2, 3);
+  const int variant = GENERATE(0, 1, 2, 3, 4);
   const test::MaskCase mc = test::make_mask(test::MaskKind::fully_masked_rows, n, h, lq, lk, 7);
   const auto q = test::random_normal(n * lq * h * d, 71),
              k = test::random_normal(n * lk * h * d, 72),
              v = test::random_normal(n * lk * h * d, 73);
-  const auto sinks = test::random_normal(h, 74);
+  const std::vector<float> sinks =
+      variant == 4 ? std::vector<float>{300.0f, -300.0f} : test::random_normal(h, 74);
   const auto bias = test::random_normal(n * h * lq * lk, 75);
   const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
       vv{v.data(), n, lk, h, d};
   Options options;
   const char* names[] = {"sinks", "softcap and ALiBi", "bias and sinks",
-                         "window (causal) and sinks"};
+                         "window (causal) and sinks", "sinks of +-300"};
   if (variant != 1) options.sinks = {sinks.data(), h};
   if (variant == 1) {
     options.softcap = 2.5f;
@@ -695,6 +698,12 @@ TEST_CASE("training forward: the log-sum-exp with the score modifications, fully
   }
   CHECK(unseeing > 0);
   check_training_forward(qv, kv, vv, mc.mask, options, ref.lse);
+  for (Path path : test::kPaths) {
+    options.path = path;
+    std::vector<float> out(n * lq * h * d);
+    scaled_dot_product_attention(qv, kv, vv, {out.data(), n, lq, h, d}, mc.mask, options);
+    test::check_close(out.data(), ref.out, std::string("output, path ") + test::path_name(path));
+  }
 }
 
 namespace {
