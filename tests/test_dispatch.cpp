@@ -121,26 +121,29 @@ TEST_CASE("Options::isa and set_active_isa refuse what this machine cannot run",
   const std::vector<float> x(n * l * h * d, 1.0f);
   std::vector<float> out(x.size());
   const ConstHeadsView xv{x.data(), n, l, h, d};
-  Options o;
-  o.isa = static_cast<Isa>(99);
-  CHECK_THROWS_MATCHES(
-      scaled_dot_product_attention(xv, xv, xv, {out.data(), n, l, h, d}, {}, o),
-      std::invalid_argument,
-      Catch::Matchers::Message(
-          "simdattn::scaled_dot_product_attention: options.isa has the unknown value 99"));
+  // On either path: Path::naive never runs the ISA, but a bad one is still the caller's error.
+  auto check_refused = [&](Isa isa, const std::string& message) {
+    for (Path path : {Path::optimized, Path::naive}) {
+      INFO((path == Path::naive ? "naive" : "optimized") << " path");
+      Options o;
+      o.isa = isa;
+      o.path = path;
+      CHECK_THROWS_MATCHES(
+          scaled_dot_product_attention(xv, xv, xv, {out.data(), n, l, h, d}, {}, o),
+          std::invalid_argument,
+          Catch::Matchers::Message("simdattn::scaled_dot_product_attention: " + message));
+    }
+  };
+  check_refused(static_cast<Isa>(99), "options.isa has the unknown value 99");
   CHECK_THROWS_AS(set_active_isa(static_cast<Isa>(99)), std::invalid_argument);
   for (Isa isa : kListed) {
     bool available = false;
     for (Isa a : available_isas()) available |= a == isa;
     if (available) continue;
     INFO(isa_name(isa) << " is not available here");
-    o.isa = isa;
-    CHECK_THROWS_MATCHES(
-        scaled_dot_product_attention(xv, xv, xv, {out.data(), n, l, h, d}, {}, o),
-        std::invalid_argument,
-        Catch::Matchers::Message(
-            "simdattn::scaled_dot_product_attention: options.isa = " + std::string(isa_name(isa)) +
-            " cannot run on this build or CPU (available: " + available_list() + ")"));
+    check_refused(isa, "options.isa = " + std::string(isa_name(isa)) +
+                           " cannot run on this build or CPU (available: " + available_list() +
+                           ")");
     CHECK_THROWS_AS(set_active_isa(isa), std::invalid_argument);
   }
 }

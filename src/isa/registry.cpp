@@ -196,17 +196,21 @@ const KernelTable* table_for(Isa isa) {
 namespace detail {
 
 const kernels::KernelTable* kernels_for(const char* where, const Options& options) {
+  // A bad options.isa is an error on either path: Path::naive does not read it, but a caller
+  // who set it expects it to mean something.
+  if (options.isa) {
+    const Isa isa = *options.isa;
+    if (isa != Isa::naive && entry_of(isa) == nullptr) {
+      fail(where, "options.isa has the unknown value " + std::to_string(static_cast<int>(isa)));
+    }
+    if (!runnable(isa)) {
+      fail(where, std::string("options.isa = ") + isa_name(isa) +
+                      " cannot run on this build or CPU (available: " + list(available_isas()) +
+                      ")");
+    }
+  }
   if (options.path == Path::naive) return nullptr;
-  if (!options.isa) return kernels::table_for(active_isa());
-  const Isa isa = *options.isa;
-  if (isa != Isa::naive && entry_of(isa) == nullptr) {
-    fail(where, "options.isa has the unknown value " + std::to_string(static_cast<int>(isa)));
-  }
-  if (!runnable(isa)) {
-    fail(where, std::string("options.isa = ") + isa_name(isa) +
-                    " cannot run on this build or CPU (available: " + list(available_isas()) + ")");
-  }
-  return kernels::table_for(isa);
+  return kernels::table_for(options.isa ? *options.isa : active_isa());
 }
 
 }  // namespace detail
