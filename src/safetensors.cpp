@@ -305,6 +305,12 @@ void SafetensorsFile::read_range(std::size_t begin, std::size_t bytes, void* out
 
 std::vector<float> SafetensorsFile::read_float(const std::string& tensor) const {
   const SafetensorsEntry& e = entry(tensor);
+  // The dtype first: the header checks sizes against the bytes for known dtypes only, so an
+  // unknown one may claim any number of elements.
+  if (!is_float_dtype(e.dtype)) {
+    fail(name_, "wrong dtype: tensor '" + tensor + "' is " + e.dtype +
+                    ", expected F32, F16 or BF16 (in PyTorch, .float() before saving)");
+  }
   const std::size_t n = e.numel();
   std::vector<float> out(n);
   if (e.dtype == "F32") {
@@ -314,9 +320,6 @@ std::vector<float> SafetensorsFile::read_float(const std::string& tensor) const 
     read_range(e.begin, n * sizeof(std::uint16_t), raw.data());
     auto convert = e.dtype == "F16" ? detail::f16_to_float : detail::bf16_to_float;
     std::transform(raw.begin(), raw.end(), out.begin(), convert);
-  } else {
-    fail(name_, "wrong dtype: tensor '" + tensor + "' is " + e.dtype +
-                    ", expected F32, F16 or BF16 (in PyTorch, .float() before saving)");
   }
   return out;
 }

@@ -348,11 +348,13 @@ TEST_CASE("safetensors: SafetensorsFile reads metadata, entries and any dtype", 
   const auto file = build({{"z", "F64", {3}, bytes_of(d)},
                            {"a", "U8", {1, 3}, mask},
                            {"empty", "F32", {0, 4}, {}},
-                           {"new", "F4", {2}, {0xAB}}},  // a dtype from the future: bytes only
+                           {"new", "F4", {2}, {0xAB}},  // a dtype from the future: bytes only
+                           // Its sizes cannot be checked against the bytes: any shape passes.
+                           {"vast", "F4", {std::size_t{1} << 61}, {}}},
                           {{"heads", "3"}, {"format", "pt"}});
   const auto f = SafetensorsFile::from_memory(file.data(), file.size(), "mixed");
   CHECK(f.name() == "mixed");
-  CHECK(f.tensor_names() == std::vector<std::string>{"a", "empty", "new", "z"});
+  CHECK(f.tensor_names() == std::vector<std::string>{"a", "empty", "new", "vast", "z"});
   CHECK(f.metadata().at("format") == "pt");
   CHECK(f.entry("a").shape == std::vector<std::size_t>{1, 3});
   CHECK(f.entry("a").numel() == 3);
@@ -364,6 +366,11 @@ TEST_CASE("safetensors: SafetensorsFile reads metadata, entries and any dtype", 
              Catch::Contains("wrong dtype: tensor 'z' is F64"));
   CHECK_THAT(error_of([&] { f.read_double("a"); }),
              Catch::Contains("wrong dtype: tensor 'a' is U8"));
+  // Refused before anything is allocated for the 2^61 elements it claims.
+  CHECK_THAT(error_of([&] { f.read_float("vast"); }),
+             Catch::Contains("wrong dtype: tensor 'vast' is F4"));
+  CHECK_THAT(error_of([&] { f.read_double("vast"); }),
+             Catch::Contains("wrong dtype: tensor 'vast' is F4"));
   CHECK_THAT(error_of([&] { f.entry("b"); }), Catch::Contains("missing tensor 'b'"));
 }
 
