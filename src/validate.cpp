@@ -221,10 +221,13 @@ Heads<const float> resolve_heads(const char* where, const char* name, const Cons
   const std::size_t batch = view.batch_stride != 0 ? view.batch_stride
                                                    : std::max(checked_mul(where, name, view.l, row),
                                                               checked_mul(where, name, view.h, hs));
-  // The last element's offset must be representable.
-  checked_mul(where, name, view.n - 1, batch, 1);
-  checked_mul(where, name, view.l, row, 1);
-  checked_mul(where, name, view.h, hs, 1);
+  // The end of the last element, in bytes, must be representable (extent_bytes), and with it
+  // every other offset.
+  const std::size_t last = checked_add(
+      where, name, checked_mul(where, name, view.n - 1, batch),
+      checked_add(where, name, checked_mul(where, name, view.l - 1, row),
+                  checked_add(where, name, checked_mul(where, name, view.h - 1, hs), view.d)));
+  checked_mul(where, name, last, sizeof(float));
   // No element twice: nested from the smallest stride up, each stride must clear the extent of
   // the dimensions inside it (rows inside heads, heads inside rows, or any order of batches).
   struct Dim {

@@ -259,6 +259,10 @@ TEST_CASE("scaled_dot_product_attention errors", "[errors]") {
                       "fit in size_t");
     CHECK_INVALID(scaled_dot_product_attention({data.data(), kHuge, kHuge, 2, 3}, k, k, out),
                   where + "query overflows: 4611686018427387904 * 6 does not fit in size_t");
+    // Strides whose terms each fit in bytes but whose sum, the last element's end, does not.
+    const std::size_t row = std::size_t{1} << 60, batch = 3 * row;
+    CHECK_INVALID(scaled_dot_product_attention({data.data(), 2, 2, 1, 1, row, batch}, k, k, out),
+                  where + "query overflows: 4611686018427387905 * 4 does not fit in size_t");
   }
 }
 
