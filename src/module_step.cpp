@@ -77,18 +77,20 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
     }
   }
   detail::reserve_append(c, plan);
+  // The output projection too may take scratch (a thread's first GEMM), so a failure there
+  // also takes the append back.
   try {
     detail::run_cached_attention(table, c, plan, {qkv, n, t, heads, d, row, t * row},
                                  {attn, n, t, heads, d, e, t * e}, scale, threads, rule);
+    if (table != nullptr) {
+      detail::run_linear(*table, attn, rows, m.packed[3].view, m.bias[3].data(), out.data, e,
+                         threads);
+    } else {
+      reference::linear<float>(attn, rows, e, m.weight[3].data(), e, m.bias[3].data(), out.data);
+    }
   } catch (...) {
     detail::undo_append(c, plan.undo);
     throw;
-  }
-  if (table != nullptr) {
-    detail::run_linear(*table, attn, rows, m.packed[3].view, m.bias[3].data(), out.data, e,
-                       threads);
-  } else {
-    reference::linear<float>(attn, rows, e, m.weight[3].data(), e, m.bias[3].data(), out.data);
   }
 }
 
