@@ -1,8 +1,11 @@
 // Errors of simdattn::mpi are collective: a bad argument on one rank, or arguments that differ
-// between ranks, raise the same std::invalid_argument on every rank (naming the rank), before
-// any data moves; a correct call right after works, so nothing was left in flight.
+// between ranks, raise the same std::invalid_argument on every rank (naming the rank), and any
+// other failure of a rank's own checks (out of memory) the same std::runtime_error, before any
+// data moves; a correct call right after works, so nothing was left in flight.
 #include <sys/mman.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -27,13 +30,14 @@ struct Share {
   HeadsView<float> ov() { return {out.data(), kN, kL, kH, kD}; }
 };
 
-// The message every rank got, or "" if the call did not throw std::invalid_argument; checks
-// that all ranks got the same one.
+// The message every rank got, or "" if the call did not throw an Error; checks that all ranks
+// got the same one.
+template <class Error = std::invalid_argument>
 std::string collective_error(const std::function<void()>& call) {
   std::string message;
   try {
     call();
-  } catch (const std::invalid_argument& e) {
+  } catch (const Error& e) {
     message = e.what();
   }
   // Same length and same bytes everywhere.
@@ -352,6 +356,38 @@ TEST_CASE("mpi errors: mpi::forward's bad arguments are every rank's error", "[m
   simdattn::mpi::forward(module, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
                          {x.data(), 1, l, e}, mask, {out.data(), 1, l, e}, options);
   CHECK(all_ranks(timings.schedule == Schedule::ring));
+  works_afterwards();
+}
+
+TEST_CASE("mpi errors: a rank's failure other than a bad argument is every rank's runtime_error",
+          "[mpi][errors]") {
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer aborts on an allocation this large unless told to return null.
+  const char* asan = std::getenv("ASAN_OPTIONS");
+  if (asan == nullptr || std::strstr(asan, "allocator_may_return_null=1") == nullptr) {
+    WARN("AddressSanitizer without ASAN_OPTIONS=allocator_may_return_null=1: skipped");
+    return;
+  }
+#endif
+  // The last rank's keys and values claim 2^56 rows, never read: the scratch for their
+  // projections (2^61 bytes, more than any address space) cannot be allocated. That happens in the
+  // rank's own checks, before the agreement, so every rank gets the same std::runtime_error, not
+  // std::invalid_argument.
+  const int bad = ranks() - 1;
+  const std::size_t e = 4, l = 3, rows = std::size_t{1} << 56;
+  const MultiHeadAttention module(e, 2, 9);
+  // The output first, the inputs after it: their claimed extent lies above the output.
+  std::vector<float> buffer = random_normal(2 * l * e, 26);
+  float* out = buffer.data();
+  const float* x = buffer.data() + l * e;
+  auto call = [&] {
+    const std::size_t lk = rank() == bad ? rows : l;
+    simdattn::mpi::forward(module, MPI_COMM_WORLD, {x, 1, lk, e}, {x, 1, lk, e}, {x, 1, l, e}, {},
+                           {out, 1, l, e});
+  };
+  // (An std::invalid_argument, not a runtime_error, would escape this and fail the case.)
+  const std::string message = collective_error<std::runtime_error>(call);
+  CHECK(message == "simdattn::mpi::forward: rank " + std::to_string(bad) + ": std::bad_alloc");
   works_afterwards();
 }
 
