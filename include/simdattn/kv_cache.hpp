@@ -13,8 +13,8 @@
 //     config.storage = simdattn::KvStorage::bf16;  // half the bytes of f32
 //     simdattn::KvCache cache(config);
 //     const simdattn::SequenceId seq = cache.add_sequence();
-//     Tensor out = attn.step(cache, {seq}, prompt);      // [1, T, E]: prefill, any T
-//     out = attn.step(cache, {seq}, next_token);         // [1, 1, E]: one decode step
+//     simdattn::Tensor out = attn.step(cache, {seq}, prompt);  // [1, T, E]: prefill, any T
+//     out = attn.step(cache, {seq}, next_token);               // [1, 1, E]: one decode step
 //
 // Storage (paged, as vLLM's PagedAttention): one pool of `blocks` blocks of `block_tokens`
 // tokens, allocated and zeroed once by the constructor (its pages are committed then, not during
@@ -96,10 +96,13 @@ struct KvCacheAccess;  // the library's own access to the storage
 class KvCache {
  public:
   /// Allocates and zeroes blocks x block_tokens x kv_heads x 2 rows. Throws
-  /// std::invalid_argument if blocks, kv_heads or head_dim is 0, block_tokens is not a positive
-  /// multiple of 64, or the size overflows; std::bad_alloc if the memory is not there.
+  /// std::invalid_argument if blocks, kv_heads or head_dim is 0, blocks is above 2^32 - 2 (block
+  /// ids are 32-bit), block_tokens is not a positive multiple of 64, storage is not a KvStorage
+  /// value, or the size overflows; std::bad_alloc if the memory is not there.
   explicit KvCache(const KvCacheConfig& config);
   ~KvCache();
+  /// Moving leaves `other` empty: it may then only be destroyed or assigned a new cache. Any
+  /// other use of it (a getter, a call) is undefined behaviour.
   KvCache(KvCache&& other) noexcept;
   KvCache& operator=(KvCache&& other) noexcept;
   KvCache(const KvCache&) = delete;  // a cache is large: copy sequences with fork() instead

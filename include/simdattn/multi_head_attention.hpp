@@ -68,6 +68,8 @@ class MultiHeadAttention {
   ~MultiHeadAttention();
   MultiHeadAttention(const MultiHeadAttention& other);
   MultiHeadAttention& operator=(const MultiHeadAttention& other);
+  /// Moving leaves `other` empty: it may then only be destroyed or assigned a new module. Any
+  /// other use of it (a getter, a call, a copy) is undefined behaviour.
   MultiHeadAttention(MultiHeadAttention&& other) noexcept;
   MultiHeadAttention& operator=(MultiHeadAttention&& other) noexcept;
 
@@ -155,8 +157,10 @@ class MultiHeadAttention {
   /// With grouped K/V heads (kv_heads < heads), the gradients of the key and value projections
   /// are shaped as their weights, [kv_heads x head_dim, E], and a K/V head's sums over the query
   /// heads that read it. Throws std::invalid_argument as forward() does (d_out must be [N, Lq,
-  /// E]), and for the Options that the attention core's backward refuses (score modifications,
-  /// attention weights out).
+  /// E]); on inputs or d_out that are not dense [N, L, E] (row_stride E, batch_stride L x E:
+  /// strided and sequence_first() views are forward()'s only); on an argument that lies inside
+  /// grads' tensors (they are reallocated); and on the Options that the attention core's
+  /// backward refuses (softcap, bias, ALiBi, sinks, attention weights out; training.hpp).
   void backward(const ConstTensorView& values, const ConstTensorView& keys,
                 const ConstTensorView& query, const ConstTensorView& d_out, Gradients& grads,
                 const Mask& mask = {}, const Options& options = {}) const;

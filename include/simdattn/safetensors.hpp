@@ -12,9 +12,11 @@
 //     // Or into an existing module, from a module inside a larger model:
 //     simdattn::load_weights(attn, "model.safetensors", "encoder.layers.0.self_attn.");
 //
-// Every failure throws SafetensorsError (a std::runtime_error) whose message names the file and
-// the problem; a module is never left half-updated. The loader needs nlohmann-json at build time
-// (Debian: nlohmann-json3-dev); a library built without it throws SafetensorsError saying so.
+// Every failure of the file throws SafetensorsError (a std::runtime_error) whose message names the
+// file and the problem; a module is never left half-updated. Wrong arguments of the calls
+// themselves (a null buffer, heads = 0) throw std::invalid_argument, as elsewhere. The loader needs
+// nlohmann-json at build time (Debian: nlohmann-json3-dev); a library built without it throws
+// SafetensorsError saying so.
 #pragma once
 
 #include <cstddef>
@@ -60,7 +62,8 @@ class SafetensorsFile {
   static SafetensorsFile open(const std::string& path);
   /// A safetensors file already in memory (a fuzzer's input, an embedded resource). Does not
   /// copy: `data` must stay valid and unchanged while this object is in use. `name` stands for
-  /// the file in error messages.
+  /// the file in error messages. A null `data` with a nonzero size is an
+  /// std::invalid_argument.
   static SafetensorsFile from_memory(const void* data, std::size_t size, std::string name);
 
   /// The path, or the name given to from_memory().

@@ -82,7 +82,8 @@ struct PerHead {
 struct Alibi {
   bool enabled = false;
   /// The slopes, one per query head, finite; data == nullptr: alibi_slopes(H) (attention.hpp),
-  /// the paper's geometric series.
+  /// the paper's geometric series. Slopes given while enabled is false are an error (they would
+  /// be ignored).
   PerHead slopes;
 };
 
