@@ -234,17 +234,23 @@ std::size_t MultiHeadAttention::kv_heads() const noexcept {
 void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
   // nn.Linear's default: kaiming_uniform(a = sqrt(5)) for weights, which is U(-b, b) with
   // b = 1/sqrt(in_features), and the same bound for the bias.
-  const std::size_t e = impl_->e;
+  // Drawn and packed into a new state, which then replaces the module's: a failure (memory)
+  // leaves the module as it was, its weights and their packed copies alike.
+  Impl next;
+  next.e = impl_->e;
+  next.heads = impl_->heads;
+  next.kv_heads = impl_->kv_heads;
+  const std::size_t e = next.e;
   const double bound = 1.0 / std::sqrt(static_cast<double>(e));
   detail::Random rng(seed);
   for (int i = 0; i < detail::kNumProjections; ++i) {
-    impl_->weight[i].resize(impl_->out_features(i) * e);
-    for (float& w : impl_->weight[i]) w = static_cast<float>(rng.uniform(-bound, bound));
-    impl_->bias[i].clear();
+    next.weight[i].resize(next.out_features(i) * e);
+    for (float& w : next.weight[i]) w = static_cast<float>(rng.uniform(-bound, bound));
   }
-  impl_->bias[3].resize(e);
-  for (float& b : impl_->bias[3]) b = static_cast<float>(rng.uniform(-bound, bound));
-  impl_->repack();
+  next.bias[3].resize(e);
+  for (float& b : next.bias[3]) b = static_cast<float>(rng.uniform(-bound, bound));
+  next.repack();
+  *impl_ = std::move(next);
 }
 
 void MultiHeadAttention::set_weight(Projection p, const float* data, std::size_t count) {

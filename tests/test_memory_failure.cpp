@@ -5,7 +5,8 @@
 // history long enough that the gathered keys and values (prefill) or the reference's copies need
 // far more. After the failure the child checks the cache's sequences, lengths, free blocks and
 // tokens, lifts the limit and runs the same call again; another child, whose call never fails,
-// runs it too, and both must give the same output and state, bit for bit. Linux on x86-64 only,
+// runs it too, and both must give the same output and state, bit for bit. Likewise a module's
+// reset_parameters, which must leave the module as it was. Linux on x86-64 only,
 // without AddressSanitizer or ThreadSanitizer (their shadow memory needs the address space).
 #include <algorithm>
 #include <cstring>
@@ -53,7 +54,7 @@ enum Outcome : int {
   kNoLimit = 10,       // kMostPieces pieces were granted: the limit does not hold
   kNoThrow = 11,       // the call did not run out of memory
   kOtherError = 12,    // the call threw something else
-  kStateChanged = 13,  // the cache differs after the failure
+  kStateChanged = 13,  // the cache (or module) differs after the failure
   kRetryFailed = 14,   // the call run again threw
   kSetupFailed = 15,   // the child could not take its snapshot or set the limit
 };
@@ -69,7 +70,7 @@ const char* describe(int code) {
     case kOtherError:
       return "the call threw something other than std::bad_alloc";
     case kStateChanged:
-      return "the cache changed although the call failed";
+      return "the cache (or module) changed although the call failed";
     case kRetryFailed:
       return "the call failed when run again without the limit";
     case kSetupFailed:
@@ -280,6 +281,56 @@ TEST_CASE("module step: running out of memory part way takes the append back",
   check_taken_back(history.cache, out, [&](const Options& o) {
     m.step(history.cache, {history.a, history.b}, {x.data(), n, t, e}, {out.data(), n, t, e}, o);
   });
+}
+
+TEST_CASE("reset_parameters: running out of memory leaves the module as it was",
+          "[module][reliability]") {
+  // E = 1024: each new weight is 4 MiB, and its packed copies as much again, more than the cap
+  // leaves. The module must keep its weights and biases and the packed copies that the optimized
+  // path reads: both paths give their earlier output bit for bit.
+  constexpr std::size_t e = 1024, h = 8, l = 3;
+  MultiHeadAttention m(e, h, 1);
+  m.set_bias(Projection::key, test::random_normal(e, 2));  // one that the reset would remove
+  const Tensor x = Tensor::randn(1, l, e, 3);
+  const Projection all[] = {Projection::query, Projection::key, Projection::value,
+                            Projection::output};
+  auto state = [&] {
+    std::vector<std::vector<float>> s;
+    for (Projection p : all) {
+      s.push_back(m.weight(p));
+      s.push_back(m.bias(p));
+    }
+    for (Path path : kPaths) {
+      Options o;
+      o.path = path;
+      o.threads = 1;
+      s.push_back(m.forward(x, x, x, {}, o).values());
+    }
+    return s;
+  };
+  const std::vector<std::vector<float>> before = state();
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int code = kSetupFailed;
+    try {
+      code = call_under_cap([&] { m.reset_parameters(4); });
+      if (code == kRestored && !(state() == before)) code = kStateChanged;
+    } catch (...) {
+      code = kSetupFailed;
+    }
+    _exit(code);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  INFO("child: " << describe(code) << " (exit code " << code << ")");
+  if (code == kNoLimit) {
+    WARN("RLIMIT_AS does not bound allocations here: the out-of-memory check is skipped");
+    return;
+  }
+  CHECK(code == kRestored);
 }
 
 #endif  // Linux on x86-64 without AddressSanitizer or ThreadSanitizer

@@ -80,6 +80,7 @@ class MultiHeadAttention {
   std::size_t kv_heads() const noexcept;
 
   /// Re-draws every weight and the output bias as the constructor does; removes Q/K/V biases.
+  /// Throws std::bad_alloc, with the module unchanged, if the memory is not there.
   void reset_parameters(std::uint64_t seed);
 
   /// Copies a weight ([out, in], row-major): [E, E] for the query and output projections,
