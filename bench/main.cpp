@@ -2,8 +2,9 @@
 // machine, and how close it comes to the machine's FP32 peak. bench/README.md describes the
 // cases, names, FLOP formulas, timing, output check and counters; --help lists the flags.
 //
-//   bench_attention [--set=default|grid|sweep|full|memory] [--isa=NAME|all]
-//                   [--threads=1,2] [--naive_limit_s=2] [--optimized_limit_s=30]
+//   bench_attention [--set=default|grid|sweep|full|memory|stream|train|train_memory|variants]
+//                   [--isa=NAME|all] [--threads=1,2] [--naive_limit_s=2]
+//                   [--optimized_limit_s=30] [--console=medians|all]
 //                   [Google Benchmark flags: --benchmark_filter=REGEX,
 //                    --benchmark_out=out/bench.json, --benchmark_repetitions=N, ...]
 //

@@ -31,7 +31,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers_torch import median_ms, tutorial_modules  # noqa: E402  (the same module and core)
 
-# name, N, L, E, H, causal: bench_attention's grid shapes that the train set times.
+# name, N, L, E, H, causal: bench_attention's grid shapes s2048 and bert, which its train set
+# times, and causal s2048, which it does not (a peer figure for the causal backward).
 CASES = [
     ("s2048", 1, 2048, 512, 8, False),
     ("bert", 4, 512, 768, 12, False),

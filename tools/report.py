@@ -2,7 +2,9 @@
 """bench_attention's JSON -> a markdown table and PNG plots (Debian's python3-matplotlib).
 
     tools/report.py out/bench.json [more.json ...] [--peers out/peers.json] [--out-dir out/report]
-                    [--readme README.md --readme-plot bench/results/gflops_vs_L.png]
+                    [--command "the command that made the JSON"]
+                    [--readme README.md --readme-plot bench/results/gflops_vs_L.png
+                     --note "a sentence for the README section"]
 
 Writes, under --out-dir:
   report.md          per op and case: naive ms, optimized ms per thread count, speedup, GFLOP/s

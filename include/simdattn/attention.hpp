@@ -24,7 +24,8 @@ namespace simdattn {
 /// Throws std::invalid_argument (message names the argument and the values) on null pointers,
 /// zero sizes, mismatched N/H/D/Lk, a mask or bias that does not broadcast, a bad scale,
 /// softcap, window, ALiBi slope, sink or thread count, overlapping output, or sizes whose
-/// products overflow. Never allocates memory proportional to Lq x Lk.
+/// products overflow; std::bad_alloc if scratch memory runs out (`out` and the attention
+/// weights then unspecified). Never allocates memory proportional to Lq x Lk.
 void scaled_dot_product_attention(const ConstHeadsView& query, const ConstHeadsView& keys,
                                   const ConstHeadsView& values, const HeadsView<float>& out,
                                   const Mask& mask = {}, const Options& options = {});

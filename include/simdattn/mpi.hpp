@@ -48,12 +48,13 @@
 // thread calls MPI, OpenMP threads compute). Each call duplicates the communicator for its own
 // traffic. Errors are collective: a bad argument on any rank, or arguments that disagree between
 // ranks, throw the same std::invalid_argument on every rank (naming the rank) before any data
-// moves; any other failure of a rank's own checks (its scratch memory is taken then, so out of
-// memory) throws the same std::runtime_error on every rank, also naming the rank. A failure after
-// that prints a message and calls MPI_Abort, so no rank waits forever. Of the simdattn::Options
-// fields, scale, causal, masked_rows, path, isa and threads apply; softcap, bias, alibi, window,
-// sinks, key_padding and weights are bad arguments. Memory per rank, ring: two K/V slices of the
-// largest rank and twice the output; ulysses: the rank's Q, K, V and output twice over.
+// moves; any other failure of a rank's own checks (mpi::forward takes its projections' scratch
+// memory then, so running out of it is one) throws the same std::runtime_error on every rank, also
+// naming the rank. A failure after that (out of memory for the schedule's buffers) prints a message
+// and calls MPI_Abort, so no rank waits forever. Of the simdattn::Options fields, scale, causal,
+// masked_rows, path, isa and threads apply; softcap, bias, alibi, window, sinks, key_padding and
+// weights are bad arguments. Memory per rank, ring: two K/V slices of the largest rank and twice
+// the output; ulysses: the rank's Q, K, V and output twice over.
 #pragma once
 
 #include <mpi.h>
