@@ -183,13 +183,17 @@ std::pair<std::vector<Isa>, std::vector<int>> parse(int& argc, char** argv) {
         }
         isas.push_back(*isa);
       }
+      if (isas.empty()) throw std::invalid_argument("--isa: empty list");
     } else if (arg.rfind("--threads=", 0) == 0) {
       threads.clear();
       for (const std::string& t : split(arg.substr(10))) {
         const int n = std::atoi(t.c_str());
-        if (n < 1) throw std::invalid_argument("--threads: '" + t + "' is not a thread count");
+        if (n < 1 || std::to_string(n) != t) {
+          throw std::invalid_argument("--threads: '" + t + "' is not a positive integer");
+        }
         threads.push_back(n);
       }
+      if (threads.empty()) throw std::invalid_argument("--threads: empty list");
     } else {
       argv[kept++] = argv[i];
     }
