@@ -6,11 +6,12 @@
 // far more. After the failure the child checks the cache's sequences, lengths, free blocks and
 // tokens, lifts the limit and runs the same call again; another child, whose call never fails,
 // runs it too, and both must give the same output and state, bit for bit. Likewise a module's
-// reset_parameters, which must leave the module as it was. Linux on x86-64 only,
+// reset_parameters and set_weight, which must leave the module as it was. Linux on x86-64 only,
 // without AddressSanitizer or ThreadSanitizer (their shadow memory needs the address space).
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -62,7 +63,7 @@ enum Outcome : int {
 const char* describe(int code) {
   switch (code) {
     case kRestored:
-      return "bad_alloc, cache restored";
+      return "bad_alloc, the cache (or module) as before";
     case kNoLimit:
       return "the address-space limit does not hold here";
     case kNoThrow:
@@ -283,7 +284,7 @@ TEST_CASE("module step: running out of memory part way takes the append back",
   });
 }
 
-TEST_CASE("reset_parameters: running out of memory leaves the module as it was",
+TEST_CASE("reset_parameters and set_weight: running out of memory leaves the module as it was",
           "[module][reliability]") {
   // E = 1024: each new weight is 4 MiB, and its packed copies as much again, more than the cap
   // leaves. The module must keep its weights and biases and the packed copies that the optimized
@@ -292,6 +293,7 @@ TEST_CASE("reset_parameters: running out of memory leaves the module as it was",
   MultiHeadAttention m(e, h, 1);
   m.set_bias(Projection::key, test::random_normal(e, 2));  // one that the reset would remove
   const Tensor x = Tensor::randn(1, l, e, 3);
+  const std::vector<float> w = test::random_normal(e * e, 4);  // taken before the cap
   const Projection all[] = {Projection::query, Projection::key, Projection::value,
                             Projection::output};
   auto state = [&] {
@@ -309,28 +311,35 @@ TEST_CASE("reset_parameters: running out of memory leaves the module as it was",
     return s;
   };
   const std::vector<std::vector<float>> before = state();
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int code = kSetupFailed;
-    try {
-      code = call_under_cap([&] { m.reset_parameters(4); });
-      if (code == kRestored && !(state() == before)) code = kStateChanged;
-    } catch (...) {
-      code = kSetupFailed;
+  const std::pair<const char*, std::function<void()>> calls[] = {
+      {"reset_parameters", [&] { m.reset_parameters(5); }},
+      {"set_weight", [&] { m.set_weight(Projection::value, w); }},
+  };
+  for (const auto& [name, call] : calls) {
+    INFO(name);
+    std::fflush(nullptr);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int code = kSetupFailed;
+      try {
+        code = call_under_cap(call);
+        if (code == kRestored && !(state() == before)) code = kStateChanged;
+      } catch (...) {
+        code = kSetupFailed;
+      }
+      _exit(code);
     }
-    _exit(code);
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    INFO("child: " << describe(code) << " (exit code " << code << ")");
+    if (code == kNoLimit) {
+      WARN("RLIMIT_AS does not bound allocations here: the out-of-memory check is skipped");
+      return;
+    }
+    CHECK(code == kRestored);
   }
-  int status = 0;
-  REQUIRE(waitpid(pid, &status, 0) == pid);
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  INFO("child: " << describe(code) << " (exit code " << code << ")");
-  if (code == kNoLimit) {
-    WARN("RLIMIT_AS does not bound allocations here: the out-of-memory check is skipped");
-    return;
-  }
-  CHECK(code == kRestored);
 }
 
 #endif  // Linux on x86-64 without AddressSanitizer or ThreadSanitizer
