@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -30,7 +31,27 @@
 #include "simdattn/simdattn.hpp"
 #include "validate.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define SIMDATTN_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SIMDATTN_TEST_ASAN 1
+#endif
+#endif
+
 namespace simdattn::test {
+
+/// Whether an allocation larger than the address space can be tested: under AddressSanitizer it
+/// aborts the program unless ASAN_OPTIONS has allocator_may_return_null=1; then it returns null
+/// like malloc.
+inline bool huge_allocations_testable() {
+#ifdef SIMDATTN_TEST_ASAN
+  const char* options = std::getenv("ASAN_OPTIONS");
+  return options != nullptr && std::strstr(options, "allocator_may_return_null=1") != nullptr;
+#else
+  return true;
+#endif
+}
 
 /// The correctness table's tolerances against the double oracle: relative Frobenius error, and
 /// the largest element error relative to max |ref|.

@@ -175,16 +175,25 @@ int call_under_cap(const std::function<void()>& call) {
   return code;
 }
 
-// In a child: with `limit`, `call` (writing `out`) under the cap, the checks above, and the call
-// again without it; else the call alone. Returns the child's Outcome; `shared` then holds the
-// output and state of its last call. The parent's own scratch and cache stay as they were, so
-// that each child starts from the same state.
-int run_in_child(KvCache& cache, const std::vector<float>& out, const std::function<void()>& call,
-                 bool limit, Shared& shared) {
+// Runs `body` (which must not throw) in a child process; returns its exit code, -1 if it did not
+// exit. The parent's own scratch, cache and module stay as they were, so that each child starts
+// from the same state.
+int exit_code_in_child(const std::function<int()>& body) {
   std::fflush(nullptr);
   const pid_t pid = fork();
   REQUIRE(pid >= 0);
-  if (pid == 0) {
+  if (pid == 0) _exit(body());
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// In a child: with `limit`, `call` (writing `out`) under the cap, the checks above, and the call
+// again without it; else the call alone. Returns the child's Outcome; `shared` then holds the
+// output and state of its last call.
+int run_in_child(KvCache& cache, const std::vector<float>& out, const std::function<void()>& call,
+                 bool limit, Shared& shared) {
+  return exit_code_in_child([&] {
     int code = kRestored;
     try {
       if (limit) {
@@ -204,11 +213,8 @@ int run_in_child(KvCache& cache, const std::vector<float>& out, const std::funct
     } catch (...) {
       code = kSetupFailed;
     }
-    _exit(code);
-  }
-  int status = 0;
-  REQUIRE(waitpid(pid, &status, 0) == pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return code;
+  });
 }
 
 // On each path (one thread): runs `call` in a failing child and in one that does not fail;
@@ -317,22 +323,14 @@ TEST_CASE("reset_parameters and set_weight: running out of memory leaves the mod
   };
   for (const auto& [name, call] : calls) {
     INFO(name);
-    std::fflush(nullptr);
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      int code = kSetupFailed;
+    const int code = exit_code_in_child([&] {
       try {
-        code = call_under_cap(call);
-        if (code == kRestored && !(state() == before)) code = kStateChanged;
+        const int outcome = call_under_cap(call);
+        return outcome == kRestored && !(state() == before) ? int{kStateChanged} : outcome;
       } catch (...) {
-        code = kSetupFailed;
+        return int{kSetupFailed};
       }
-      _exit(code);
-    }
-    int status = 0;
-    REQUIRE(waitpid(pid, &status, 0) == pid);
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    });
     INFO("child: " << describe(code) << " (exit code " << code << ")");
     if (code == kNoLimit) {
       WARN("RLIMIT_AS does not bound allocations here: the out-of-memory check is skipped");

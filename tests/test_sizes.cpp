@@ -4,36 +4,15 @@
 // - A valid request too large for memory: std::bad_alloc, never a crash or a partial write.
 //   These requests ask for far more than the address space (over 128 TiB), so they fail at
 //   once whatever the kernel's overcommit policy: nothing here can exhaust the machine.
-#include <cstdlib>
-#include <cstring>
 #include <new>
 #include <vector>
 
 #include "common.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SIMDATTN_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SIMDATTN_TEST_ASAN 1
-#endif
-#endif
-
 namespace simdattn {
 namespace {
 
 using test::SdpaProblem;
-
-// Under ASan a huge allocation aborts the program unless ASAN_OPTIONS has
-// allocator_may_return_null=1; then it returns null like malloc, and we can test the error.
-bool huge_allocations_testable() {
-#ifdef SIMDATTN_TEST_ASAN
-  const char* options = std::getenv("ASAN_OPTIONS");
-  return options != nullptr && std::strstr(options, "allocator_may_return_null=1") != nullptr;
-#else
-  return true;
-#endif
-}
 
 void check_all_masks_sdpa(const SdpaProblem& p, const char* what) {
   for (test::MaskKind kind : test::kAllMaskKinds) {
@@ -193,7 +172,7 @@ TEST_CASE("scratch sizes that overflow size_t are rejected before any allocation
 }
 
 TEST_CASE("requests too large for memory throw std::bad_alloc", "[reliability][sizes]") {
-  if (!huge_allocations_testable()) {
+  if (!test::huge_allocations_testable()) {
     WARN(
         "AddressSanitizer without ASAN_OPTIONS=allocator_may_return_null=1: a huge allocation "
         "would abort the run, so this test is skipped");

@@ -4,8 +4,6 @@
 // data moves; a correct call right after works, so nothing was left in flight.
 #include <sys/mman.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -361,14 +359,10 @@ TEST_CASE("mpi errors: mpi::forward's bad arguments are every rank's error", "[m
 
 TEST_CASE("mpi errors: a rank's failure other than a bad argument is every rank's runtime_error",
           "[mpi][errors]") {
-#if defined(__SANITIZE_ADDRESS__)
-  // AddressSanitizer aborts on an allocation this large unless told to return null.
-  const char* asan = std::getenv("ASAN_OPTIONS");
-  if (asan == nullptr || std::strstr(asan, "allocator_may_return_null=1") == nullptr) {
+  if (!huge_allocations_testable()) {
     WARN("AddressSanitizer without ASAN_OPTIONS=allocator_may_return_null=1: skipped");
     return;
   }
-#endif
   // The last rank's keys and values claim 2^56 rows, never read: the scratch for their
   // projections (2^61 bytes, more than any address space) cannot be allocated. That happens in the
   // rank's own checks, before the agreement, so every rank gets the same std::runtime_error, not
