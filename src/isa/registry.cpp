@@ -142,6 +142,20 @@ Isa choose_from_environment() {
 constexpr int kNoOverride = -1;
 std::atomic<int> g_override{kNoOverride};
 
+// The one check behind set_active_isa and Options::isa; `name` is the argument as the caller
+// wrote it.
+void check_isa(const char* where, const char* name, Isa isa) {
+  if (isa != Isa::naive && entry_of(isa) == nullptr) {
+    detail::fail(where, std::string(name) + " has the unknown value " +
+                            std::to_string(static_cast<int>(isa)));
+  }
+  if (!runnable(isa)) {
+    detail::fail(
+        where, std::string(name) + " = " + isa_name(isa) +
+                   " cannot run on this build or CPU (available: " + list(available_isas()) + ")");
+  }
+}
+
 }  // namespace
 
 Isa active_isa() {
@@ -152,14 +166,7 @@ Isa active_isa() {
 }
 
 void set_active_isa(Isa isa) {
-  if (entry_of(isa) == nullptr && isa != Isa::naive) {
-    detail::fail("set_active_isa", "unknown Isa value " + std::to_string(static_cast<int>(isa)));
-  }
-  if (!runnable(isa)) {
-    detail::fail("set_active_isa", std::string(isa_name(isa)) +
-                                       " cannot run on this build or CPU (available: " +
-                                       list(available_isas()) + ")");
-  }
+  check_isa("set_active_isa", "isa", isa);
   g_override.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
@@ -198,17 +205,7 @@ namespace detail {
 const kernels::KernelTable* kernels_for(const char* where, const Options& options) {
   // A bad options.isa is an error on either path: Path::naive does not read it, but a caller
   // who set it expects it to mean something.
-  if (options.isa) {
-    const Isa isa = *options.isa;
-    if (isa != Isa::naive && entry_of(isa) == nullptr) {
-      fail(where, "options.isa has the unknown value " + std::to_string(static_cast<int>(isa)));
-    }
-    if (!runnable(isa)) {
-      fail(where, std::string("options.isa = ") + isa_name(isa) +
-                      " cannot run on this build or CPU (available: " + list(available_isas()) +
-                      ")");
-    }
-  }
+  if (options.isa) check_isa(where, "options.isa", *options.isa);
   if (options.path == Path::naive) return nullptr;
   return kernels::table_for(options.isa ? *options.isa : active_isa());
 }
