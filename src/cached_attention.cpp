@@ -267,7 +267,7 @@ void scaled_dot_product_attention(KvCache& cache, const std::vector<SequenceId>&
                                   const ConstHeadsView& values, const HeadsView<float>& out,
                                   const Options& options) {
   const char* where = "scaled_dot_product_attention (KvCache)";
-  KvCache::Impl& c = detail::KvCacheAccess::impl(cache);
+  KvCache::Impl& c = detail::KvCacheAccess::impl(cache, where);
   detail::AppendPlan plan = detail::plan_append(where, c, ids, keys, values);
   const auto q = detail::resolve_heads(where, "query", query);
   const auto o = detail::resolve_heads(where, "out", out);

@@ -155,41 +155,47 @@ std::size_t KvCache::blocks_for(std::size_t tokens, std::size_t block_tokens) {
   return tokens / block_tokens + (tokens % block_tokens != 0 ? 1 : 0);
 }
 
+// A moved-from cache (impl_ null) reads as empty through the noexcept getters; every other
+// call throws (KvCacheAccess::impl).
 const KvCacheConfig& KvCache::config() const noexcept {
-  return impl_->config;
+  static const KvCacheConfig none{};
+  return impl_ ? impl_->config : none;
 }
 
 std::size_t KvCache::free_blocks() const noexcept {
-  return impl_->free.size();
+  return impl_ ? impl_->free.size() : 0;
 }
 
 SequenceId KvCache::add_sequence() {
-  Impl& c = *impl_;
+  Impl& c = detail::KvCacheAccess::impl(*this, "KvCache::add_sequence");
   c.sequences.emplace(c.next_id, Impl::Sequence{});
   return c.next_id++;
 }
 
 SequenceId KvCache::fork(SequenceId parent) {
-  Impl& c = *impl_;
-  Impl::Sequence copy = c.find("KvCache::fork", parent);
+  const char* where = "KvCache::fork";
+  Impl& c = detail::KvCacheAccess::impl(*this, where);
+  Impl::Sequence copy = c.find(where, parent);
   c.sequences.emplace(c.next_id, std::move(copy));  // may throw: nothing changed yet
   for (std::uint32_t b : c.sequences[c.next_id].blocks) ++c.refs[b];
   return c.next_id++;
 }
 
 void KvCache::release(SequenceId id) {
-  Impl& c = *impl_;
-  Impl::Sequence& s = c.find("KvCache::release", id);
+  const char* where = "KvCache::release";
+  Impl& c = detail::KvCacheAccess::impl(*this, where);
+  Impl::Sequence& s = c.find(where, id);
   for (std::uint32_t b : s.blocks) c.drop_block(b);
   c.sequences.erase(id);
 }
 
 void KvCache::truncate(SequenceId id, std::size_t length) {
-  Impl& c = *impl_;
-  Impl::Sequence& s = c.find("KvCache::truncate", id);
+  const char* where = "KvCache::truncate";
+  Impl& c = detail::KvCacheAccess::impl(*this, where);
+  Impl::Sequence& s = c.find(where, id);
   if (length > s.length) {
-    detail::fail("KvCache::truncate", "length " + std::to_string(length) + " exceeds sequence " +
-                                          id_text(id) + "'s length " + std::to_string(s.length));
+    detail::fail(where, "length " + std::to_string(length) + " exceeds sequence " + id_text(id) +
+                            "'s length " + std::to_string(s.length));
   }
   const std::size_t keep = blocks_for(length, c.config.block_tokens);
   for (std::size_t i = keep; i < s.blocks.size(); ++i) c.drop_block(s.blocks[i]);
@@ -198,6 +204,7 @@ void KvCache::truncate(SequenceId id, std::size_t length) {
 }
 
 void KvCache::clear() noexcept {
+  if (!impl_) return;
   Impl& c = *impl_;
   for (auto& entry : c.sequences) {
     for (std::uint32_t b : entry.second.blocks) c.drop_block(b);
@@ -206,30 +213,34 @@ void KvCache::clear() noexcept {
 }
 
 bool KvCache::contains(SequenceId id) const noexcept {
-  return impl_->sequences.count(id) != 0;
+  return impl_ && impl_->sequences.count(id) != 0;
 }
 
 std::size_t KvCache::length(SequenceId id) const {
-  return impl_->find("KvCache::length", id).length;
+  const char* where = "KvCache::length";
+  return detail::KvCacheAccess::impl(*this, where).find(where, id).length;
 }
 
 std::vector<SequenceId> KvCache::sequences() const {
+  const Impl& c = detail::KvCacheAccess::impl(*this, "KvCache::sequences");
   std::vector<SequenceId> out;
-  out.reserve(impl_->sequences.size());
-  for (const auto& entry : impl_->sequences) out.push_back(entry.first);
+  out.reserve(c.sequences.size());
+  for (const auto& entry : c.sequences) out.push_back(entry.first);
   return out;
 }
 
 void KvCache::append(const std::vector<SequenceId>& ids, const ConstHeadsView& keys,
                      const ConstHeadsView& values) {
-  detail::AppendPlan plan = detail::plan_append("KvCache::append", *impl_, ids, keys, values);
-  detail::commit_append(*impl_, plan);
+  const char* where = "KvCache::append";
+  Impl& c = detail::KvCacheAccess::impl(*this, where);
+  detail::AppendPlan plan = detail::plan_append(where, c, ids, keys, values);
+  detail::commit_append(c, plan);
 }
 
 void KvCache::read(SequenceId id, std::size_t begin, std::size_t count, float* keys,
                    float* values) const {
   const char* where = "KvCache::read";
-  const Impl& c = *impl_;
+  const Impl& c = detail::KvCacheAccess::impl(*this, where);
   const Impl::Sequence& s = c.find(where, id);
   if (begin > s.length || count > s.length - begin) {
     detail::fail(where, "tokens [" + std::to_string(begin) + ", " + std::to_string(begin) + " + " +
@@ -243,11 +254,11 @@ void KvCache::read(SequenceId id, std::size_t begin, std::size_t count, float* k
 }
 
 const void* KvCache::storage_data() const noexcept {
-  return impl_->pool.get();
+  return impl_ ? impl_->pool.get() : nullptr;
 }
 
 std::size_t KvCache::storage_bytes() const noexcept {
-  return impl_->pool_bytes;
+  return impl_ ? impl_->pool_bytes : 0;
 }
 
 namespace detail {

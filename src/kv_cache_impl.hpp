@@ -6,11 +6,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/kernel_table.hpp"
 #include "mask_rule.hpp"
 #include "simdattn/kv_cache.hpp"
+#include "validate.hpp"
 #include "views.hpp"
 
 namespace simdattn {
@@ -61,9 +63,15 @@ struct KvCache::Impl {
 
 namespace detail {
 
+/// A cache's storage; a moved-from cache has none: an std::invalid_argument naming `where`.
 struct KvCacheAccess {
-  static KvCache::Impl& impl(KvCache& c) { return *c.impl_; }
-  static const KvCache::Impl& impl(const KvCache& c) { return *c.impl_; }
+  static const KvCache::Impl& impl(const KvCache& c, const char* where) {
+    if (!c.impl_) fail(where, "the cache was moved from (it may only be destroyed or assigned)");
+    return *c.impl_;
+  }
+  static KvCache::Impl& impl(KvCache& c, const char* where) {
+    return const_cast<KvCache::Impl&>(impl(std::as_const(c), where));
+  }
 };
 
 /// What an append changed, so that a failure after it (attention over the cache running out of

@@ -119,7 +119,7 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
                                   Gradients& grads, const Mask& mask,
                                   const Options& options) const {
   const char* where = "MultiHeadAttention::backward";
-  const Impl& m = *impl_;
+  const Impl& m = detail::ModuleAccess::impl(*this, where);
   const std::size_t e = m.e;
   detail::check_backward_options(where, options);
   const detail::Rows<const float> go = detail::check_tensor(where, "d_out", d_out, e);

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "aligned_buffer.hpp"
@@ -117,9 +118,17 @@ struct MultiHeadAttention::Impl {
 
 namespace detail {
 
-/// How the library's other components (the sequence-parallel forward) reach a module's state.
+/// How the module's member functions and the library's other components (the sequence-parallel
+/// forward) reach a module's state. A moved-from module has none: an std::invalid_argument
+/// naming `where`, rather than a null dereference.
 struct ModuleAccess {
-  static const MultiHeadAttention::Impl& impl(const MultiHeadAttention& m) { return *m.impl_; }
+  static const MultiHeadAttention::Impl& impl(const MultiHeadAttention& m, const char* where) {
+    if (!m.impl_) fail(where, "the module was moved from (it may only be destroyed or assigned)");
+    return *m.impl_;
+  }
+  static MultiHeadAttention::Impl& impl(MultiHeadAttention& m, const char* where) {
+    return const_cast<MultiHeadAttention::Impl&>(impl(std::as_const(m), where));
+  }
 };
 
 }  // namespace detail

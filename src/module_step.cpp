@@ -20,10 +20,10 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
                               const ConstTensorView& x, const TensorView<float>& out,
                               const Options& options) const {
   const char* where = "MultiHeadAttention::step";
-  const Impl& m = *impl_;
+  const Impl& m = detail::ModuleAccess::impl(*this, where);
   const std::size_t e = m.e, heads = m.heads, kvh = m.kv_heads, d = m.head_dim();
   const std::size_t kv_e = m.kv_e(), row = e + 2 * kv_e;
-  KvCache::Impl& c = detail::KvCacheAccess::impl(cache);
+  KvCache::Impl& c = detail::KvCacheAccess::impl(cache, where);
   detail::require_dense(where, "x", detail::check_tensor(where, "x", x, e));
   detail::require_dense(where, "out", detail::check_tensor(where, "out", out, e));
   if (out.n != x.n || out.l != x.l) {
@@ -97,8 +97,10 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
 Tensor MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids,
                                 const ConstTensorView& x, const Options& options) const {
   // Validate x before sizing the result from it.
-  detail::check_tensor("MultiHeadAttention::step", "x", x, impl_->e);
-  Tensor out(x.n, x.l, impl_->e);
+  const char* where = "MultiHeadAttention::step";
+  const std::size_t e = detail::ModuleAccess::impl(*this, where).e;
+  detail::check_tensor(where, "x", x, e);
+  Tensor out(x.n, x.l, e);
   step(cache, ids, x, out.view(), options);
   return out;
 }

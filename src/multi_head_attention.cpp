@@ -210,25 +210,29 @@ MultiHeadAttention::~MultiHeadAttention() = default;
 MultiHeadAttention::MultiHeadAttention(MultiHeadAttention&&) noexcept = default;
 MultiHeadAttention& MultiHeadAttention::operator=(MultiHeadAttention&&) noexcept = default;
 
+// A moved-from module (impl_ null) copies as one; its getters read zero (noexcept) and every
+// other member function throws (ModuleAccess::impl).
 MultiHeadAttention::MultiHeadAttention(const MultiHeadAttention& other)
-    : impl_(std::make_unique<Impl>(other.impl_->clone())) {}
+    : impl_(other.impl_ ? std::make_unique<Impl>(other.impl_->clone()) : nullptr) {}
 
 MultiHeadAttention& MultiHeadAttention::operator=(const MultiHeadAttention& other) {
-  if (this != &other) impl_ = std::make_unique<Impl>(other.impl_->clone());
+  if (this != &other) {
+    impl_ = other.impl_ ? std::make_unique<Impl>(other.impl_->clone()) : nullptr;
+  }
   return *this;
 }
 
 std::size_t MultiHeadAttention::embed_size() const noexcept {
-  return impl_->e;
+  return impl_ ? impl_->e : 0;
 }
 std::size_t MultiHeadAttention::heads() const noexcept {
-  return impl_->heads;
+  return impl_ ? impl_->heads : 0;
 }
 std::size_t MultiHeadAttention::head_dim() const noexcept {
-  return impl_->e / impl_->heads;
+  return impl_ ? impl_->e / impl_->heads : 0;
 }
 std::size_t MultiHeadAttention::kv_heads() const noexcept {
-  return impl_->kv_heads;
+  return impl_ ? impl_->kv_heads : 0;
 }
 
 void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
@@ -236,10 +240,11 @@ void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
   // b = 1/sqrt(in_features), and the same bound for the bias.
   // Drawn and packed into a new state, which then replaces the module's: a failure (memory)
   // leaves the module as it was, its weights and their packed copies alike.
+  Impl& m = detail::ModuleAccess::impl(*this, "MultiHeadAttention::reset_parameters");
   Impl next;
-  next.e = impl_->e;
-  next.heads = impl_->heads;
-  next.kv_heads = impl_->kv_heads;
+  next.e = m.e;
+  next.heads = m.heads;
+  next.kv_heads = m.kv_heads;
   const std::size_t e = next.e;
   const double bound = 1.0 / std::sqrt(static_cast<double>(e));
   detail::Random rng(seed);
@@ -250,54 +255,62 @@ void MultiHeadAttention::reset_parameters(std::uint64_t seed) {
   next.bias[3].resize(e);
   for (float& b : next.bias[3]) b = static_cast<float>(rng.uniform(-bound, bound));
   next.repack();
-  *impl_ = std::move(next);
+  m = std::move(next);
 }
 
 void MultiHeadAttention::set_weight(Projection p, const float* data, std::size_t count) {
-  const int i = detail::projection_index("MultiHeadAttention", p);
-  const std::size_t e = impl_->e, out = impl_->out_features(i);
+  const char* where = "MultiHeadAttention::set_weight";
+  Impl& m = detail::ModuleAccess::impl(*this, where);
+  const int i = detail::projection_index(where, p);
+  const std::size_t e = m.e, out = m.out_features(i);
   if (data == nullptr)
-    detail::fail("set_weight", std::string(detail::projection_name(p)) + " weight is null");
+    detail::fail(where, std::string(detail::projection_name(p)) + " weight is null");
   if (count != out * e) {
-    detail::fail("set_weight", std::string(detail::projection_name(p)) + " weight has " +
-                                   std::to_string(count) + " elements, [" +
-                                   (out == e ? "E" : "kv_heads * head_dim") + ", E] = [" +
-                                   std::to_string(out) + ", " + std::to_string(e) + "] needs " +
-                                   std::to_string(out * e));
+    detail::fail(where, std::string(detail::projection_name(p)) + " weight has " +
+                            std::to_string(count) + " elements, [" +
+                            (out == e ? "E" : "kv_heads * head_dim") + ", E] = [" +
+                            std::to_string(out) + ", " + std::to_string(e) + "] needs " +
+                            std::to_string(out * e));
   }
-  impl_->replace_weight(i, std::vector<float>(data, data + count));
+  m.replace_weight(i, std::vector<float>(data, data + count));
 }
 
 const std::vector<float>& MultiHeadAttention::weight(Projection p) const {
-  return impl_->weight[detail::projection_index("MultiHeadAttention", p)];
+  const char* where = "MultiHeadAttention::weight";
+  return detail::ModuleAccess::impl(*this, where).weight[detail::projection_index(where, p)];
 }
 
 void MultiHeadAttention::set_bias(Projection p, const float* data, std::size_t count) {
-  const int i = detail::projection_index("MultiHeadAttention", p);
-  const std::size_t out = impl_->out_features(i);
+  const char* where = "MultiHeadAttention::set_bias";
+  Impl& m = detail::ModuleAccess::impl(*this, where);
+  const int i = detail::projection_index(where, p);
+  const std::size_t out = m.out_features(i);
   if (data == nullptr)
-    detail::fail("set_bias", std::string(detail::projection_name(p)) + " bias is null");
+    detail::fail(where, std::string(detail::projection_name(p)) + " bias is null");
   if (count != out) {
-    detail::fail("set_bias", std::string(detail::projection_name(p)) + " bias has " +
-                                 std::to_string(count) + " elements, [" +
-                                 (out == impl_->e ? "E" : "kv_heads * head_dim") + "] = [" +
-                                 std::to_string(out) + "] needs " + std::to_string(out));
+    detail::fail(where, std::string(detail::projection_name(p)) + " bias has " +
+                            std::to_string(count) + " elements, [" +
+                            (out == m.e ? "E" : "kv_heads * head_dim") + "] = [" +
+                            std::to_string(out) + "] needs " + std::to_string(out));
   }
-  impl_->replace_bias(i, std::vector<float>(data, data + count));
+  m.replace_bias(i, std::vector<float>(data, data + count));
 }
 
 void MultiHeadAttention::clear_bias(Projection p) {
-  const int i = detail::projection_index("MultiHeadAttention", p);
-  impl_->replace_bias(
-      i, p == Projection::output ? std::vector<float>(impl_->e, 0.0f) : std::vector<float>());
+  const char* where = "MultiHeadAttention::clear_bias";
+  Impl& m = detail::ModuleAccess::impl(*this, where);
+  const int i = detail::projection_index(where, p);
+  m.replace_bias(i, p == Projection::output ? std::vector<float>(m.e, 0.0f) : std::vector<float>());
 }
 
 bool MultiHeadAttention::has_bias(Projection p) const {
-  return !impl_->bias[detail::projection_index("MultiHeadAttention", p)].empty();
+  const char* where = "MultiHeadAttention::has_bias";
+  return !detail::ModuleAccess::impl(*this, where).bias[detail::projection_index(where, p)].empty();
 }
 
 const std::vector<float>& MultiHeadAttention::bias(Projection p) const {
-  return impl_->bias[detail::projection_index("MultiHeadAttention", p)];
+  const char* where = "MultiHeadAttention::bias";
+  return detail::ModuleAccess::impl(*this, where).bias[detail::projection_index(where, p)];
 }
 
 namespace {
@@ -352,7 +365,7 @@ void MultiHeadAttention::forward(const ConstTensorView& values, const ConstTenso
                                  const TensorView<float>& out, const Options& options) const {
   using detail::RowOrder;
   const char* where = "MultiHeadAttention::forward";
-  const Impl& m = *impl_;
+  const Impl& m = detail::ModuleAccess::impl(*this, where);
   const std::size_t e = m.e;
   const ForwardCall c = check_forward(where, e, m.heads, values, keys, query, mask, out, options);
   const kernels::KernelTable* table = detail::kernels_for(where, options);
@@ -420,8 +433,10 @@ Tensor MultiHeadAttention::forward(const ConstTensorView& values, const ConstTen
                                    const Options& options) const {
   // Validate the query before sizing the result from it: a wrong shape must be reported as
   // such, not as a failed allocation.
-  detail::check_tensor("MultiHeadAttention::forward", "query", query, impl_->e);
-  Tensor out(query.n, query.l, impl_->e);
+  const char* where = "MultiHeadAttention::forward";
+  const std::size_t e = detail::ModuleAccess::impl(*this, where).e;
+  detail::check_tensor(where, "query", query, e);
+  Tensor out(query.n, query.l, e);
   forward(values, keys, query, mask, out.view(), options);
   return out;
 }

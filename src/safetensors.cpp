@@ -555,6 +555,11 @@ void commit(MultiHeadAttention& module, const Parameters& p) {
 
 void load_weights(MultiHeadAttention& module, const SafetensorsFile& file,
                   const std::string& prefix) {
+  if (module.embed_size() == 0) {  // only a moved-from module has none
+    throw std::invalid_argument(
+        "simdattn::load_weights: the module was moved from (it may only be destroyed or "
+        "assigned)");
+  }
   const Parameters p =
       read_parameters(file, prefix, module.embed_size(), module.kv_heads() * module.head_dim());
   check_heads(file, prefix, module.heads(), module.kv_heads());

@@ -38,10 +38,90 @@ TEST_CASE("an out-of-range Projection is refused", "[errors]") {
   MultiHeadAttention m(4, 2, 1);
   const std::vector<float> sixteen(16, 1.0f);
   const auto bogus = static_cast<Projection>(7);
-  CHECK_INVALID(m.set_weight(bogus, sixteen),
-                "simdattn::MultiHeadAttention: unknown Projection value 7");
-  CHECK_INVALID(m.weight(bogus), "simdattn::MultiHeadAttention: unknown Projection value 7");
-  CHECK_INVALID(m.has_bias(bogus), "simdattn::MultiHeadAttention: unknown Projection value 7");
+  const std::string unknown = ": unknown Projection value 7";
+  CHECK_INVALID(m.set_weight(bogus, sixteen), "simdattn::MultiHeadAttention::set_weight" + unknown);
+  CHECK_INVALID(m.weight(bogus), "simdattn::MultiHeadAttention::weight" + unknown);
+  CHECK_INVALID(m.set_bias(bogus, sixteen), "simdattn::MultiHeadAttention::set_bias" + unknown);
+  CHECK_INVALID(m.clear_bias(bogus), "simdattn::MultiHeadAttention::clear_bias" + unknown);
+  CHECK_INVALID(m.has_bias(bogus), "simdattn::MultiHeadAttention::has_bias" + unknown);
+  CHECK_INVALID(m.bias(bogus), "simdattn::MultiHeadAttention::bias" + unknown);
+}
+
+TEST_CASE("a moved-from module or cache is an error, not a null dereference", "[errors]") {
+  const std::string moved = " was moved from (it may only be destroyed or assigned)";
+  const Tensor x = Tensor::randn(1, 3, 8, 1);
+  MultiHeadAttention a(8, 2, KvHeads{1}, 5);
+  const Tensor expected = a.forward(x, x, x);
+  MultiHeadAttention b(std::move(a));
+  CHECK(b.forward(x, x, x).values() == expected.values());
+
+  // The noexcept getters read zero; everything else names the call.
+  CHECK(a.embed_size() == 0);
+  CHECK(a.heads() == 0);
+  CHECK(a.head_dim() == 0);
+  CHECK(a.kv_heads() == 0);
+  const std::string module = "simdattn::MultiHeadAttention::";
+  const std::string gone = ": the module" + moved;
+  const std::vector<float> w(64, 0.5f), bias(8, 0.5f);
+  Tensor out(1, 3, 8);
+  CHECK_INVALID(a.forward(x, x, x), module + "forward" + gone);
+  CHECK_INVALID(a.forward(x, x, x, Mask{}, out.view()), module + "forward" + gone);
+  Gradients grads;
+  CHECK_INVALID(a.backward(x, x, x, x, grads), module + "backward" + gone);
+  CHECK_INVALID(a.reset_parameters(1), module + "reset_parameters" + gone);
+  CHECK_INVALID(a.set_weight(Projection::query, w), module + "set_weight" + gone);
+  CHECK_INVALID(a.weight(Projection::query), module + "weight" + gone);
+  CHECK_INVALID(a.set_bias(Projection::query, bias), module + "set_bias" + gone);
+  CHECK_INVALID(a.clear_bias(Projection::query), module + "clear_bias" + gone);
+  CHECK_INVALID(a.has_bias(Projection::query), module + "has_bias" + gone);
+  CHECK_INVALID(a.bias(Projection::output), module + "bias" + gone);
+  // A copy of it is moved-from too.
+  const MultiHeadAttention copy(a);
+  CHECK(copy.embed_size() == 0);
+  CHECK_INVALID(copy.forward(x, x, x), module + "forward" + gone);
+
+  KvCacheConfig config;
+  config.blocks = 2;
+  config.kv_heads = 1;
+  config.head_dim = 4;
+  KvCache c1(config);
+  const SequenceId id = c1.add_sequence();
+  b.step(c1, {id}, x);
+  KvCache c2(std::move(c1));
+  CHECK(c2.length(id) == 3);
+  CHECK(c1.free_blocks() == 0);
+  CHECK(c1.capacity_blocks() == 0);
+  CHECK(c1.kv_heads() == 0);
+  CHECK(c1.head_dim() == 0);
+  CHECK(c1.storage_data() == nullptr);
+  CHECK(c1.storage_bytes() == 0);
+  CHECK_FALSE(c1.contains(id));
+  c1.clear();
+  const std::string cache = "simdattn::KvCache::";
+  const std::string cache_gone = ": the cache" + moved;
+  std::vector<float> k(12), v(12);
+  const ConstHeadsView kv{k.data(), 1, 3, 1, 4};
+  CHECK_INVALID(c1.add_sequence(), cache + "add_sequence" + cache_gone);
+  CHECK_INVALID(c1.fork(id), cache + "fork" + cache_gone);
+  CHECK_INVALID(c1.release(id), cache + "release" + cache_gone);
+  CHECK_INVALID(c1.truncate(id, 0), cache + "truncate" + cache_gone);
+  CHECK_INVALID(c1.length(id), cache + "length" + cache_gone);
+  CHECK_INVALID(c1.sequences(), cache + "sequences" + cache_gone);
+  CHECK_INVALID(c1.append({id}, kv, kv), cache + "append" + cache_gone);
+  CHECK_INVALID(c1.read(id, 0, 1, k.data(), v.data()), cache + "read" + cache_gone);
+  CHECK_INVALID(b.step(c1, {id}, x), module + "step" + cache_gone);
+  CHECK_INVALID(a.step(c2, {id}, x), module + "step" + gone);
+  std::vector<float> q(24), o(24);
+  CHECK_INVALID(scaled_dot_product_attention(c1, {id}, ConstHeadsView{q.data(), 1, 3, 2, 4}, kv, kv,
+                                             HeadsView<float>{o.data(), 1, 3, 2, 4}),
+                "simdattn::scaled_dot_product_attention (KvCache)" + cache_gone);
+  CHECK(c2.length(id) == 3);  // the failed calls touched neither live object
+
+  // Assigning makes them usable again.
+  a = b;
+  CHECK(a.forward(x, x, x).values() == expected.values());
+  c1 = KvCache(config);
+  CHECK(c1.free_blocks() == 2);
 }
 
 TEST_CASE("parameter setter errors leave the module unchanged", "[errors]") {
@@ -50,13 +130,15 @@ TEST_CASE("parameter setter errors leave the module unchanged", "[errors]") {
   const auto bias_before = m.bias(Projection::output);
   const std::vector<float> fifteen(15, 1.0f), three(3, 1.0f);
   CHECK_INVALID(m.set_weight(Projection::query, nullptr, 16),
-                "simdattn::set_weight: query weight is null");
+                "simdattn::MultiHeadAttention::set_weight: query weight is null");
   CHECK_INVALID(m.set_weight(Projection::key, fifteen),
-                "simdattn::set_weight: key weight has 15 elements, [E, E] = [4, 4] needs 16");
+                "simdattn::MultiHeadAttention::set_weight: key weight has 15 elements, "
+                "[E, E] = [4, 4] needs 16");
   CHECK_INVALID(m.set_bias(Projection::value, nullptr, 4),
-                "simdattn::set_bias: value bias is null");
+                "simdattn::MultiHeadAttention::set_bias: value bias is null");
   CHECK_INVALID(m.set_bias(Projection::output, three),
-                "simdattn::set_bias: output bias has 3 elements, [E] = [4] needs 4");
+                "simdattn::MultiHeadAttention::set_bias: output bias has 3 elements, [E] = [4] "
+                "needs 4");
   CHECK(m.weight(Projection::key) == before);
   CHECK(m.bias(Projection::output) == bias_before);
   CHECK_FALSE(m.has_bias(Projection::value));

@@ -241,7 +241,7 @@ TEST_CASE("kv cache: strided views, and rows padded with zeros", "[kv_cache]") {
     }
   }
   // Value rows are padded to 16 elements, and only the head_dim elements of each were written.
-  const auto& impl = detail::KvCacheAccess::impl(cache);
+  const auto& impl = detail::KvCacheAccess::impl(cache, "test");
   std::size_t nonzero_padding = 0;
   for (std::uint32_t b = 0; b < 4; ++b) {
     for (std::size_t hh = 0; hh < h; ++hh) {
@@ -396,7 +396,7 @@ TEST_CASE("kv cache: refused calls name the values and leave the cache as it was
 
 TEST_CASE("kv cache: an undone append restores sequences and the free list", "[kv_cache]") {
   KvCache cache(test::cache_config(8, 1, 4, KvStorage::bf16));
-  auto& impl = detail::KvCacheAccess::impl(cache);
+  auto& impl = detail::KvCacheAccess::impl(cache, "test");
   const SequenceId a = cache.add_sequence();
   Tokens ta;
   append_random(cache, {a}, 70, {&ta}, 15);

@@ -216,6 +216,12 @@ TEST_CASE("safetensors: tutorial names round trip, from memory and from a file",
   const Tensor x = Tensor::randn(2, 5, 24, 4);
   const Tensor expected = source.forward(x, x, x);
   CHECK(created.forward(x, x, x).values() == expected.values());
+
+  // Loading into a moved-from module names that, whatever the file holds.
+  MultiHeadAttention moved_to(std::move(target));
+  CHECK_THROWS_WITH(
+      load_weights(target, SafetensorsFile::from_memory(file.data(), file.size(), "memory")),
+      "simdattn::load_weights: the module was moved from (it may only be destroyed or assigned)");
 }
 
 TEST_CASE("safetensors: nn.MultiheadAttention names split in_proj into query, key, value",

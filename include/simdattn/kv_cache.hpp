@@ -101,8 +101,10 @@ class KvCache {
   /// value, or the size overflows; std::bad_alloc if the memory is not there.
   explicit KvCache(const KvCacheConfig& config);
   ~KvCache();
-  /// Moving leaves `other` empty: it may then only be destroyed or assigned a new cache. Any
-  /// other use of it (a getter, a call) is undefined behaviour.
+  /// Moving leaves `other` empty until it is assigned a cache: the noexcept getters describe a
+  /// cache of no blocks (zeros, contains() false, storage_data() null), clear() does nothing,
+  /// and every other call (and any call that takes it) throws std::invalid_argument saying it
+  /// was moved from.
   KvCache(KvCache&& other) noexcept;
   KvCache& operator=(KvCache&& other) noexcept;
   KvCache(const KvCache&) = delete;  // a cache is large: copy sequences with fork() instead

@@ -68,8 +68,9 @@ class MultiHeadAttention {
   ~MultiHeadAttention();
   MultiHeadAttention(const MultiHeadAttention& other);
   MultiHeadAttention& operator=(const MultiHeadAttention& other);
-  /// Moving leaves `other` empty: it may then only be destroyed or assigned a new module. Any
-  /// other use of it (a getter, a call, a copy) is undefined behaviour.
+  /// Moving leaves `other` empty until it is assigned a module: its getters return 0, a copy of
+  /// it is empty too, and every other member function (and any call that takes it) throws
+  /// std::invalid_argument saying it was moved from.
   MultiHeadAttention(MultiHeadAttention&& other) noexcept;
   MultiHeadAttention& operator=(MultiHeadAttention&& other) noexcept;
 

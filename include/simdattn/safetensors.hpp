@@ -116,6 +116,7 @@ class SafetensorsFile {
 /// add_bias_kv or with kdim/vdim != embed_dim has no simdattn equivalent and is refused.
 ///
 /// Throws SafetensorsError naming the file and the problem; `module` is unchanged then.
+/// std::invalid_argument if `module` was moved from.
 void load_weights(MultiHeadAttention& module, const SafetensorsFile& file,
                   const std::string& prefix = "");
 /// SafetensorsFile::open(path), then the above.

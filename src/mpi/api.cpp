@@ -274,14 +274,16 @@ void forward(const MultiHeadAttention& module, MPI_Comm comm, const ConstTensorV
   dm::check_mpi(where, comm);
   const double start = MPI_Wtime();
   const dm::CallComm call_comm(comm);
-  const MultiHeadAttention::Impl& m = detail::ModuleAccess::impl(module);
-  const std::size_t e = m.e, heads = m.heads, d = m.head_dim();
-  const std::size_t kvh = m.kv_heads;
+  const MultiHeadAttention::Impl* module_state = nullptr;
   const std::size_t n = query.n, lq = query.l, lk = keys.l;
   dm::LocalCall call;
   detail::ForwardTensors t;
   float* scratch = nullptr;
   const dm::Plan plan = dm::checked_plan(where, call_comm.get(), call, [&] {
+    // Inside the agreement: a rank passing a moved-from module is every rank's error.
+    module_state = &detail::ModuleAccess::impl(module, where);
+    const MultiHeadAttention::Impl& m = *module_state;
+    const std::size_t e = m.e, heads = m.heads, d = m.head_dim(), kvh = m.kv_heads;
     t = detail::check_forward_tensors(where, e, values, keys, query, out);
     dm::check_options_and_mask(where, options, d, mask, call);
     detail::check_forward_overlaps(where, t);
@@ -300,6 +302,8 @@ void forward(const MultiHeadAttention& module, MPI_Comm comm, const ConstTensorV
   });
   if (options.timings != nullptr) *options.timings = Timings{};
   dm::or_abort(where, plan, [&] {
+    const MultiHeadAttention::Impl& m = *module_state;
+    const std::size_t e = m.e, heads = m.heads, d = m.head_dim();
     detail::InputCopies copies;
     const detail::ProjectedInputs in =
         m.project_inputs(call.table, t, scratch, call.threads, copies);

@@ -346,6 +346,19 @@ TEST_CASE("mpi errors: mpi::forward's bad arguments are every rank's error", "[m
   });
   CHECK(starts_with(embed, prefix));
   CHECK(contains(embed, "query"));
+  // A moved-from module on one rank, through both forms.
+  MultiHeadAttention copy(module);
+  const MultiHeadAttention moved_to(std::move(copy));
+  const MultiHeadAttention& used = rank() == bad ? copy : module;
+  const std::string moved = "the module was moved from (it may only be destroyed or assigned)";
+  CHECK(collective_error([&] {
+          simdattn::mpi::forward(used, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
+                                 {x.data(), 1, l, e}, {}, {out.data(), 1, l, e});
+        }) == prefix + moved);
+  CHECK(collective_error([&] {
+          simdattn::mpi::forward(used, MPI_COMM_WORLD, {x.data(), 1, l, e}, {x.data(), 1, l, e},
+                                 {x.data(), 1, l, e});
+        }) == prefix + moved);
   // A correct call reports the schedule that ran.
   simdattn::mpi::Timings timings;
   simdattn::mpi::Options options;
