@@ -1,4 +1,6 @@
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "random.hpp"
@@ -29,6 +31,28 @@ Tensor Tensor::randn(std::size_t n, std::size_t l, std::size_t e, std::uint64_t 
   detail::Random rng(seed);
   for (float& x : t.data_) x = static_cast<float>(rng.normal());
   return t;
+}
+
+Tensor::Tensor(Tensor&& other) noexcept
+    : n_(std::exchange(other.n_, 0)),
+      l_(std::exchange(other.l_, 0)),
+      e_(std::exchange(other.e_, 0)),
+      data_(std::exchange(other.data_, {})) {}
+
+Tensor& Tensor::operator=(Tensor&& other) noexcept {
+  if (this != &other) {
+    n_ = std::exchange(other.n_, 0);
+    l_ = std::exchange(other.l_, 0);
+    e_ = std::exchange(other.e_, 0);
+    data_ = std::exchange(other.data_, {});
+  }
+  return *this;
+}
+
+void Tensor::out_of_range(std::size_t b, std::size_t i, std::size_t k) const {
+  throw std::out_of_range("simdattn::Tensor::at: index [" + std::to_string(b) + ", " +
+                          std::to_string(i) + ", " + std::to_string(k) + "] is outside " +
+                          shape_string());
 }
 
 std::string Tensor::shape_string() const {

@@ -2,6 +2,8 @@
 // Messages are checked whole, so a vague or wrong message fails here.
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -150,6 +152,33 @@ TEST_CASE("Tensor errors", "[errors]") {
   CHECK_INVALID(Tensor(std::size_t{1} << 40, std::size_t{1} << 40, 1),
                 "simdattn::Tensor: n * l * e overflows: 1099511627776 * 1099511627776 does not "
                 "fit in size_t");
+  // at() checks each index against its own dimension: [0, 0, 4] is inside the data of a
+  // [2, 2, 2] tensor, but not inside its shape.
+  Tensor t = Tensor::randn(2, 2, 2, 1);
+  const Tensor& ct = t;
+  CHECK(t.at(1, 0, 1) == t.data()[5]);
+  CHECK(ct.at(1, 1, 1) == t.data()[7]);
+  CHECK_THROWS_MATCHES(t.at(0, 0, 4), std::out_of_range,
+                       Message("simdattn::Tensor::at: index [0, 0, 4] is outside [2, 2, 2]"));
+  CHECK_THROWS_MATCHES(ct.at(0, 2, 0), std::out_of_range,
+                       Message("simdattn::Tensor::at: index [0, 2, 0] is outside [2, 2, 2]"));
+  CHECK_THROWS_MATCHES(ct.at(2, 0, 0), std::out_of_range,
+                       Message("simdattn::Tensor::at: index [2, 0, 0] is outside [2, 2, 2]"));
+  // A moved-from tensor is empty, shape and data alike, so a view of it is refused as such.
+  const std::vector<float> values = t.values();
+  Tensor moved_to(std::move(t));
+  CHECK(moved_to.values() == values);
+  CHECK(t.shape_string() == "[0, 0, 0]");
+  CHECK(t.size() == 0);
+  CHECK_THROWS_AS(t.at(0, 0, 0), std::out_of_range);
+  Tensor assigned;
+  assigned = std::move(moved_to);
+  CHECK(assigned.shape_string() == "[2, 2, 2]");
+  CHECK(moved_to.n() == 0);
+  CHECK(moved_to.l() == 0);
+  CHECK(moved_to.e() == 0);
+  const MultiHeadAttention m(2, 1, 1);
+  CHECK_THROWS_AS(m.forward(t, t, t), std::invalid_argument);
 }
 
 TEST_CASE("forward errors", "[errors]") {

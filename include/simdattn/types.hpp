@@ -225,6 +225,7 @@ HeadsView<T> nhld_view(T* data, std::size_t n, std::size_t h, std::size_t l, std
 /// An owning row-major [n, l, e] float tensor: the convenient result of forward().
 class Tensor {
  public:
+  /// Shape [0, 0, 0], no data.
   Tensor() = default;
   /// Zero-filled. Throws std::invalid_argument if n * l * e overflows.
   Tensor(std::size_t n, std::size_t l, std::size_t e);
@@ -232,6 +233,11 @@ class Tensor {
   Tensor(std::size_t n, std::size_t l, std::size_t e, std::vector<float> data);
   /// Standard normal entries from a deterministic generator seeded with `seed`.
   static Tensor randn(std::size_t n, std::size_t l, std::size_t e, std::uint64_t seed);
+  Tensor(const Tensor&) = default;
+  Tensor& operator=(const Tensor&) = default;
+  /// Moving leaves `other` as Tensor(): shape [0, 0, 0], no data.
+  Tensor(Tensor&& other) noexcept;
+  Tensor& operator=(Tensor&& other) noexcept;
 
   std::size_t n() const noexcept { return n_; }
   std::size_t l() const noexcept { return l_; }
@@ -240,10 +246,10 @@ class Tensor {
   float* data() noexcept { return data_.data(); }
   const float* data() const noexcept { return data_.data(); }
   const std::vector<float>& values() const noexcept { return data_; }
-  float& at(std::size_t b, std::size_t i, std::size_t k) { return data_[(b * l_ + i) * e_ + k]; }
-  float at(std::size_t b, std::size_t i, std::size_t k) const {
-    return data_[(b * l_ + i) * e_ + k];
-  }
+  /// Element [b, i, k]; throws std::out_of_range naming the index and the shape if it is
+  /// outside, as std::vector::at does. data() is the unchecked access.
+  float& at(std::size_t b, std::size_t i, std::size_t k) { return data_[offset(b, i, k)]; }
+  float at(std::size_t b, std::size_t i, std::size_t k) const { return data_[offset(b, i, k)]; }
   /// "[n, l, e]", as PyTorch prints a shape.
   std::string shape_string() const;
 
@@ -252,6 +258,12 @@ class Tensor {
   operator ConstTensorView() const noexcept { return view(); }  // NOLINT: implicit on purpose
 
  private:
+  std::size_t offset(std::size_t b, std::size_t i, std::size_t k) const {
+    if (b >= n_ || i >= l_ || k >= e_) out_of_range(b, i, k);
+    return (b * l_ + i) * e_ + k;
+  }
+  [[noreturn]] void out_of_range(std::size_t b, std::size_t i, std::size_t k) const;
+
   std::size_t n_ = 0;
   std::size_t l_ = 0;
   std::size_t e_ = 0;
