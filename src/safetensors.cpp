@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "half.hpp"
+#include "module_impl.hpp"
 
 #ifdef SIMDATTN_HAVE_NLOHMANN_JSON
 #include <nlohmann/json.hpp>
@@ -555,11 +556,7 @@ void commit(MultiHeadAttention& module, const Parameters& p) {
 
 void load_weights(MultiHeadAttention& module, const SafetensorsFile& file,
                   const std::string& prefix) {
-  if (module.embed_size() == 0) {  // only a moved-from module has none
-    throw std::invalid_argument(
-        "simdattn::load_weights: the module was moved from (it may only be destroyed or "
-        "assigned)");
-  }
+  detail::ModuleAccess::impl(module, "load_weights");  // refuses a moved-from module first
   const Parameters p =
       read_parameters(file, prefix, module.embed_size(), module.kv_heads() * module.head_dim());
   check_heads(file, prefix, module.heads(), module.kv_heads());
