@@ -213,6 +213,13 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// two lines per row, unchanged (2 threads 102-106 us both). AVX2, whose tile computes twice as
 /// long per block, ran no faster with it (2 threads 277-280 against 262-282 us), so it keeps the
 /// rule above, as do SSE2 and NEON.
+/// The prefetches cost the tiles their peak where the lines are near already: the 4 x 4 score and
+/// output tiles alone over one f32 item (32 KiB of K^T and V) take 0.32 us from L1, the FMA peak;
+/// cycling over 8 items in L2, 0.31 us without the prefetches and 0.45 us with them (Zen 5,
+/// AVX-512, one thread). Cold, fewer of them (the first one or two lines of each row, or every
+/// line of every other row) ran the 4-kv-head step no faster: 1.26-1.62x, 1.34-1.92x and
+/// 1.38-1.61x its floor against 1.24-1.43x for this plan (bench_attention, 2 threads, 3 rounds in
+/// turn, memory at 75 GB/s).
 /// What the prefetches leave (AVX-512, cold, interleaved runs; timing-only builds): with the
 /// arithmetic taken out, each item's lines only touched once under the same prefetches, the
 /// 4-kv-head f32 step took 196 us at 2 threads (1.16x its bytes over the read bandwidth) against
