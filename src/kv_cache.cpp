@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <new>
 #include <set>
 #include <string>
@@ -285,6 +286,10 @@ AppendPlan plan_append(const char* where, KvCache::Impl& c, const std::vector<Se
                     std::to_string(k.n) + " (keys " + shape_string(k.n, k.l, k.h, k.d) + ")");
   }
   std::set<SequenceId> seen;
+  // Copies planned of each shared, partly filled last block: reserve_append copies it for each
+  // sequence of the call in turn while another holder remains, so the last of its holders, if
+  // all of them append, writes into it in place (two forks of one prompt take one copy, not two).
+  std::map<std::uint32_t, std::size_t> copies;
   const std::size_t bt = c.config.block_tokens;
   std::size_t needed = 0;
   plan.undo.entries.reserve(ids.size());
@@ -301,7 +306,14 @@ AppendPlan plan_append(const char* where, KvCache::Impl& c, const std::vector<Se
     const std::size_t new_blocks = KvCache::blocks_for(new_length, bt);
     needed += new_blocks - s.blocks.size();
     // Writing into a partly filled last block that another sequence shares copies it first.
-    if (s.length % bt != 0 && c.refs[s.blocks.back()] > 1) ++needed;
+    if (s.length % bt != 0) {
+      const std::uint32_t last = s.blocks.back();
+      std::size_t& copied = copies[last];
+      if (c.refs[last] - copied > 1) {
+        ++copied;
+        ++needed;
+      }
+    }
     plan.sequences.push_back(&s);
     AppendUndo::Entry e;
     e.id = id;

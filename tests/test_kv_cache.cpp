@@ -296,6 +296,53 @@ TEST_CASE("kv cache: fork shares blocks, copy-on-write of a shared partial block
   }
 }
 
+TEST_CASE("kv cache: holders of a shared block appending in one call copy it once per other holder",
+          "[kv_cache]") {
+  for (KvStorage storage : kStorages) {
+    INFO("storage " << kv_storage_name(storage));
+    // A prompt of 100 tokens (blocks 0 and 1, the second partly filled) and two forks of it: three
+    // holders of both blocks.
+    KvCache cache(test::cache_config(4, 2, 3, storage));
+    const SequenceId prompt = cache.add_sequence();
+    Tokens tp;
+    append_random(cache, {prompt}, 100, {&tp}, 20);
+    const SequenceId a = cache.fork(prompt), b = cache.fork(prompt);
+    Tokens ta = tp, tb = tp;
+    // One free block: two of the holders need a copy each (the third keeps the block), and so do
+    // all three (the last of them would write in place).
+    const SequenceId filler = cache.add_sequence();
+    Tokens tf;
+    append_random(cache, {filler}, 64, {&tf}, 21);
+    REQUIRE(cache.free_blocks() == 1);
+    const auto k = test::random_normal(3 * 2 * 3, 22);
+    check_refused(cache, {"needs 2 free blocks", "has 1 free of 4"}, [&] {
+      cache.append({a, b}, {k.data(), 2, 1, 2, 3}, {k.data(), 2, 1, 2, 3});
+    });
+    check_refused(cache, {"needs 2 free blocks", "has 1 free of 4"}, [&] {
+      cache.append({prompt, a, b}, {k.data(), 3, 1, 2, 3}, {k.data(), 3, 1, 2, 3});
+    });
+    // Two free blocks: all three append in one call, the first two copying the shared block and
+    // the last writing into it in place.
+    cache.release(filler);
+    REQUIRE(cache.free_blocks() == 2);
+    append_random(cache, {prompt, a, b}, 1, {&tp, &ta, &tb}, 23);
+    CHECK(cache.free_blocks() == 0);
+    check_contents(cache, prompt, tp);
+    check_contents(cache, a, ta);
+    check_contents(cache, b, tb);
+    // Each last block is its own now: the next token of all three takes no block.
+    append_random(cache, {prompt, a, b}, 1, {&tp, &ta, &tb}, 24);
+    CHECK(cache.free_blocks() == 0);
+    check_contents(cache, prompt, tp);
+    check_contents(cache, a, ta);
+    check_contents(cache, b, tb);
+    cache.release(prompt);
+    cache.release(a);
+    cache.release(b);
+    CHECK(cache.free_blocks() == 4);
+  }
+}
+
 TEST_CASE("kv cache: truncate and clear return blocks", "[kv_cache]") {
   KvCache cache(test::cache_config(6, 1, 4));
   const SequenceId a = cache.add_sequence();
@@ -344,8 +391,9 @@ TEST_CASE("kv cache: refused calls name the values and leave the cache as it was
     check_refused(cache, {"out of blocks", "needs 1", "0 free of 4"},
                   [&] { cache.append({c}, kv(1, 1), vv(1, 1)); });
     cache.release(b);  // 2 free blocks now
-    // The first sequence would fit, the second not: nothing is appended to either.
-    check_refused(cache, {"out of blocks", "needs 4", "2 free of 4"}, [&] {
+    // The first sequence would fit (a copy of the shared block and a new one), the second not (a
+    // new block; it then holds the shared one alone): nothing is appended to either.
+    check_refused(cache, {"out of blocks", "needs 3", "2 free of 4"}, [&] {
       cache.append({a, c}, kv(2, 60), vv(2, 60));
     });
     check_refused(cache, {"unknown sequence id " + std::to_string(b)}, [&] {

@@ -205,6 +205,20 @@ TEST_CASE("module step: bf16 and f16 caches within their bounds, forked continua
     INFO("path " << path_name(path));
     CHECK(test::same_bits(ya.values(), std::vector<float>(alone_a.end() - 5 * e, alone_a.end())));
     CHECK(test::same_bits(yb.values(), std::vector<float>(alone_b.end() - 5 * e, alone_b.end())));
+    // Both continuations in one call, in a cache with one block beside the prompt's two: the
+    // first copies the shared partial block, the second writes into it in place.
+    KvCache tight(test::cache_config(3, kv_heads, e / heads));
+    const SequenceId ta = tight.add_sequence();
+    m.step(tight, {ta}, {x.data(), 1, 100, e}, o);
+    const SequenceId tb = tight.fork(ta);
+    std::vector<float> both(x.values().begin() + 100 * e, x.values().begin() + 105 * e);
+    both.insert(both.end(), other.values().begin(), other.values().end());
+    const Tensor y2 = m.step(tight, {ta, tb}, Tensor(2, 5, e, both), o);
+    CHECK(tight.free_blocks() == 0);
+    CHECK(test::same_bits(std::vector<float>(y2.values().begin(), y2.values().begin() + 5 * e),
+                          ya.values()));
+    CHECK(test::same_bits(std::vector<float>(y2.values().begin() + 5 * e, y2.values().end()),
+                          yb.values()));
   }
 }
 
