@@ -11,10 +11,12 @@
 //     (the values are multiples of 1/8 below 8, exact in f32, bf16 and f16);
 //   - a refused call threw std::invalid_argument and left the cache as it was: the same ids,
 //     lengths, free blocks and pool bytes; an accepted call was not one that had to be refused;
-//   - an append that fits in the free blocks (counting a copy of a shared, partly filled last
-//     block) is accepted, and one that needs more than are free is refused;
-//   - the blocks in use are at least each sequence's own and at most all of them, and an empty
-//     cache has every block free;
+//   - the blocks in use are those of a model of the cache's blocks (each sequence's list, shared
+//     by fork, copied on the first append to a shared, partly filled last block while another
+//     sequence holds it, returned by truncate and release), and an empty cache has every block
+//     free;
+//   - an append that fits in the free blocks, as that model counts the blocks it takes, is
+//     accepted, and one that needs more than are free is refused;
 //   - attention's output matches a double oracle computed from the model (causal from the end,
 //     sliding window, soft-capping, ALiBi, sinks, grouped-query heads), on the optimized path and
 //     the naive one, and is the same bit for bit when the call runs again on the other thread count
@@ -59,11 +61,30 @@ using simdattn::Options;
 using simdattn::SequenceId;
 using simdattn::detail::Random;
 
-// Each live sequence's tokens, [length][kv_heads][head_dim] keys and values.
+// Each live sequence's tokens, [length][kv_heads][head_dim] keys and values, and the blocks the
+// cache should hold them in (the model's own block numbers).
 struct Sequence {
   std::vector<float> k, v;
+  std::vector<std::size_t> blocks;
 };
 using Model = std::map<SequenceId, Sequence>;
+
+// How many sequences hold each of the model's blocks (blocks in use only), and the next number.
+std::map<std::size_t, std::size_t> g_refs;
+std::size_t g_next_block = 0;
+
+// The model's side of fork(): the child holds the parent's blocks too.
+void hold_blocks(const Sequence& s) {
+  for (std::size_t b : s.blocks) ++g_refs[b];
+}
+
+// The model's side of truncate() and release(): the sequence keeps its first `keep` blocks.
+void drop_blocks(Sequence& s, std::size_t keep) {
+  for (std::size_t i = keep; i < s.blocks.size(); ++i) {
+    if (--g_refs[s.blocks[i]] == 0) g_refs.erase(s.blocks[i]);
+  }
+  s.blocks.resize(std::min(keep, s.blocks.size()));
+}
 
 // Everything a refused call must leave as it was.
 struct Snapshot {
@@ -127,14 +148,16 @@ void check_model(const KvCache& cache, const Model& model) {
       fail("sequence " + std::to_string(id) + " reads back other keys or values than appended");
     }
     const std::size_t own = KvCache::blocks_for(length, cache.block_tokens());
+    if (s.blocks.size() != own) fail("the model's block list of a sequence has the wrong size");
     own_max = std::max(own_max, own);
     own_sum += own;
   }
   const std::size_t used = cache.capacity_blocks() - cache.free_blocks();
-  if (cache.free_blocks() > cache.capacity_blocks() || used < own_max || used > own_sum) {
+  if (cache.free_blocks() > cache.capacity_blocks() || used != g_refs.size()) {
     fail("blocks in use " + std::to_string(used) + " of " +
-         std::to_string(cache.capacity_blocks()) + ", sequences own " + std::to_string(own_max) +
-         " at most each and " + std::to_string(own_sum) + " together");
+         std::to_string(cache.capacity_blocks()) + ", the model has " +
+         std::to_string(g_refs.size()) + " (sequences own " + std::to_string(own_max) +
+         " at most each and " + std::to_string(own_sum) + " together)");
   }
 }
 
@@ -272,50 +295,69 @@ Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model
   return c;
 }
 
-// Blocks an append of t tokens to these sequences takes at least (new blocks only) and at most
-// (also a copy of each partly filled last block, which may be shared).
-std::pair<std::size_t, std::size_t> blocks_needed(const KvCache& cache, const Model& model,
-                                                  const std::vector<SequenceId>& ids,
-                                                  std::size_t t) {
-  const std::size_t bt = cache.block_tokens(), row = cache.kv_heads() * cache.head_dim();
-  std::size_t least = 0, most = 0;
+// Blocks that appending t tokens to each of ids' sequences takes from the free list, as the cache
+// takes them: for each sequence in turn, a copy of its partly filled last block while another
+// sequence still holds that block, then new blocks up to its new length. With `apply`, the
+// model's block lists and counts become the cache's after the append.
+std::size_t append_blocks(Model& model, const std::vector<SequenceId>& ids, std::size_t t,
+                          std::size_t bt, std::size_t row, bool apply) {
+  std::map<std::size_t, std::size_t> refs = g_refs;
+  std::map<SequenceId, std::vector<std::size_t>> lists;
+  std::size_t next = g_next_block, taken = 0;
+  auto take = [&] {
+    refs[next] = 1;
+    ++taken;
+    return next++;
+  };
   for (SequenceId id : ids) {
-    const std::size_t length = model.at(id).k.size() / row;
-    const std::size_t more = KvCache::blocks_for(length + t, bt) - KvCache::blocks_for(length, bt);
-    least += more;
-    most += more + (length % bt != 0 ? 1 : 0);
+    const Sequence& s = model.at(id);
+    std::vector<std::size_t> blocks = s.blocks;
+    const std::size_t length = s.k.size() / row;
+    if (length % bt != 0 && refs[blocks.back()] > 1) {
+      --refs[blocks.back()];
+      blocks.back() = take();
+    }
+    while (blocks.size() < KvCache::blocks_for(length + t, bt)) blocks.push_back(take());
+    lists[id] = std::move(blocks);
   }
-  return {least, most};
+  if (apply) {
+    g_refs = std::move(refs);
+    g_next_block = next;
+    for (auto& [id, blocks] : lists) model.at(id).blocks = std::move(blocks);
+  }
+  return taken;
 }
 
 // Runs a call that appends t tokens to each of ids' sequences, and checks its verdict: a refusal
 // must have a reason (a bad argument, or more blocks needed than are free) and leave the cache
 // as it was; an acceptance must have neither. Returns whether the call was accepted.
 template <class Fn>
-bool appending_call(const KvCache& cache, const Model& model, const Snapshot& before,
-                    const char* name, bool spoilt, const std::vector<SequenceId>& ids,
-                    std::size_t t, const Fn& call) {
-  const auto [least, most] =
-      spoilt ? std::pair<std::size_t, std::size_t>{0, 0} : blocks_needed(cache, model, ids, t);
+bool appending_call(const KvCache& cache, Model& model, const Snapshot& before, const char* name,
+                    bool spoilt, const std::vector<SequenceId>& ids, std::size_t t,
+                    const Fn& call) {
+  const std::size_t row = cache.kv_heads() * cache.head_dim();
+  const std::size_t need =
+      spoilt ? 0 : append_blocks(model, ids, t, cache.block_tokens(), row, false);
   try {
     call();
   } catch (const std::invalid_argument&) {
-    if (!spoilt && most <= before.free_blocks) {
-      fail(std::string(name) + " needing " + std::to_string(most) +
-           " blocks at most was refused with " + std::to_string(before.free_blocks) + " free");
+    if (!spoilt && need <= before.free_blocks) {
+      fail(std::string(name) + " needing " + std::to_string(need) + " blocks was refused with " +
+           std::to_string(before.free_blocks) + " free");
     }
     check_unchanged(cache, before, name);
     return false;
   }
   if (spoilt) fail(std::string(name) + " with a bad argument was accepted");
-  if (least > before.free_blocks) {
-    fail(std::string(name) + " needing " + std::to_string(least) +
-         " blocks at least was accepted with " + std::to_string(before.free_blocks) + " free");
+  if (need > before.free_blocks) {
+    fail(std::string(name) + " needing " + std::to_string(need) + " blocks was accepted with " +
+         std::to_string(before.free_blocks) + " free");
   }
   return true;
 }
 
-void apply_append(Model& model, const Call& c, std::size_t row) {
+void apply_append(Model& model, const Call& c, std::size_t row, std::size_t bt) {
+  append_blocks(model, c.ids, c.t, bt, row, true);
   for (std::size_t b = 0; b < c.n; ++b) {
     Sequence& s = model.at(c.ids[b]);
     const float* k = c.k.data() + b * c.t * row;
@@ -566,7 +608,7 @@ void run_step(FuzzedDataProvider& fdp, KvCache& cache, Model& model, Random& rng
            std::to_string(v[i]));
     }
   }
-  apply_append(model, c, row);
+  apply_append(model, c, row, cache.block_tokens());
   RowBounds rows;
   const std::vector<double> attn = oracle(model, c, q, h, kvh, d, o, rows);
   const std::vector<float>& wo = m.weight(Projection::output);
@@ -629,6 +671,7 @@ void run(FuzzedDataProvider& fdp) {
         const SequenceId id = cache.fork(parent);
         if (model.count(id) != 0) fail("fork returned a live id");
         model[id] = model.at(parent);
+        hold_blocks(model.at(id));
         break;
       }
       case 3: {
@@ -640,6 +683,7 @@ void run(FuzzedDataProvider& fdp) {
           break;
         }
         cache.release(id);
+        drop_blocks(model.at(id), 0);
         model.erase(id);
         g_dead.push_back(id);
         break;
@@ -654,6 +698,7 @@ void run(FuzzedDataProvider& fdp) {
           break;
         }
         cache.truncate(id, length);
+        drop_blocks(model.at(id), KvCache::blocks_for(length, config.block_tokens));
         model.at(id).k.resize(length * row);
         model.at(id).v.resize(length * row);
         break;
@@ -664,6 +709,7 @@ void run(FuzzedDataProvider& fdp) {
         cache.clear();
         for (const auto& [id, seq] : model) g_dead.push_back(id);
         model.clear();
+        g_refs.clear();
         break;
       case 6:
       case 7: {
@@ -675,7 +721,7 @@ void run(FuzzedDataProvider& fdp) {
                             [&] { cache.append(c.ids, c.kview, c.vview); })) {
           break;
         }
-        apply_append(model, c, row);
+        apply_append(model, c, row, cache.block_tokens());
         break;
       }
       case 10:
@@ -719,7 +765,7 @@ void run(FuzzedDataProvider& fdp) {
         if (std::memcmp(again.data(), out.data(), out.size() * sizeof(float)) != 0) {
           fail("attention on 1 and 2 threads gave different bits");
         }
-        apply_append(model, c, row);
+        apply_append(model, c, row, cache.block_tokens());
         RowBounds rows;
         const std::vector<double> want =
             oracle(model, c, std::vector<double>(q.begin(), q.end()), h, kvh, d, o, rows);
@@ -743,6 +789,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   fuzz::g_target = "fuzz_kv_cache";
   fuzz::g_case.clear();
   g_dead.clear();
+  g_refs.clear();
+  g_next_block = 0;
   FuzzedDataProvider fdp(data, size);
   try {
     run(fdp);
