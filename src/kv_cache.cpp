@@ -286,10 +286,8 @@ AppendPlan plan_append(const char* where, KvCache::Impl& c, const std::vector<Se
                     std::to_string(k.n) + " (keys " + shape_string(k.n, k.l, k.h, k.d) + ")");
   }
   std::set<SequenceId> seen;
-  // Copies planned of each shared, partly filled last block: reserve_append copies it for each
-  // sequence of the call in turn while another holder remains, so the last of its holders, if
-  // all of them append, writes into it in place (two forks of one prompt take one copy, not two).
-  std::map<std::uint32_t, std::size_t> copies;
+  // The call's sequences whose partly filled last block is shared, by block.
+  std::map<std::uint32_t, std::vector<std::size_t>> shared_last;
   const std::size_t bt = c.config.block_tokens;
   std::size_t needed = 0;
   plan.undo.entries.reserve(ids.size());
@@ -305,14 +303,8 @@ AppendPlan plan_append(const char* where, KvCache::Impl& c, const std::vector<Se
     const std::size_t new_length = s.length + k.l;
     const std::size_t new_blocks = KvCache::blocks_for(new_length, bt);
     needed += new_blocks - s.blocks.size();
-    // Writing into a partly filled last block that another sequence shares copies it first.
-    if (s.length % bt != 0) {
-      const std::uint32_t last = s.blocks.back();
-      std::size_t& copied = copies[last];
-      if (c.refs[last] - copied > 1) {
-        ++copied;
-        ++needed;
-      }
+    if (s.length % bt != 0 && c.refs[s.blocks.back()] > 1) {
+      shared_last[s.blocks.back()].push_back(plan.sequences.size());
     }
     plan.sequences.push_back(&s);
     AppendUndo::Entry e;
@@ -320,6 +312,27 @@ AppendPlan plan_append(const char* where, KvCache::Impl& c, const std::vector<Se
     e.old_length = s.length;
     e.old_blocks = s.blocks.size();
     plan.undo.entries.push_back(e);
+  }
+  // Writing into a partly filled last block that another sequence shares copies it first. Where
+  // every holder of the block appends in this call, the longest of them writes into it in place
+  // instead (its new tokens go past every other holder's, so taking the append back restores
+  // them all), and the others copy it: two forks of one prompt take one copy, not two.
+  plan.copy_last.assign(ids.size(), 0);
+  for (const auto& [block, holders] : shared_last) {
+    // No writer in place where a holder outside the call keeps the block.
+    std::size_t in_place = std::numeric_limits<std::size_t>::max();
+    if (holders.size() == c.refs[block]) {
+      in_place = holders[0];
+      for (std::size_t i : holders) {
+        if (plan.sequences[i]->length > plan.sequences[in_place]->length) in_place = i;
+      }
+    }
+    for (std::size_t i : holders) {
+      if (i != in_place) {
+        plan.copy_last[i] = 1;
+        ++needed;
+      }
+    }
   }
   if (needed > c.free.size()) {
     fail(where, "out of blocks: appending " + std::to_string(k.l) + " tokens to " +
@@ -339,7 +352,7 @@ void reserve_append(KvCache::Impl& c, AppendPlan& plan) noexcept {
   for (std::size_t i = 0; i < plan.sequences.size(); ++i) {
     KvCache::Impl::Sequence& s = *plan.sequences[i];
     AppendUndo::Entry& undo = plan.undo.entries[i];
-    if (s.length % bt != 0 && c.refs[s.blocks.back()] > 1) {
+    if (plan.copy_last[i] != 0) {
       const std::uint32_t shared = s.blocks.back();
       std::uint32_t copy;
       c.take_block(copy);

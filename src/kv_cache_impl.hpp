@@ -93,6 +93,8 @@ struct AppendUndo {
 struct AppendPlan {
   Heads<const float> keys, values;
   std::vector<KvCache::Impl::Sequence*> sequences;
+  /// Per sequence: its partly filled last block is shared and gets copied before the append.
+  std::vector<char> copy_last;
   AppendUndo undo;
 };
 

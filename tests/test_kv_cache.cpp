@@ -308,8 +308,8 @@ TEST_CASE("kv cache: holders of a shared block appending in one call copy it onc
     append_random(cache, {prompt}, 100, {&tp}, 20);
     const SequenceId a = cache.fork(prompt), b = cache.fork(prompt);
     Tokens ta = tp, tb = tp;
-    // One free block: two of the holders need a copy each (the third keeps the block), and so do
-    // all three (the last of them would write in place).
+    // One free block: two of the holders need a copy each (the third keeps the block), and all
+    // three need two (one of them would write in place).
     const SequenceId filler = cache.add_sequence();
     Tokens tf;
     append_random(cache, {filler}, 64, {&tf}, 21);
@@ -321,8 +321,8 @@ TEST_CASE("kv cache: holders of a shared block appending in one call copy it onc
     check_refused(cache, {"needs 2 free blocks", "has 1 free of 4"}, [&] {
       cache.append({prompt, a, b}, {k.data(), 3, 1, 2, 3}, {k.data(), 3, 1, 2, 3});
     });
-    // Two free blocks: all three append in one call, the first two copying the shared block and
-    // the last writing into it in place.
+    // Two free blocks: all three append in one call, two copying the shared block and one (the
+    // longest; here they are equally long) writing into it in place.
     cache.release(filler);
     REQUIRE(cache.free_blocks() == 2);
     append_random(cache, {prompt, a, b}, 1, {&tp, &ta, &tb}, 23);

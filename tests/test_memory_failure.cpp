@@ -243,10 +243,12 @@ void check_taken_back(KvCache& cache, const std::vector<float>& out,
 }
 
 // A cache whose pool holds 2^18 tokens of one kv head of 16, with a sequence of 150000 tokens
-// (its last block part full) and a fork of it that shares every block: appending to both copies
-// the shared last block for the first and writes into it in place for the second.
+// (its last block part full) and a fork of it cut 10 tokens shorter that shares every block:
+// appending to both copies the shared last block for the fork and writes into it in place for
+// the longer sequence, past the fork's tokens (in place for the fork would overwrite tokens of
+// the longer sequence, which taking the append back must not lose).
 struct LongHistory {
-  static constexpr std::size_t kKvHeads = 1, kD = 16, kHistory = 150000;
+  static constexpr std::size_t kKvHeads = 1, kD = 16, kHistory = 150000, kCut = 10;
   KvCache cache;
   SequenceId a, b;
   LongHistory()
@@ -256,6 +258,7 @@ struct LongHistory {
     const auto v = test::random_normal(kHistory * kKvHeads * kD, 2);
     cache.append({a}, {k.data(), 1, kHistory, kKvHeads, kD}, {v.data(), 1, kHistory, kKvHeads, kD});
     b = cache.fork(a);
+    cache.truncate(b, kHistory - kCut);
   }
 };
 

@@ -205,8 +205,8 @@ TEST_CASE("module step: bf16 and f16 caches within their bounds, forked continua
     INFO("path " << path_name(path));
     CHECK(test::same_bits(ya.values(), std::vector<float>(alone_a.end() - 5 * e, alone_a.end())));
     CHECK(test::same_bits(yb.values(), std::vector<float>(alone_b.end() - 5 * e, alone_b.end())));
-    // Both continuations in one call, in a cache with one block beside the prompt's two: the
-    // first copies the shared partial block, the second writes into it in place.
+    // Both continuations in one call, in a cache with one block beside the prompt's two: one
+    // copies the shared partial block, the other writes into it in place.
     KvCache tight(test::cache_config(3, kv_heads, e / heads));
     const SequenceId ta = tight.add_sequence();
     m.step(tight, {ta}, {x.data(), 1, 100, e}, o);

@@ -21,9 +21,9 @@
 // decoding). Each sequence owns a list of blocks, taken from the pool as it grows and returned
 // when it is released, so sequences of very different lengths share one cache and one batch
 // without padding. fork() starts a sequence that shares its parent's blocks (reference counts);
-// the first append to a shared, partly filled last block copies that block only. Holders of one
-// such block that append in the same call copy it in turn while another holder remains, so when
-// all of them append, the last one writes into it in place (two forks of a prompt: one copy).
+// the first append to a shared, partly filled last block copies that block only. When every
+// holder of such a block appends in one call, the longest writes into it in place and the others
+// copy it (two forks of a prompt appending together: one copy).
 //
 // Layout of a block (why: a decode step must stream contiguous memory; a cache whose token rows
 // hold every head, like llama.cpp's, puts one head's keys kv_heads x head_dim elements apart and

@@ -295,10 +295,11 @@ Call make_call(FuzzedDataProvider& fdp, const KvCache& cache, const Model& model
   return c;
 }
 
-// Blocks that appending t tokens to each of ids' sequences takes from the free list, as the cache
-// takes them: for each sequence in turn, a copy of its partly filled last block while another
-// sequence still holds that block, then new blocks up to its new length. With `apply`, the
-// model's block lists and counts become the cache's after the append.
+// Blocks that appending t tokens to each of ids' sequences takes from the free list: new blocks up
+// to each new length, and a copy of each partly filled last block that another sequence holds
+// too, except that of holders which all append, one writes into it in place (the model lets the
+// last of them do so, the cache the longest; either way each holder ends with a block of its
+// own). With `apply`, the model's block lists and counts become the cache's after the append.
 std::size_t append_blocks(Model& model, const std::vector<SequenceId>& ids, std::size_t t,
                           std::size_t bt, std::size_t row, bool apply) {
   std::map<std::size_t, std::size_t> refs = g_refs;
