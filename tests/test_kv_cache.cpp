@@ -391,8 +391,9 @@ TEST_CASE("kv cache: refused calls name the values and leave the cache as it was
     check_refused(cache, {"out of blocks", "needs 1", "0 free of 4"},
                   [&] { cache.append({c}, kv(1, 1), vv(1, 1)); });
     cache.release(b);  // 2 free blocks now
-    // The first sequence would fit (a copy of the shared block and a new one), the second not (a
-    // new block; it then holds the shared one alone): nothing is appended to either.
+    // The first sequence would fit (it writes into the shared block in place and takes a new
+    // one), the second not (a copy of the shared block and a new one): nothing is appended to
+    // either.
     check_refused(cache, {"out of blocks", "needs 3", "2 free of 4"}, [&] {
       cache.append({a, c}, kv(2, 60), vv(2, 60));
     });
