@@ -206,6 +206,8 @@ TEST_CASE("forward errors", "[errors]") {
                   where + "keys has a zero size: [1, 0, 4]");
     CHECK_INVALID(m.forward(x, x, ConstTensorView{x.data(), 1, 3, 0}),
                   where + "query has a zero size: [1, 3, 0]");
+    CHECK_INVALID(m.forward(x, x, x, {}, TensorView<float>{out_buf.data(), 1, 0, 4}),
+                  where + "out has a zero size: [1, 0, 4]");
   }
   SECTION("shapes that do not fit") {
     CHECK_INVALID(m.forward(x, x, e5),
@@ -218,6 +220,9 @@ TEST_CASE("forward errors", "[errors]") {
                   where + "batch sizes differ: query has N = 2, keys and values have N = 1");
     CHECK_INVALID(m.forward(x4, x4, x, {}, TensorView<float>{out_buf.data(), 1, 2, 4}),
                   where + "out has shape [1, 2, 4], the query needs [1, 3, 4]");
+    CHECK_INVALID(
+        m.forward(x, x, x, {}, TensorView<float>{out_buf.data(), 1, 2, 5}),
+        where + "out has embedding size 5 (shape [1, 2, 5]), the module has embed_size 4");
   }
   SECTION("masks that do not broadcast") {
     const std::vector<std::uint8_t> bytes(64, 1);
@@ -271,6 +276,11 @@ TEST_CASE("forward errors", "[errors]") {
                   where + "values overflows: 4611686018427387904 * 4 does not fit in size_t");
     CHECK_INVALID(m.forward(x, x, ConstTensorView{x.data(), kHuge, 1, 4}),
                   where + "query overflows: 4611686018427387904 * 4 does not fit in size_t");
+    // A row stride that fits, but not with the last row's E elements after it (a batch stride
+    // given, as N = 1 never uses it, so that L x row_stride is not formed first).
+    const std::size_t stride = std::numeric_limits<std::size_t>::max() - 1;
+    CHECK_INVALID(m.forward(x, x, ConstTensorView{x.data(), 1, 2, 4, stride, 1}),
+                  where + "query overflows: 18446744073709551614 + 4 does not fit in size_t");
   }
   SECTION("the returning form validates the query before allocating its result") {
     // 2^40 x 4 floats would be 16 TiB: the shape error must come first, not std::bad_alloc.
@@ -323,6 +333,11 @@ TEST_CASE("scaled_dot_product_attention errors", "[errors]") {
                   where + "batch sizes N differ: query has 1, keys has 2");
     CHECK_INVALID(scaled_dot_product_attention(q, k, k3h, out),
                   where + "heads H differ: keys has 2, values has 3");
+    CHECK_INVALID(
+        scaled_dot_product_attention({data.data(), 1, 3, 3, 3}, k, k, {out_buf.data(), 1, 3, 3, 3}),
+        where +
+            "query heads H = 3 is not a multiple of the keys' and values' heads H = 2 "
+            "(grouped-query attention needs H_q % H_kv == 0)");
     CHECK_INVALID(scaled_dot_product_attention(q, k4d, k, out),
                   where + "head_dim D differ: query has 3, keys has 4");
     CHECK_INVALID(scaled_dot_product_attention(q, k, k4, out),

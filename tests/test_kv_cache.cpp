@@ -427,6 +427,8 @@ TEST_CASE("kv cache: refused calls name the values and leave the cache as it was
     std::vector<float> out(100 * h * d);
     check_refused(cache, {"tokens [69, 69 + 2)", "length 70"},
                   [&] { cache.read(a, 69, 2, out.data(), out.data()); });
+    check_refused(cache, {"keys is null"}, [&] { cache.read(a, 0, 1, nullptr, out.data()); });
+    check_refused(cache, {"values is null"}, [&] { cache.read(a, 0, 1, out.data(), nullptr); });
     check_refused(cache, {"unknown sequence id"}, [&] { cache.length(b); });
     check_contents(cache, a, ta);
     check_contents(cache, c, ta);
@@ -437,6 +439,9 @@ TEST_CASE("kv cache: refused calls name the values and leave the cache as it was
            {test::cache_config(1, 1, 0), "config.head_dim must be > 0"},
            {test::cache_config(1, 1, 1, KvStorage::f32, 0), "multiple of 64, got 0"},
            {test::cache_config(1, 1, 1, KvStorage::f32, 100), "multiple of 64, got 100"},
+           {test::cache_config(1, 1, 1, static_cast<KvStorage>(3)),
+            "config.storage is not a KvStorage value (3)"},
+           {test::cache_config(4294967295, 1, 1), "config.blocks (4294967295) exceeds 4294967294"},
            {test::cache_config(std::size_t(1) << 31, 64, std::size_t(1) << 30), "overflows"}}) {
     INFO(word);
     CHECK_THROWS_WITH(KvCache(cfg), Catch::Contains(word));

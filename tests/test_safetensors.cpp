@@ -351,20 +351,30 @@ TEST_CASE("safetensors: PyTorch's own F16/BF16 roundings load as PyTorch widens 
 TEST_CASE("safetensors: SafetensorsFile reads metadata, entries and any dtype", "[safetensors]") {
   const std::vector<double> d = {1.0 / 3.0, -2.0, 1e-300};
   const std::vector<std::uint8_t> mask = {1, 0, 7};
-  const auto file = build({{"z", "F64", {3}, bytes_of(d)},
-                           {"a", "U8", {1, 3}, mask},
-                           {"empty", "F32", {0, 4}, {}},
-                           {"new", "F4", {2}, {0xAB}},  // a dtype from the future: bytes only
-                           // Its sizes cannot be checked against the bytes: any shape passes.
-                           {"vast", "F4", {std::size_t{1} << 61}, {}}},
-                          {{"heads", "3"}, {"format", "pt"}});
+  const auto file =
+      build({{"z", "F64", {3}, bytes_of(d)},
+             {"a", "U8", {1, 3}, mask},
+             {"f", "F32", {3}, bytes_of(std::vector<float>{1.0f / 3.0f, -2.0f, 1e-30f})},
+             // 1, -2 and 2^-24 (F16's smallest subnormal); 1, -2 and 2^-133.
+             {"h", "F16", {3}, bytes_of(std::vector<std::uint16_t>{0x3c00, 0xc000, 0x0001})},
+             {"b", "BF16", {3}, bytes_of(std::vector<std::uint16_t>{0x3f80, 0xc000, 0x0001})},
+             {"empty", "F32", {0, 4}, {}},
+             {"new", "F4", {2}, {0xAB}},  // a dtype from the future: bytes only
+             // Its sizes cannot be checked against the bytes: any shape passes.
+             {"vast", "F4", {std::size_t{1} << 61}, {}}},
+            {{"heads", "3"}, {"format", "pt"}});
   const auto f = SafetensorsFile::from_memory(file.data(), file.size(), "mixed");
   CHECK(f.name() == "mixed");
-  CHECK(f.tensor_names() == std::vector<std::string>{"a", "empty", "new", "vast", "z"});
+  CHECK(f.tensor_names() ==
+        std::vector<std::string>{"a", "b", "empty", "f", "h", "new", "vast", "z"});
   CHECK(f.metadata().at("format") == "pt");
   CHECK(f.entry("a").shape == std::vector<std::size_t>{1, 3});
   CHECK(f.entry("a").numel() == 3);
   CHECK(f.read_double("z") == d);
+  // Narrower floats widen exactly.
+  CHECK(f.read_double("f") == std::vector<double>{double(1.0f / 3.0f), -2.0, double(1e-30f)});
+  CHECK(f.read_double("h") == std::vector<double>{1.0, -2.0, std::ldexp(1.0, -24)});
+  CHECK(f.read_double("b") == std::vector<double>{1.0, -2.0, std::ldexp(1.0, -133)});
   CHECK(f.read_bytes("a") == mask);
   CHECK(f.read_bytes("new") == std::vector<std::uint8_t>{0xAB});
   CHECK(f.read_float("empty").empty());
@@ -377,7 +387,10 @@ TEST_CASE("safetensors: SafetensorsFile reads metadata, entries and any dtype", 
              Catch::Contains("wrong dtype: tensor 'vast' is F4"));
   CHECK_THAT(error_of([&] { f.read_double("vast"); }),
              Catch::Contains("wrong dtype: tensor 'vast' is F4"));
-  CHECK_THAT(error_of([&] { f.entry("b"); }), Catch::Contains("missing tensor 'b'"));
+  CHECK_THAT(error_of([&] { f.entry("c"); }), Catch::Contains("missing tensor 'c'"));
+  CHECK_THROWS_MATCHES(
+      SafetensorsFile::from_memory(nullptr, 5, "null"), std::invalid_argument,
+      Catch::Matchers::Message("simdattn::SafetensorsFile::from_memory: data is null, size 5"));
 }
 
 // --- bad files ----------------------------------------------------------------------------------
@@ -630,4 +643,19 @@ TEST_CASE("safetensors: files on disk name their path in errors", "[safetensors]
   CHECK_THAT(message, Catch::Contains("'" + cut.string() + "': data offsets out of range"));
   CHECK_THAT(tiny_message, Catch::Contains("'" + tiny.string() + "': truncated file: 3 bytes"));
   CHECK(Snapshot(m) == before);
+
+  // Tensors are read on demand: a file cut or removed after opening is an error, not garbage.
+  const auto later = temp_file("later.safetensors", good);
+  const SafetensorsFile f = SafetensorsFile::open(later.string());
+  const std::string tensor = f.tensor_names().front();
+  CHECK(f.read_float(tensor).size() == f.entry(tensor).numel());
+  std::filesystem::resize_file(later, 8);
+  const std::string cut_later = error_of([&] { f.read_float(tensor); });
+  std::filesystem::remove(later);
+  const std::string removed = error_of([&] { f.read_float(tensor); });
+  CHECK_THAT(cut_later, Catch::Contains("'" + later.string() +
+                                        "': truncated file: tensor data ends early (did the "
+                                        "file change after opening?)"));
+  CHECK_THAT(removed,
+             Catch::Contains("'" + later.string() + "': cannot open the file again: No such file"));
 }

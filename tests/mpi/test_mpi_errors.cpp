@@ -96,6 +96,15 @@ TEST_CASE("mpi errors: one rank's bad argument is every rank's error", "[mpi][er
                                ": options.schedule has the unknown value 7 (automatic, ring, "
                                "ulysses)"));
 
+  const std::string layout = collective_error([&] {
+    simdattn::mpi::Options options;
+    if (rank() == bad) options.layout = static_cast<Layout>(5);
+    simdattn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, s.qv(), s.kv(), s.vv(), s.ov(), {},
+                                                options);
+  });
+  CHECK(contains(layout, "rank " + std::to_string(bad) +
+                             ": options.layout has the unknown value 5 (contiguous, zigzag)"));
+
   const std::string heads = collective_error([&] {
     ConstHeadsView k = s.kv(), v = s.vv();
     k.h = v.h = 3;  // does not divide H = 4
@@ -420,6 +429,8 @@ TEST_CASE("mpi: segments of the layouts", "[mpi]") {
                     "simdattn::mpi::segments: rank 2 is not one of the 2 ranks");
   CHECK_THROWS_WITH(segments(Layout::contiguous, {4, 3}, -1),
                     "simdattn::mpi::segments: rank -1 is not one of the 2 ranks");
+  CHECK_THROWS_WITH(segments(static_cast<Layout>(5), {4, 3}, 1),
+                    "simdattn::mpi::segments: unknown Layout value 5");
 }
 
 }  // namespace simdattn::test::mpi
