@@ -57,6 +57,13 @@ double exp2_double(double x) {
   return std::exp2(x);
 }
 
+// C = A B^T (+ bias) over the whole of packed B: the arguments every GEMM test sets.
+kernels::GemmArgs gemm_args(const float* a, std::size_t lda, std::size_t m, std::size_t n,
+                            std::size_t k, const float* b_packed, const float* bias, float* c,
+                            std::size_t ldc, float* a_pack) {
+  return kernels::GemmArgs{a, lda, m, n, k, b_packed, bias, c, ldc, a_pack};  // in field order
+}
+
 }  // namespace
 
 TEST_CASE("kernel exp: relative error at most 2 ulp on [-87.3, 0], exact at the edges",
@@ -167,16 +174,9 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
         kernels::pack_weight(w.data(), sh.n, sh.k, sh.k, packed.get());
         const std::size_t ldc = sh.n + 5;  // a row stride wider than the row
         std::vector<float> c(sh.m * ldc, 7.0f), in_place(sh.m * ldc, 7.0f);
-        kernels::GemmArgs g;
-        g.a = a.data();
-        g.lda = lda;
-        g.m = sh.m;
-        g.n = sh.n;
-        g.k = sh.k;
-        g.b_packed = packed.get();
-        g.bias = with_bias ? bias.data() : nullptr;
-        g.c = in_place.data();
-        g.ldc = ldc;
+        kernels::GemmArgs g =
+            gemm_args(a.data(), lda, sh.m, sh.n, sh.k, packed.get(),
+                      with_bias ? bias.data() : nullptr, in_place.data(), ldc, nullptr);
         t->gemm(g);
         // With scratch for A's copy (where the ISA's tile uses one): the same sums, bit for bit.
         // The scratch starts as NaN, so that a read of anything the copy did not write (past
@@ -215,6 +215,47 @@ TEST_CASE("kernel GEMM matches a double product on odd shapes, with and without 
   }
 }
 
+TEST_CASE("kernel GEMM: every micro-tile shape matches a double product", "[kernels]") {
+  // Each ISA instantiates its micro-kernel for every row count up to its tile's (a call's last
+  // rows, or a call of fewer rows than a tile) and every panel count up to its widest (calls of
+  // few rows), each with whole and partial last panels. Rows 1 to 2 tiles of the largest ISA
+  // and 1 to 2 x kMaxFewRowPanels + 1 panels reach them all; the odd shape lists above do not.
+  constexpr std::size_t kMaxRows = 2 * kernels::GemmTileFor<16>::kMr;
+  constexpr std::size_t kMaxPanels = 2 * kernels::kMaxFewRowPanels + 1;
+  const std::size_t k = 37, lda = k + 1;
+  const auto a = test::random_normal(kMaxRows * lda, 11);
+  const auto w = test::random_normal(kMaxPanels * kernels::kPanel * k, 12);
+  const auto bias = test::random_normal(kMaxPanels * kernels::kPanel, 13);
+  AlignedFloats a_pack = aligned_floats(kernels::kGemmPackFloats);
+  for (std::size_t panels = 1; panels <= kMaxPanels; ++panels) {
+    for (std::size_t n : {panels * kernels::kPanel, panels * kernels::kPanel - 5}) {
+      AlignedFloats packed = aligned_floats(kernels::packed_weight_floats(n, k));
+      kernels::pack_weight(w.data(), n, k, k, packed.get());
+      std::vector<double> want(kMaxRows * n);
+      for (std::size_t i = 0; i < kMaxRows; ++i) {
+        for (std::size_t j = 0; j < n; ++j) {
+          double x = bias[j];
+          for (std::size_t p = 0; p < k; ++p)
+            x += static_cast<double>(a[i * lda + p]) * w[j * k + p];
+          want[i * n + j] = x;
+        }
+      }
+      for (const kernels::KernelTable* t : tables()) {
+        for (std::size_t m = 1; m <= kMaxRows; ++m) {
+          INFO("ISA " << isa_name(t->isa) << " m=" << m << " n=" << n << " k=" << k);
+          std::vector<float> c(m * n, std::nanf(""));
+          t->gemm(gemm_args(a.data(), lda, m, n, k, packed.get(), bias.data(), c.data(), n,
+                            a_pack.get()));
+          // C starts as NaN: an element the kernel did not write fails too.
+          std::size_t wrong = 0;
+          for (std::size_t x = 0; x < m * n; ++x) wrong += !(std::fabs(c[x] - want[x]) <= 1e-4);
+          CHECK(wrong == 0);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("kernel GEMM: a row's result does not depend on how many rows the call has",
           "[kernels]") {
   // Calls of fewer rows than a micro-tile take wider tiles; every element must still sum its
@@ -231,17 +272,8 @@ TEST_CASE("kernel GEMM: a row's result does not depend on how many rows the call
   for (const kernels::KernelTable* t : tables()) {
     INFO("ISA " << isa_name(t->isa));
     std::vector<float> all(m * n), few(m * n);
-    kernels::GemmArgs g;
-    g.a_pack = a_pack.get();
-    g.a = a.data();
-    g.lda = k;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.b_packed = packed.get();
-    g.bias = bias.data();
-    g.c = all.data();
-    g.ldc = n;
+    kernels::GemmArgs g =
+        gemm_args(a.data(), k, m, n, k, packed.get(), bias.data(), all.data(), n, a_pack.get());
     t->gemm(g);
     for (std::size_t r0 = 0; r0 < m;) {  // blocks of 1, 2, 3, ... rows
       const std::size_t rows = std::min(m - r0, r0 % 7 + 1);

@@ -319,6 +319,41 @@ TEST_CASE("cache attention: one query head per kv head decodes as one pass in f3
   }
 }
 
+TEST_CASE("cache attention: every row count of the paged tiles, in f32, bf16 and f16",
+          "[kv_cache][attention]") {
+  // The paged kernel computes a kv head's rows (its query heads x the call's new tokens, up to
+  // 16) in tiles of a few rows, per storage type, with whole and partial column tiles (head_dim
+  // 64 and 80): query heads per kv head 1 to 8 and 16, chunks of 1, 2 and 3 tokens reach every
+  // row count of every tile (larger products run the tile path). Two kv heads, 100 tokens (a
+  // partial last block). Against the double oracle over the values the cache holds, bitwise
+  // across thread counts.
+  const std::size_t l = 100, kvh = 2;
+  std::size_t index = 0;
+  for (std::size_t d : {64, 80}) {
+    for (std::size_t group : {1, 2, 3, 4, 5, 6, 7, 8, 16}) {
+      const Sequence s(l, group * kvh, kvh, d, 900 + 10 * index++);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      for (KvStorage storage : {KvStorage::f32, KvStorage::bf16, KvStorage::f16}) {
+        const auto [k, v] = stored(s, storage);
+        const auto ref = oracle(s, k, v, scale);
+        for (std::size_t chunk : {1, 2, 3}) {
+          std::vector<float> by_threads[2];
+          for (int t = 0; t < 2; ++t) {
+            INFO("D " << d << " H " << s.h << " kv_heads " << kvh << ", "
+                      << kv_storage_name(storage) << ", chunk " << chunk << ", threads "
+                      << kThreads[t]);
+            Options o;
+            o.threads = kThreads[t];
+            by_threads[t] = run_chunks(s, chunk, storage, o);
+            test::check_close(by_threads[t].data(), ref, "paged tiles", kCacheRelTol, kCacheMaxTol);
+          }
+          CHECK(test::same_bits(by_threads[0], by_threads[1]));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("cache attention: a window bounds the keys read (NaN keys before it never reach out)",
           "[kv_cache][attention][window]") {
   // Tokens [0, 128) hold NaN keys and values. With window 600, tokens from 800 on see keys from

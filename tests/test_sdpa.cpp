@@ -147,3 +147,35 @@ TEST_CASE("a single visible key returns its value exactly", "[sdpa]") {
     CHECK(exact);
   }
 }
+
+TEST_CASE("sdpa: every remainder of the tiles' query rows, keys and value columns",
+          "[sdpa][sizes]") {
+  // A query group's last rows (1 to a whole group, so every row count of the output tile too),
+  // keys past whole score tiles and key blocks, and head sizes of whole and partial output tiles
+  // (64 and 80 fill AVX-512's widest one): every instance of the micro-kernels runs. Lq up to 4
+  // takes the decode kernel. Causal or not, against the double oracle, bitwise across threads.
+  const std::size_t n = 1, h = 2;
+  for (std::size_t d : {64, 80}) {
+    for (std::size_t lq = 1; lq <= 33; ++lq) {
+      const std::size_t lk = 60 + 3 * lq;
+      const auto q = test::random_normal(n * lq * h * d, 50 + lq);
+      const auto k = test::random_normal(n * lk * h * d, 51 + lq);
+      const auto v = test::random_normal(n * lk * h * d, 52 + lq);
+      const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
+          vv{v.data(), n, lk, h, d};
+      Options o;
+      o.causal = lq % 2 == 0 ? Causal::bottom_right : Causal::none;
+      const auto ref = test::oracle_sdpa(qv, kv, vv, {}, o);
+      std::vector<float> by_threads[2];
+      for (int t = 0; t < 2; ++t) {
+        INFO("D " << d << " Lq " << lq << " Lk " << lk << " threads " << t + 1);
+        o.threads = t + 1;
+        by_threads[t].assign(ref.size(), std::nanf(""));
+        scaled_dot_product_attention(qv, kv, vv,
+                                     HeadsView<float>{by_threads[t].data(), n, lq, h, d}, {}, o);
+        test::check_close(by_threads[t].data(), ref, "sdpa");
+      }
+      CHECK(test::same_bits(by_threads[0], by_threads[1]));
+    }
+  }
+}
