@@ -480,6 +480,12 @@ TEST_CASE("safetensors: out-of-range, overlapping or mis-sized data offsets", "[
       assemble(R"({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}})", data),
       "data offsets do not match the shape: tensor 't' has data_offsets [0, 12] (12 "
       "bytes) but F32 [4] needs 16");
+  // 2^62 elements fit in size_t, their 2^64 bytes do not.
+  check_rejected(
+      assemble(
+          R"({"t": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 16]}})",
+          data),
+      "invalid header: tensor 't' has shape [4611686018427387904]: too many bytes");
   // An empty tensor occupies no bytes, wherever its offsets point.
   const auto inside = assemble(R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
                                    "e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]}})",
