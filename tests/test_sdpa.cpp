@@ -2,6 +2,7 @@
 // slices of one packed [N, L, 3E] buffer, padded batches, a strided output whose gaps stay
 // untouched; the scale conventions; exact single-key cases.
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -152,15 +153,17 @@ TEST_CASE("sdpa: every remainder of the tiles' query rows, keys and value column
           "[sdpa][sizes]") {
   // A query group's last rows (1 to a whole group, so every row count of the output tile too),
   // keys past whole score tiles and key blocks, and head sizes of whole and partial output tiles
-  // (64 and 80 fill AVX-512's widest one): every instance of the micro-kernels runs. Lq up to 4
-  // takes the decode kernel. Causal or not, against the double oracle, bitwise across threads.
+  // (64 and 80 fill AVX-512's widest one), so that the micro-kernels run at each of their row
+  // counts. Lq up to 4 takes the decode kernel. Causal or not, against the double oracle,
+  // bitwise across threads.
   const std::size_t n = 1, h = 2;
   for (std::size_t d : {64, 80}) {
     for (std::size_t lq = 1; lq <= 33; ++lq) {
       const std::size_t lk = 60 + 3 * lq;
-      const auto q = test::random_normal(n * lq * h * d, 50 + lq);
-      const auto k = test::random_normal(n * lk * h * d, 51 + lq);
-      const auto v = test::random_normal(n * lk * h * d, 52 + lq);
+      const std::uint64_t seed = 1000 * d + 3 * lq;
+      const auto q = test::random_normal(n * lq * h * d, seed);
+      const auto k = test::random_normal(n * lk * h * d, seed + 1);
+      const auto v = test::random_normal(n * lk * h * d, seed + 2);
       const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
           vv{v.data(), n, lk, h, d};
       Options o;
