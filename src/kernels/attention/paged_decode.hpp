@@ -173,6 +173,8 @@ Vec<Arch> load_elems(const F16* p) {
 /// bf16 506-681 -> 356-484 us (5 rounds), kv_heads 4 unchanged. f32 with two lines per row, in
 /// turn, ran 1.3-1.4x slower (kv_heads 16, 1 thread: 0.95-1.15 -> 1.39-1.45 ms).
 /// kToL2: into L2 only (prefetcht1), else into L1 (prefetcht0).
+/// prefetchnta in place of prefetcht1 (Zen 5, AVX-512, 4 kv heads, f32, 2 threads, cold, binaries
+/// in turn, 4 rounds of 7): 258-272 us against 261-272, no gain.
 /// An asm statement, not __builtin_prefetch: GCC 12 deduced a helper made of prefetches alone to
 /// be const and dropped its calls, so the kernel had no prefetch at all. The address goes in a
 /// register, not as a memory operand: an asm that reads a char may read any object, so GCC
