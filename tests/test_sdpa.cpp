@@ -2,7 +2,6 @@
 // slices of one packed [N, L, 3E] buffer, padded batches, a strided output whose gaps stay
 // untouched; the scale conventions; exact single-key cases.
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -160,21 +159,16 @@ TEST_CASE("sdpa: every remainder of the tiles' query rows, keys and value column
   for (std::size_t d : {64, 80}) {
     for (std::size_t lq = 1; lq <= 33; ++lq) {
       const std::size_t lk = 60 + 3 * lq;
-      const std::uint64_t seed = 1000 * d + 3 * lq;
-      const auto q = test::random_normal(n * lq * h * d, seed);
-      const auto k = test::random_normal(n * lk * h * d, seed + 1);
-      const auto v = test::random_normal(n * lk * h * d, seed + 2);
-      const ConstHeadsView qv{q.data(), n, lq, h, d}, kv{k.data(), n, lk, h, d},
-          vv{v.data(), n, lk, h, d};
+      const test::SdpaProblem p(n, lq, lk, h, d, 1000 * d + 3 * lq);
       Options o;
       o.causal = lq % 2 == 0 ? Causal::bottom_right : Causal::none;
-      const auto ref = test::oracle_sdpa(qv, kv, vv, {}, o);
+      const auto ref = p.oracle({}, o);
       std::vector<float> by_threads[2];
       for (int t = 0; t < 2; ++t) {
         INFO("D " << d << " Lq " << lq << " Lk " << lk << " threads " << t + 1);
         o.threads = t + 1;
         by_threads[t].assign(ref.size(), std::nanf(""));
-        scaled_dot_product_attention(qv, kv, vv,
+        scaled_dot_product_attention(p.qv(), p.kv(), p.vv(),
                                      HeadsView<float>{by_threads[t].data(), n, lq, h, d}, {}, o);
         test::check_close(by_threads[t].data(), ref, "sdpa");
       }
