@@ -11,7 +11,8 @@
 // Files: cases.hpp (cases, names, FLOP counts), machine.hpp (peak measurement), workload.hpp
 // (inputs and the output check), registration.hpp (skip rule, timed body, counters), sets.hpp
 // (the table of sets; one file per set under sets/), summary.hpp (console output and the
-// end-of-run table), and this file (flags and main).
+// end-of-run table), build_note.hpp (what Google Benchmark's DEBUG warning means), and this file
+// (flags and main).
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 

@@ -100,7 +100,7 @@ std::string format_cell(const char* format, double v) {
 }  // namespace
 
 SummaryReporter::SummaryReporter(OutputOptions options, bool all_aggregates)
-    : ConsoleReporter(options), all_aggregates_(all_aggregates) {}
+    : BuildNoteReporter(options), all_aggregates_(all_aggregates) {}
 
 void SummaryReporter::ReportRuns(const std::vector<Run>& runs) {
   std::vector<Run> shown;

@@ -11,9 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "build_note.hpp"
+
 namespace bench {
 
-class SummaryReporter : public benchmark::ConsoleReporter {
+class SummaryReporter : public BuildNoteReporter<benchmark::ConsoleReporter> {
  public:
   // all_aggregates: print Google Benchmark's mean, median, stddev and cv of each benchmark
   // instead of its median alone.

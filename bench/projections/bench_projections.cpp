@@ -15,6 +15,7 @@
 // product on sampled rows (rel_err, Frobenius); a relative error above 1e-5 skips it with an
 // error.
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "aligned_buffer.hpp"
+#include "build_note.hpp"
 #include "cases.hpp"
 #include "driver/linear.hpp"
 #include "isa/registry.hpp"
@@ -213,6 +215,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_projections: %s\n", e.what());
     return 2;
   }
+  bool console = true;  // the default --benchmark_format
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--benchmark_format=", 0) == 0) console = arg == "--benchmark_format=console";
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   for (const bench::Shape& s : bench::kGrid) {
@@ -225,7 +232,14 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("bench_projections: %s\n", bench::cpu_model().c_str());
-  benchmark::RunSpecifiedBenchmarks();
+  if (console) {
+    bench::BuildNoteReporter<benchmark::ConsoleReporter> reporter(
+        isatty(fileno(stdout)) != 0 ? benchmark::ConsoleReporter::OO_Color
+                                    : benchmark::ConsoleReporter::OO_None);
+    benchmark::RunSpecifiedBenchmarks(&reporter);
+  } else {
+    benchmark::RunSpecifiedBenchmarks();
+  }
   benchmark::Shutdown();
   return 0;
 }
