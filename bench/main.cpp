@@ -11,8 +11,8 @@
 // Files: cases.hpp (cases, names, FLOP counts), machine.hpp (peak measurement), workload.hpp
 // (inputs and the output check), registration.hpp (skip rule, timed body, counters), sets.hpp
 // (the table of sets; one file per set under sets/), summary.hpp (console output and the
-// end-of-run table), build_note.hpp (what Google Benchmark's DEBUG warning means), and this file
-// (flags and main).
+// end-of-run table), console.hpp (the console reporter's options and its note on Google
+// Benchmark's DEBUG warning), and this file (flags and main).
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
@@ -171,6 +171,7 @@ int main(int argc, char** argv) {
   double load_at_start = -1;  // before this process adds its own
   getloadavg(&load_at_start, 1);
   bool help = false;
+  const auto console_options = bench::console_options(argc, argv);
   std::vector<char*> args;
   try {
     args = parse_flags(argc, argv, config(), help);
@@ -207,19 +208,22 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_attention: %s\n", e.what());
     return 2;
   }
+  // The start-up lines go where Google Benchmark puts its context: with the console output, or
+  // to stderr when stdout carries JSON or CSV, so that stdout stays one parsable document.
+  std::FILE* info = config().console_format == "console" ? stdout : stderr;
   std::string available;
   for (Isa isa : simdattn::available_isas()) {
     available += (available.empty() ? "" : ", ") + std::string(simdattn::isa_name(isa));
   }
   if (m.isa_in_names) {
-    std::printf("simdattn %s, ISAs side by side: %s (available: %s)\n", simdattn::kVersion,
-                bench::isa_list(m.isas, ", ").c_str(), available.c_str());
+    std::fprintf(info, "simdattn %s, ISAs side by side: %s (available: %s)\n", simdattn::kVersion,
+                 bench::isa_list(m.isas, ", ").c_str(), available.c_str());
   } else {
-    std::printf("simdattn %s, active ISA: %s (available: %s)\n", simdattn::kVersion,
-                simdattn::isa_name(m.isa), available.c_str());
+    std::fprintf(info, "simdattn %s, active ISA: %s (available: %s)\n", simdattn::kVersion,
+                 simdattn::isa_name(m.isa), available.c_str());
   }
-  std::printf("CPU: %s\n", bench::cpu_model().c_str());
-  std::fflush(stdout);
+  std::fprintf(info, "CPU: %s\n", bench::cpu_model().c_str());
+  std::fflush(info);
 
   m.loop = bench::peak_loop(m.isa);
   std::vector<Isa> loops;  // each loop once: naive's is the best ISA's
@@ -233,7 +237,7 @@ int main(int argc, char** argv) {
       peaks += (peaks.empty() ? "" : ", ") + std::to_string(t) + " thread" + (t > 1 ? "s " : " ") +
                format_gflops(bench::peak_gflops(t, loop)) + " GFLOP/s";
     }
-    std::printf("FP32 peak (%s loop): %s\n", simdattn::isa_name(loop), peaks.c_str());
+    std::fprintf(info, "FP32 peak (%s loop): %s\n", simdattn::isa_name(loop), peaks.c_str());
   }
   std::string bandwidths;
   for (int t : config().threads) {
@@ -242,8 +246,8 @@ int main(int argc, char** argv) {
                   t > 1 ? "s" : "", bench::read_gbps(t));
     bandwidths += buf;
   }
-  std::printf("Memory read bandwidth (sum over %zu MiB): %s\n", bench::cold_bytes() >> 20,
-              bandwidths.c_str());
+  std::fprintf(info, "Memory read bandwidth (sum over %zu MiB): %s\n", bench::cold_bytes() >> 20,
+               bandwidths.c_str());
   m.rates[Isa::naive] = bench::calibrate(Path::naive);
   std::string rates = "naive " + format_gflops(m.rates[Isa::naive].attention * 1e-9) +
                       " GFLOP/s attention, " +
@@ -255,8 +259,8 @@ int main(int argc, char** argv) {
              " " + format_gflops(m.rates[isa].attention * 1e-9) + ", " +
              format_gflops(m.rates[isa].projection * 1e-9);
   }
-  std::printf("Start-up rates, 1 thread: %s\n", rates.c_str());
-  std::fflush(stdout);
+  std::fprintf(info, "Start-up rates, 1 thread: %s\n", rates.c_str());
+  std::fflush(info);
 
   benchmark::AddCustomContext("simdattn_version", simdattn::kVersion);
   benchmark::AddCustomContext("simdattn_isa", simdattn::isa_name(m.isa));
@@ -286,10 +290,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("bench_set", sets);
 
   if (config().console_format == "console") {
-    const bool color = isatty(fileno(stdout)) != 0;
-    bench::SummaryReporter reporter(
-        color ? benchmark::ConsoleReporter::OO_Color : benchmark::ConsoleReporter::OO_None,
-        config().all_aggregates);
+    bench::SummaryReporter reporter(console_options, config().all_aggregates);
     benchmark::RunSpecifiedBenchmarks(&reporter);
     reporter.print_summary(stdout);
     const long processors = sysconf(_SC_NPROCESSORS_ONLN);

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "build_note.hpp"
+#include "console.hpp"
 
 namespace bench {
 

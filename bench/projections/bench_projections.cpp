@@ -15,7 +15,6 @@
 // product on sampled rows (rel_err, Frobenius); a relative error above 1e-5 skips it with an
 // error.
 #include <benchmark/benchmark.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -30,8 +29,8 @@
 #include <vector>
 
 #include "aligned_buffer.hpp"
-#include "build_note.hpp"
 #include "cases.hpp"
+#include "console.hpp"
 #include "driver/linear.hpp"
 #include "isa/registry.hpp"
 #include "kernels/gemm/pack.hpp"
@@ -220,6 +219,7 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg.rfind("--benchmark_format=", 0) == 0) console = arg == "--benchmark_format=console";
   }
+  const auto console_options = bench::console_options(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   for (const bench::Shape& s : bench::kGrid) {
@@ -231,11 +231,10 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("bench_projections: %s\n", bench::cpu_model().c_str());
+  // With JSON or CSV on stdout, the CPU line goes to stderr beside Google Benchmark's context.
+  std::fprintf(console ? stdout : stderr, "bench_projections: %s\n", bench::cpu_model().c_str());
   if (console) {
-    bench::BuildNoteReporter<benchmark::ConsoleReporter> reporter(
-        isatty(fileno(stdout)) != 0 ? benchmark::ConsoleReporter::OO_Color
-                                    : benchmark::ConsoleReporter::OO_None);
+    bench::BuildNoteReporter<benchmark::ConsoleReporter> reporter(console_options);
     benchmark::RunSpecifiedBenchmarks(&reporter);
   } else {
     benchmark::RunSpecifiedBenchmarks();

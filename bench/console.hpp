@@ -1,3 +1,5 @@
+// The console reporter that bench_attention and bench_projections share.
+//
 // Debian's libbenchmark is compiled with optimization (-O2) but without NDEBUG, so Google
 // Benchmark opens every console run with "***WARNING*** Library was built as DEBUG. Timings may be
 // affected.". That line is about Google Benchmark's own library, whose checks left in cost a few
@@ -8,12 +10,47 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <ostream>
 #include <sstream>
 #include <string>
 
 namespace bench {
+
+/// Whether Google Benchmark reads a flag's value as true: anything but "0", "f", "n", "false",
+/// "no" or "off" (any case), as its own parser does.
+inline bool truthy_flag(std::string value) {
+  std::transform(value.begin(), value.end(), value.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (value.size() == 1)
+    return std::isalnum(static_cast<unsigned char>(value[0])) != 0 && value != "0" &&
+           value != "f" && value != "n";
+  return value != "false" && value != "no" && value != "off";
+}
+
+/// The console reporter's options as Google Benchmark's default reporter takes them from argv
+/// (before benchmark::Initialize removes its flags): --benchmark_color (auto, the default: when
+/// stdout is a terminal) and --benchmark_counters_tabular.
+inline benchmark::ConsoleReporter::OutputOptions console_options(int argc, char** argv) {
+  std::string color = "auto";
+  bool tabular = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--benchmark_color=", 0) == 0) color = arg.substr(18);
+    if (arg == "--benchmark_counters_tabular") tabular = true;
+    if (arg.rfind("--benchmark_counters_tabular=", 0) == 0) tabular = truthy_flag(arg.substr(29));
+  }
+  int options = benchmark::ConsoleReporter::OO_None;
+  if (color == "auto" ? isatty(fileno(stdout)) != 0 : truthy_flag(color)) {
+    options |= benchmark::ConsoleReporter::OO_Color;
+  }
+  if (tabular) options |= benchmark::ConsoleReporter::OO_Tabular;
+  return static_cast<benchmark::ConsoleReporter::OutputOptions>(options);
+}
 
 /// The console context with Google Benchmark's DEBUG warning explained (see above).
 inline std::string explain_debug_warning(const std::string& context) {
