@@ -21,6 +21,17 @@
 
 namespace bench {
 
+/// The --benchmark_format in argv ("console" when none is given; the last one wins, as in Google
+/// Benchmark's own parsing).
+inline std::string benchmark_format(int argc, char** argv) {
+  std::string format = "console";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--benchmark_format=", 0) == 0) format = arg.substr(19);
+  }
+  return format;
+}
+
 /// Whether Google Benchmark reads a flag's value as true: anything but "0", "f", "n", "false",
 /// "no" or "off" (any case), as its own parser does.
 inline bool truthy_flag(std::string value) {

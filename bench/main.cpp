@@ -142,7 +142,6 @@ std::vector<char*> parse_flags(int argc, char** argv, bench::Config& cfg, bool& 
       cfg.optimized_limit_s = parse_seconds("--optimized_limit_s", v);
     } else {
       if (arg == "--help" || arg == "-h") help = true;
-      if (arg.rfind("--benchmark_format=", 0) == 0) cfg.console_format = arg.substr(19);
       rest.push_back(argv[i]);
     }
   }
@@ -175,6 +174,7 @@ int main(int argc, char** argv) {
   std::vector<char*> args;
   try {
     args = parse_flags(argc, argv, config(), help);
+    config().console_format = bench::benchmark_format(argc, argv);
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "bench_attention: %s\n%s", e.what(), usage().c_str());
     return 2;

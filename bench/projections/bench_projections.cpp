@@ -214,11 +214,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_projections: %s\n", e.what());
     return 2;
   }
-  bool console = true;  // the default --benchmark_format
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--benchmark_format=", 0) == 0) console = arg == "--benchmark_format=console";
-  }
+  const bool console = bench::benchmark_format(argc, argv) == "console";
   const auto console_options = bench::console_options(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
