@@ -21,17 +21,6 @@
 
 namespace bench {
 
-/// The --benchmark_format in argv ("console" when none is given; the last one wins, as in Google
-/// Benchmark's own parsing).
-inline std::string benchmark_format(int argc, char** argv) {
-  std::string format = "console";
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--benchmark_format=", 0) == 0) format = arg.substr(19);
-  }
-  return format;
-}
-
 /// Whether Google Benchmark reads a flag's value as true: anything but "0", "f", "n", "false",
 /// "no" or "off" (any case), as its own parser does.
 inline bool truthy_flag(std::string value) {
@@ -43,14 +32,21 @@ inline bool truthy_flag(std::string value) {
   return value != "false" && value != "no" && value != "off";
 }
 
-/// The console reporter's options as Google Benchmark's default reporter takes them from argv
-/// (before benchmark::Initialize removes its flags): --benchmark_color (auto, the default: when
-/// stdout is a terminal) and --benchmark_counters_tabular.
-inline benchmark::ConsoleReporter::OutputOptions console_options(int argc, char** argv) {
-  std::string color = "auto";
+/// What Google Benchmark's console flags in argv ask for, read before benchmark::Initialize
+/// removes them: the last one given wins, as in its own parsing.
+struct ConsoleFlags {
+  bool console = true;  // --benchmark_format is console (the default), not json or csv
+  /// --benchmark_color (auto, the default: when stdout is a terminal) and
+  /// --benchmark_counters_tabular, as its default reporter takes them.
+  benchmark::ConsoleReporter::OutputOptions options = benchmark::ConsoleReporter::OO_None;
+};
+
+inline ConsoleFlags console_flags(int argc, char** argv) {
+  std::string format = "console", color = "auto";
   bool tabular = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg.rfind("--benchmark_format=", 0) == 0) format = arg.substr(19);
     if (arg.rfind("--benchmark_color=", 0) == 0) color = arg.substr(18);
     if (arg == "--benchmark_counters_tabular") tabular = true;
     if (arg.rfind("--benchmark_counters_tabular=", 0) == 0) tabular = truthy_flag(arg.substr(29));
@@ -60,7 +56,7 @@ inline benchmark::ConsoleReporter::OutputOptions console_options(int argc, char*
     options |= benchmark::ConsoleReporter::OO_Color;
   }
   if (tabular) options |= benchmark::ConsoleReporter::OO_Tabular;
-  return static_cast<benchmark::ConsoleReporter::OutputOptions>(options);
+  return {format == "console", static_cast<benchmark::ConsoleReporter::OutputOptions>(options)};
 }
 
 /// The console context with Google Benchmark's DEBUG warning explained (see above).

@@ -170,11 +170,10 @@ int main(int argc, char** argv) {
   double load_at_start = -1;  // before this process adds its own
   getloadavg(&load_at_start, 1);
   bool help = false;
-  const auto console_options = bench::console_options(argc, argv);
+  const bench::ConsoleFlags console_flags = bench::console_flags(argc, argv);
   std::vector<char*> args;
   try {
     args = parse_flags(argc, argv, config(), help);
-    config().console_format = bench::benchmark_format(argc, argv);
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "bench_attention: %s\n%s", e.what(), usage().c_str());
     return 2;
@@ -210,7 +209,7 @@ int main(int argc, char** argv) {
   }
   // The start-up lines go where Google Benchmark puts its context: with the console output, or
   // to stderr when stdout carries JSON or CSV, so that stdout stays one parsable document.
-  std::FILE* info = config().console_format == "console" ? stdout : stderr;
+  std::FILE* info = console_flags.console ? stdout : stderr;
   std::string available;
   for (Isa isa : simdattn::available_isas()) {
     available += (available.empty() ? "" : ", ") + std::string(simdattn::isa_name(isa));
@@ -289,8 +288,8 @@ int main(int argc, char** argv) {
   }
   benchmark::AddCustomContext("bench_set", sets);
 
-  if (config().console_format == "console") {
-    bench::SummaryReporter reporter(console_options, config().all_aggregates);
+  if (console_flags.console) {
+    bench::SummaryReporter reporter(console_flags.options, config().all_aggregates);
     benchmark::RunSpecifiedBenchmarks(&reporter);
     reporter.print_summary(stdout);
     const long processors = sysconf(_SC_NPROCESSORS_ONLN);

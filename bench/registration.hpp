@@ -24,8 +24,7 @@ struct Config {
   std::vector<int> threads = {1, 2};
   double naive_limit_s = 2.0;
   double optimized_limit_s = 30.0;
-  bool all_aggregates = false;             // --console=all
-  std::string console_format = "console";  // --benchmark_format
+  bool all_aggregates = false;  // --console=all
 };
 
 // Rates of one path measured at start-up on small shapes, one thread: the attention core's, and

@@ -214,8 +214,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_projections: %s\n", e.what());
     return 2;
   }
-  const bool console = bench::benchmark_format(argc, argv) == "console";
-  const auto console_options = bench::console_options(argc, argv);
+  const bench::ConsoleFlags console_flags = bench::console_flags(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   for (const bench::Shape& s : bench::kGrid) {
@@ -228,9 +227,10 @@ int main(int argc, char** argv) {
     }
   }
   // With JSON or CSV on stdout, the CPU line goes to stderr beside Google Benchmark's context.
-  std::fprintf(console ? stdout : stderr, "bench_projections: %s\n", bench::cpu_model().c_str());
-  if (console) {
-    bench::BuildNoteReporter<benchmark::ConsoleReporter> reporter(console_options);
+  std::fprintf(console_flags.console ? stdout : stderr, "bench_projections: %s\n",
+               bench::cpu_model().c_str());
+  if (console_flags.console) {
+    bench::BuildNoteReporter<benchmark::ConsoleReporter> reporter(console_flags.options);
     benchmark::RunSpecifiedBenchmarks(&reporter);
   } else {
     benchmark::RunSpecifiedBenchmarks();
