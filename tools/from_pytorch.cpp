@@ -11,6 +11,7 @@
 
 #include "simdattn/safetensors.hpp"
 #include "simdattn/simdattn.hpp"
+#include "usage.hpp"
 
 namespace {
 
@@ -48,7 +49,13 @@ int run() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const int status = tools::check_no_arguments(
+      argc, argv,
+      "Loads attn.safetensors and io.safetensors (written by tools/export_pytorch.py)\n"
+      "from the current directory, runs the module on PyTorch's input and compares the\n"
+      "outputs; exit status 0 when they agree to a relative error of 1e-5.");
+  if (status >= 0) return status;
   try {
     return run();
   } catch (const std::exception& e) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "simdattn/simdattn.hpp"
+#include "usage.hpp"
 
 namespace {
 
@@ -28,7 +29,13 @@ double rel_error(const std::vector<float>& got, const std::vector<float>& want) 
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const int status = tools::check_no_arguments(
+      argc, argv,
+      "Generates tokens with a grouped-query module and a bf16 paged KV cache (two\n"
+      "sequences decoding in one batch); exits with status 1 unless the result matches\n"
+      "the module without a cache.");
+  if (status >= 0) return status;
   const std::size_t embed_size = 256, heads = 8, kv_heads = 2, steps = 16;
   const simdattn::Tensor prompt_a = simdattn::Tensor::randn(1, 100, embed_size, 1);
   const simdattn::Tensor prompt_b = simdattn::Tensor::randn(1, 7, embed_size, 2);

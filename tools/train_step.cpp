@@ -5,8 +5,14 @@
 #include <vector>
 
 #include "simdattn/simdattn.hpp"
+#include "usage.hpp"
 
-int main() {
+int main(int argc, char** argv) {
+  const int status = tools::check_no_arguments(
+      argc, argv,
+      "Training steps (forward, loss, backward, SGD update) on a causal self-attention\n"
+      "toy task; exits with status 1 unless the loss went down.");
+  if (status >= 0) return status;
   const std::size_t embed_size = 64, heads = 4, steps = 20;
   const simdattn::Tensor x = simdattn::Tensor::randn(2, 16, embed_size, /*seed=*/1);
   const simdattn::Tensor target = simdattn::Tensor::randn(2, 16, embed_size, /*seed=*/2);
