@@ -10,6 +10,19 @@
 # peer benchmark use it, and the committed fixtures make it unnecessary for tests.
 set -euo pipefail
 
+for a in "$@"; do
+  case "$a" in
+    -h | --help)
+      sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the comment above
+      exit 0
+      ;;
+    -*)
+      echo "install_deps: '$a' is not a package name (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
 packages=(g++ cmake make libxsimd-dev catch2 libbenchmark-dev nlohmann-json3-dev python3
           python3-matplotlib libopenmpi-dev openmpi-bin "$@")
 

@@ -47,10 +47,15 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import zlib
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    sys.exit("make_golden.py needs PyTorch: apt-get install python3-torch (run it with "
+             "/usr/bin/python3). The tests need only tests/data, which holds its output.")
 
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)

@@ -32,6 +32,10 @@ readme=0
 args=()
 for a in "$@"; do
   case "$a" in
+    -h | --help)
+      sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the comment above
+      exit 0
+      ;;
     --peers) peers=1 ;;
     --update-readme) readme=1 ;;
     *) args+=("$a") ;;
