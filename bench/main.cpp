@@ -140,8 +140,11 @@ std::vector<char*> parse_flags(int argc, char** argv, bench::Config& cfg, bool& 
       cfg.naive_limit_s = parse_seconds("--naive_limit_s", v);
     } else if (const char* v = value("--optimized_limit_s")) {
       cfg.optimized_limit_s = parse_seconds("--optimized_limit_s", v);
+    } else if (arg == "--help" || arg == "-h") {
+      static char kHelp[] = "--help";  // Google Benchmark knows no -h
+      help = true;
+      rest.push_back(kHelp);
     } else {
-      if (arg == "--help" || arg == "-h") help = true;
       rest.push_back(argv[i]);
     }
   }

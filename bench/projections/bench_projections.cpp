@@ -165,6 +165,16 @@ std::vector<std::string> split(const std::string& list) {
   return parts;
 }
 
+constexpr char kUsage[] =
+    "bench_projections: the module's projection GEMMs alone (y = x W^T + b, W packed once), for\n"
+    "the grid cases: proj/<isa>/<case>/in/... (the input projections) and .../out/... (the\n"
+    "output projection), each checked against a double product first.\n"
+    "\n"
+    "  --isa=A,B      the ISAs to time (default: every one this machine runs but naive)\n"
+    "  --threads=1,2  thread counts (default 1,2)\n"
+    "\n"
+    "Google Benchmark's own flags follow.\n\n";
+
 // Takes --isa= and --threads= out of argv; throws std::invalid_argument on a bad value.
 std::pair<std::vector<Isa>, std::vector<int>> parse(int& argc, char** argv) {
   std::vector<Isa> isas;
@@ -195,6 +205,10 @@ std::pair<std::vector<Isa>, std::vector<int>> parse(int& argc, char** argv) {
         threads.push_back(n);
       }
       if (threads.empty()) throw std::invalid_argument("--threads: empty list");
+    } else if (arg == "--help" || arg == "-h") {
+      static char kHelp[] = "--help";  // Google Benchmark knows no -h
+      std::fputs(kUsage, stdout);
+      argv[kept++] = kHelp;
     } else {
       argv[kept++] = argv[i];
     }
