@@ -37,18 +37,27 @@ struct Config {
   int threads = 1, reps = 5, warmup = 1;
 };
 
+constexpr char kUsage[] =
+    "usage: mpirun -np P bench_mpi [--n=1] [--l=4096] [--lk=L] [--e=1024] [--h=16]\n"
+    "  [--hkv=H] [--causal] [--layout=contiguous|zigzag]\n"
+    "  [--schedule=automatic|ring|ulysses] [--threads=1] [--reps=5] [--warmup=1]\n"
+    "  [--baseline] [--no-link]\n"
+    "--baseline (1 rank): time simdattn::scaled_dot_product_attention, the one-process\n"
+    "call, which is what simdattn::mpi runs at P = 1\n";
+
 [[noreturn]] void usage(const char* bad) {
-  std::fprintf(stderr,
-               "bench_mpi: unknown or malformed argument '%s'\n"
-               "usage: mpirun -np P bench_mpi [--n=1] [--l=4096] [--lk=L] [--e=1024] [--h=16]\n"
-               "  [--hkv=H] [--causal] [--layout=contiguous|zigzag]\n"
-               "  [--schedule=automatic|ring|ulysses] [--threads=1] [--reps=5] [--warmup=1]\n"
-               "  [--baseline] [--no-link]\n"
-               "--baseline (1 rank): time simdattn::scaled_dot_product_attention, the one-process\n"
-               "call, which is what simdattn::mpi runs at P = 1\n",
-               bad);
+  std::fprintf(stderr, "bench_mpi: unknown or malformed argument '%s'\n%s", bad, kUsage);
   MPI_Abort(MPI_COMM_WORLD, 2);
   std::exit(2);
+}
+
+// --help: the usage once (rank 0), and every rank leaves normally.
+[[noreturn]] void help() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0) std::fputs(kUsage, stdout);
+  MPI_Finalize();
+  std::exit(0);
 }
 
 Config parse(int argc, char** argv) {
@@ -98,6 +107,8 @@ Config parse(int argc, char** argv) {
       c.schedule = Schedule::ring;
     else if (a == "--schedule=ulysses")
       c.schedule = Schedule::ulysses;
+    else if (a == "--help" || a == "-h")
+      help();
     else
       usage(argv[i]);
   }

@@ -21,6 +21,10 @@ for a in "$@"; do
   case "$a" in
     --ranks=*) ranks="${a#--ranks=}" ;;
     --rounds=*) rounds="${a#--rounds=}" ;;
+    -h | --help)
+      sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the comment above
+      exit 0
+      ;;
     *) args+=("$a") ;;
   esac
 done

@@ -9,6 +9,12 @@
 # SIMDATTN_FUZZ_SEED=N fixes libFuzzer's random seed (CI does, so that its short run repeats the
 # inputs that a longer local run with the same seed has covered); unset, every run explores anew.
 set -euo pipefail
+case "${1:-}" in
+  -h | --help)
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the comment above
+    exit 0
+    ;;
+esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build-fuzz}
 seconds=${2:-60}

@@ -4,6 +4,12 @@
 # the run.
 # Usage: tests/tsan/run_tsan.sh [build-dir]      (default: build-tsan in the repository root)
 set -euo pipefail
+case "${1:-}" in
+  -h | --help)
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the comment above
+    exit 0
+    ;;
+esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build-tsan}
 cxx=${CXX_TSAN:-clang++-14}
