@@ -3,7 +3,7 @@
 # that both see the same machine load: the README's sequence-parallel figures.
 #
 #   bench/mpi/compare.sh [--ranks=2] [--rounds=3] [bench_mpi arguments...]
-#   bench/mpi/compare.sh --l=32768 --reps=2       # the README's long case
+#   bench/mpi/compare.sh --rounds=1 --l=32768 --reps=1 --warmup=0   # the README's long case
 #
 # Each round runs `bench_mpi --baseline` with 1 rank and P threads (the one-process call,
 # simdattn::scaled_dot_product_attention), then P ranks with 1 thread each. Prints every
