@@ -4,6 +4,7 @@
 #include "simdattn/kv_cache.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -122,11 +123,6 @@ KvCache::KvCache(const KvCacheConfig& config) : impl_(std::make_unique<Impl>()) 
   }
   c.block_bytes = (block + kPage - 1) / kPage * kPage;
   c.pool_bytes = detail::checked_mul(where, "blocks * block bytes", config.blocks, c.block_bytes);
-  c.refs.assign(config.blocks, 0);
-  c.free.resize(config.blocks);
-  for (std::size_t i = 0; i < config.blocks; ++i) {
-    c.free[i] = static_cast<std::uint32_t>(config.blocks - 1 - i);  // block 0 is taken first
-  }
   // A pool of a huge page or more starts on one and asks for transparent huge pages: a decode
   // step reads each block as runs of 16 KiB spread over the pool, and with 4 KiB pages each run
   // costs TLB misses, nested page walks in a VM (f32 decode, Lk = 4096, 16 kv heads, 1 thread,
@@ -139,6 +135,13 @@ KvCache::KvCache(const KvCacheConfig& config) : impl_(std::make_unique<Impl>()) 
   auto* p = static_cast<std::byte*>(std::aligned_alloc(align, allocated));
   if (p == nullptr) throw std::bad_alloc();
   c.pool.reset(p);
+  // The bookkeeping (8 bytes a block) after the pool: a pool too large to allocate fails at once,
+  // before gigabytes of it are written.
+  c.refs.assign(config.blocks, 0);
+  c.free.resize(config.blocks);
+  for (std::size_t i = 0; i < config.blocks; ++i) {
+    c.free[i] = static_cast<std::uint32_t>(config.blocks - 1 - i);  // block 0 is taken first
+  }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (align == kHugePage) madvise(p, allocated, MADV_HUGEPAGE);
 #endif
@@ -250,6 +253,16 @@ void KvCache::read(SequenceId id, std::size_t begin, std::size_t count, float* k
   }
   if (count != 0 && (keys == nullptr || values == nullptr)) {
     detail::fail(where, std::string(keys == nullptr ? "keys" : "values") + " is null");
+  }
+  // Each output holds count x kv_heads x head_dim floats (a product below the pool's size).
+  const std::size_t floats = count * c.config.kv_heads * c.config.head_dim;
+  const auto k0 = reinterpret_cast<std::uintptr_t>(keys);
+  const auto v0 = reinterpret_cast<std::uintptr_t>(values);
+  if (count != 0 && k0 < v0 + floats * sizeof(float) && v0 < k0 + floats * sizeof(float)) {
+    detail::fail(where, "keys and values overlap: each takes " + std::to_string(floats) +
+                            " floats ([count, kv_heads, head_dim] = [" + std::to_string(count) +
+                            ", " + std::to_string(c.config.kv_heads) + ", " +
+                            std::to_string(c.config.head_dim) + "])");
   }
   detail::read_tokens(c, s, begin, count, keys, values, 1);
 }

@@ -11,6 +11,7 @@
 // three uses of X.
 #include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "driver/attention.hpp"
@@ -136,11 +137,16 @@ void MultiHeadAttention::backward(const ConstTensorView& values, const ConstTens
                                     d_out.batch_stride};
   const detail::ForwardTensors t =
       detail::check_forward_tensors(where, e, values, keys, query, out_shape);
-  for (const detail::Rows<const float>* x : {&t.values, &t.keys, &t.query, &go}) {
+  const std::pair<const char*, const detail::Rows<const float>*> dense[] = {
+      {"values", &t.values}, {"keys", &t.keys}, {"query", &t.query}, {"d_out", &go}};
+  for (const auto& [name, x] : dense) {
     if (!x->batch_major()) {
-      detail::fail(where,
-                   "the backward pass takes dense [N, L, E] tensors (row_stride E, batch_stride "
-                   "L x E); pass copies of strided views");
+      detail::fail(where, std::string("the backward pass takes dense [N, L, E] tensors (row_stride "
+                                      "E, batch_stride L x E); ") +
+                              name + " has row_stride " + std::to_string(x->row_stride) +
+                              " and batch_stride " + std::to_string(x->batch_stride) +
+                              " with [L, E] = [" + std::to_string(x->l) + ", " +
+                              std::to_string(x->e) + "]: pass a copy");
     }
   }
   const std::size_t n = t.query.n, lq = t.query.l, lk = t.keys.l, heads = m.heads;

@@ -30,6 +30,11 @@ void MultiHeadAttention::step(KvCache& cache, const std::vector<SequenceId>& ids
     detail::fail(where, "out has shape " + detail::shape_string(out.n, out.l, out.e) +
                             ", x needs " + detail::shape_string(x.n, x.l, e));
   }
+  if (ids.size() != x.n) {  // before plan_append, whose message would name the projected keys
+    detail::fail(where, std::to_string(ids.size()) +
+                            " sequence ids for a batch of N = " + std::to_string(x.n) + " (x " +
+                            detail::shape_string(x.n, x.l, x.e) + ")");
+  }
   if (c.config.kv_heads != kvh || c.config.head_dim != d) {
     detail::fail(where, "the cache holds kv_heads " + std::to_string(c.config.kv_heads) +
                             " of head_dim " + std::to_string(c.config.head_dim) +

@@ -34,12 +34,35 @@ std::size_t checked_mul(const char* where, const char* what, std::size_t a, std:
   return r;
 }
 
+namespace {
+
+std::string float_string(float x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));
+  return buf;
+}
+
+// The optimized kernels work in base 2 (scores times log2(e)) and multiply by 1 / softcap, so the
+// options' magnitudes are bounded well inside float's range: past about 2.4e38 a scaled score or
+// sink becomes infinite, and past 8.5e37 a cap's reciprocal is flushed to zero.
+constexpr float kMaxOptionMagnitude = 1e30f;
+
+void check_magnitude(const char* where, const std::string& what, float x) {
+  if (std::fabs(x) > kMaxOptionMagnitude) {
+    fail(where, what + " must be at most 1e30 in magnitude (the kernels scale scores by log2(e) " +
+                    "in float), got " + float_string(x));
+  }
+}
+
+}  // namespace
+
 float resolve_scale(const char* where, const Options& options, std::size_t head_dim) {
   if (!options.scale) return 1.0f / std::sqrt(static_cast<float>(head_dim));
   const float s = *options.scale;
   if (!std::isfinite(s) || !(s > 0.0f)) {
     fail(where, "options.scale must be finite and > 0, got " + std::to_string(s));
   }
+  check_magnitude(where, "options.scale", s);
   return s;
 }
 
@@ -110,10 +133,11 @@ std::size_t checked_add(const char* where, const char* what, std::size_t a, std:
 template <class T>
 Rows<T> check_tensor_impl(const char* where, const char* name, const TensorView<T>& t,
                           std::size_t e) {
-  if (t.data == nullptr) fail(where, std::string(name) + ".data is null");
+  // The size first: an empty Tensor has no data to point to, and its size is what is wrong.
   if (t.n == 0 || t.l == 0 || t.e == 0) {
     fail(where, std::string(name) + " has a zero size: " + shape_string(t.n, t.l, t.e));
   }
+  if (t.data == nullptr) fail(where, std::string(name) + ".data is null");
   if (t.e != e) {
     fail(where, std::string(name) + " has embedding size " + std::to_string(t.e) + " (shape " +
                     shape_string(t.n, t.l, t.e) + "), the module has embed_size " +
@@ -174,12 +198,6 @@ std::string dims(std::size_t count, std::size_t stride) {
   return std::to_string(count) + " x stride " + std::to_string(stride);
 }
 
-std::string float_string(float x) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));
-  return buf;
-}
-
 // Checks a per-head parameter: `size` == h, finite values; `what` names it.
 void check_per_head(const char* where, const char* what, const PerHead& p, std::size_t h) {
   if (p.data == nullptr) {
@@ -195,17 +213,18 @@ void check_per_head(const char* where, const char* what, const PerHead& p, std::
       fail(where, std::string(what) + "[" + std::to_string(j) + "] must be finite, got " +
                       float_string(p.data[j]));
     }
+    check_magnitude(where, std::string(what) + "[" + std::to_string(j) + "]", p.data[j]);
   }
 }
 
 }  // namespace
 
 Heads<const float> resolve_heads(const char* where, const char* name, const ConstHeadsView& view) {
-  if (view.data == nullptr) fail(where, std::string(name) + ".data is null");
   if (view.n == 0 || view.l == 0 || view.h == 0 || view.d == 0) {
     fail(where, std::string(name) + " has a zero size: [N, L, H, D] = " +
                     shape_string(view.n, view.l, view.h, view.d));
   }
+  if (view.data == nullptr) fail(where, std::string(name) + ".data is null");
   const std::size_t hd = checked_mul(where, name, view.h, view.d);
   const std::size_t hs = view.head_stride == 0 ? view.d : view.head_stride;
   const bool heads_in_row = hs == view.d;
@@ -302,6 +321,13 @@ MaskRule resolve_rule(const char* where, const Mask& mask, const Options& option
       fail(where,
            "options.softcap must be finite and > 0 (unset for none), got " + float_string(c));
     }
+    check_magnitude(where, "options.softcap", c);
+    if (c < 1.0f / kMaxOptionMagnitude) {
+      fail(where,
+           "options.softcap must be at least 1e-30 (the kernels multiply by its "
+           "reciprocal in float), got " +
+               float_string(c));
+    }
     rule.softcap = c;
   }
   if (options.alibi.enabled) {
@@ -311,7 +337,7 @@ MaskRule resolve_rule(const char* where, const Mask& mask, const Options& option
       check_per_head(where, "options.alibi.slopes", options.alibi.slopes, h);
       rule.alibi.assign(options.alibi.slopes.data, options.alibi.slopes.data + h);
     }
-  } else if (options.alibi.slopes.data != nullptr) {
+  } else if (options.alibi.slopes.data != nullptr || options.alibi.slopes.size != 0) {
     fail(where, "options.alibi.slopes is set but options.alibi.enabled is false");
   }
   if (options.sinks.data != nullptr || options.sinks.size != 0) {

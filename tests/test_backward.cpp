@@ -1023,12 +1023,15 @@ TEST_CASE("module backward: bad arguments throw std::invalid_argument naming the
   // Every tensor dense: a view of every other row of a larger buffer is refused.
   const auto wide = test::random_normal(n * l * 2 * e, 4);
   const ConstTensorView strided{wide.data(), n, l, e, 2 * e};
-  const std::string dense =
-      w +
-      "the backward pass takes dense [N, L, E] tensors (row_stride E, batch_stride L x E); pass "
-      "copies of strided views";
-  CHECK_THROWS_MATCHES(m.backward(xv, xv, strided, gv, g), std::invalid_argument, Message(dense));
-  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, strided, g), std::invalid_argument, Message(dense));
+  auto dense = [&](const std::string& name) {
+    return w +
+           "the backward pass takes dense [N, L, E] tensors (row_stride E, batch_stride L x E); " +
+           name + " has row_stride 16 and batch_stride 64 with [L, E] = [4, 8]: pass a copy";
+  };
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, strided, gv, g), std::invalid_argument,
+                       Message(dense("query")));
+  CHECK_THROWS_MATCHES(m.backward(xv, xv, xv, strided, g), std::invalid_argument,
+                       Message(dense("d_out")));
   // An argument inside the gradients' own storage would be overwritten while it is read.
   m.backward(xv, xv, xv, gv, g);
   const std::string inside =

@@ -208,6 +208,9 @@ TEST_CASE("forward errors", "[errors]") {
                   where + "query has a zero size: [1, 3, 0]");
     CHECK_INVALID(m.forward(x, x, x, {}, TensorView<float>{out_buf.data(), 1, 0, 4}),
                   where + "out has a zero size: [1, 0, 4]");
+    // An empty Tensor has no data: its size, not the null pointer, is what the message names.
+    const Tensor empty(0, 3, 4);
+    CHECK_INVALID(m.forward(x, x, empty), where + "query has a zero size: [0, 3, 4]");
   }
   SECTION("shapes that do not fit") {
     CHECK_INVALID(m.forward(x, x, e5),

@@ -429,6 +429,11 @@ TEST_CASE("kv cache: refused calls name the values and leave the cache as it was
                   [&] { cache.read(a, 69, 2, out.data(), out.data()); });
     check_refused(cache, {"keys is null"}, [&] { cache.read(a, 0, 1, nullptr, out.data()); });
     check_refused(cache, {"values is null"}, [&] { cache.read(a, 0, 1, out.data(), nullptr); });
+    const std::vector<float> out_before = out;
+    check_refused(cache, {"keys and values overlap: each takes " + std::to_string(2 * h * d)},
+                  [&] { cache.read(a, 0, 2, out.data() + 2 * h * d - 1, out.data()); });
+    CHECK(out == out_before);
+    cache.read(a, 0, 2, out.data() + 2 * h * d, out.data());  // adjacent: fine
     check_refused(cache, {"unknown sequence id"}, [&] { cache.length(b); });
     check_contents(cache, a, ta);
     check_contents(cache, c, ta);

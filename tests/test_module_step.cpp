@@ -260,7 +260,7 @@ TEST_CASE("module step: refused calls name the values and leave the cache as it 
     refused({"x has embedding size 8", "embed_size 16"}, [&] {
       m.step(cache, {a}, {x.data(), 1, 1, 8}, out1, o);
     });
-    refused({"2 sequence ids for a batch of N = 1"}, [&] {
+    refused({"2 sequence ids for a batch of N = 1 (x [1, 1, 16])"}, [&] {
       m.step(cache, {a, a + 1}, {x.data(), 1, 1, e}, out1, o);
     });
     refused({"sequence id 0 appears twice"}, [&] {

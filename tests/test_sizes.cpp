@@ -182,6 +182,13 @@ TEST_CASE("requests too large for memory throw std::bad_alloc", "[reliability][s
   // overcommit policy can grant it (and zero-filling it cannot start).
   CHECK_THROWS_AS(MultiHeadAttention(std::size_t{1} << 24, 2), std::bad_alloc);  // 2^50 B weights
   CHECK_THROWS_AS(Tensor(2, std::size_t{1} << 20, std::size_t{1} << 25), std::bad_alloc);
+  // A cache of 2^32 - 2 blocks of 512 KiB (2^50 B): refused at once, before its 32 GiB of block
+  // bookkeeping is written (which would take the memory of most machines first).
+  KvCacheConfig huge;
+  huge.blocks = 0xfffffffeu;
+  huge.kv_heads = 16;
+  huge.head_dim = 64;
+  CHECK_THROWS_AS(KvCache(huge), std::bad_alloc);
   // forward(): keys and values claim 2^46 floats at the end of a small buffer; the scratch
   // (several of those) cannot exist, so the call fails before it reads a key.
   const MultiHeadAttention m(8, 2, 89);

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -987,6 +988,36 @@ TEST_CASE("variants: the module takes key_padding, bias, ALiBi and weights", "[v
   }
 }
 
+TEST_CASE("variants: option magnitudes up to the 1e30 bound agree with the oracle",
+          "[variants][errors]") {
+  // Above it (3e38) the base-2 kernels gave NaN, and a cap of 1e38 or 1e-39 was lost, while the
+  // reference was right: such values are refused (next test case). At the bound every path is
+  // right. Lq > 4 for the tile kernels, Lq = 1 for the decode kernel.
+  for (std::size_t lq : {9, 1}) {
+    const Problem p(2, lq, 13, 4, 2, 5, 5, 300 + lq);
+    const std::vector<float> big = {1e30f, -1e30f, 1e30f, -1e30f};
+    std::vector<std::pair<std::string, Options>> cases(5);
+    cases[0].first = "scale 1e30";
+    cases[0].second.scale = 1e30f;
+    cases[1].first = "softcap 1e30";
+    cases[1].second.softcap = 1e30f;
+    cases[2].first = "softcap 1e-30";
+    cases[2].second.softcap = 1e-30f;
+    cases[3].first = "slopes +-1e30";
+    cases[3].second.alibi = Alibi{true, PerHead{big.data(), 4}};
+    cases[4].first = "sinks +-1e30";
+    cases[4].second.sinks = PerHead{big.data(), 4};
+    for (auto& [name, o] : cases) {
+      const auto ref = p.oracle({}, o).out;
+      for (Path path : kPaths) {
+        INFO(name << ", Lq " << lq << ", " << path_name(path));
+        o.path = path;
+        test::check_close(p.run({}, o).data(), ref, name);
+      }
+    }
+  }
+}
+
 TEST_CASE("variants: bad options are rejected with the values named", "[variants][errors]") {
   const std::string where = "simdattn::scaled_dot_product_attention: ";
   const Problem p(2, 3, 5, 4, 2, 3, 3, 200);
@@ -1032,6 +1063,35 @@ TEST_CASE("variants: bad options are rejected with the values named", "[variants
   rejects(o, "options.alibi.slopes[2] must be finite, got nan");
   o.alibi = Alibi{false, PerHead{four.data(), 4}};
   rejects(o, "options.alibi.slopes is set but options.alibi.enabled is false");
+  o.alibi = Alibi{false, PerHead{nullptr, 4}};  // a size alone is a slope list too
+  rejects(o, "options.alibi.slopes is set but options.alibi.enabled is false");
+  // Magnitudes whose scores the base-2 kernels could not hold (they gave NaN or ignored the cap
+  // on the optimized path while the reference was right).
+  std::vector<float> huge = four;
+  huge[1] = -3e38f;
+  o.alibi = Alibi{true, PerHead{huge.data(), 4}};
+  rejects(o,
+          "options.alibi.slopes[1] must be at most 1e30 in magnitude (the kernels scale scores by "
+          "log2(e) in float), got -3e+38");
+  o = {};
+  o.sinks = PerHead{huge.data(), 4};
+  rejects(o,
+          "options.sinks[1] must be at most 1e30 in magnitude (the kernels scale scores by "
+          "log2(e) in float), got -3e+38");
+  o = {};
+  o.scale = 3e38f;
+  rejects(o,
+          "options.scale must be at most 1e30 in magnitude (the kernels scale scores by log2(e) "
+          "in float), got 3e+38");
+  o = {};
+  o.softcap = 1e38f;
+  rejects(o,
+          "options.softcap must be at most 1e30 in magnitude (the kernels scale scores by "
+          "log2(e) in float), got 1e+38");
+  o.softcap = 1e-39f;
+  rejects(o,
+          "options.softcap must be at least 1e-30 (the kernels multiply by its reciprocal in "
+          "float), got 1e-39");
   o = {};
   o.sinks = PerHead{three.data(), 3};
   rejects(o, "options.sinks has 3 values, one per query head needs H = 4");

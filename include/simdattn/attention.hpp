@@ -16,8 +16,9 @@ namespace simdattn {
 /// (grouped-query attention; H_kv = H is plain multi-head attention, H_kv = 1 multi-query).
 /// The value head size Dv may differ from the key head size Dk (DeepSeek's MLA has 192 and 128).
 /// The views' strides let the heads of [N, L, E] buffers, and [N, H, L, D] tensors, be used in
-/// place (see HeadsView). The mask, if any, is [N|1, H|1, Lq|1, Lk|1]; masked scores are -1e20
-/// as in the tutorial, and a row with every key masked follows `options.masked_rows`. The
+/// place (see HeadsView). The mask, if any, is [N|1, H|1, Lq|1, Lk|1]; a masked key gets no
+/// weight (the tutorial's -1e20 fill gives the same unless a visible score is below -1e20), and
+/// a row with every key masked follows `options.masked_rows`. The
 /// score modifications (soft-capping, bias, ALiBi, sliding window, sinks, key padding) and the
 /// optional attention weights are described at Options. `out` must not overlap any input.
 ///

@@ -152,7 +152,8 @@ class KvCache {
               const ConstHeadsView& values);
 
   /// Copies tokens [begin, begin + count) of a sequence out as float, keys and values each
-  /// [count, kv_heads, head_dim]. Throws if the range is not inside the sequence.
+  /// [count, kv_heads, head_dim]. Throws std::invalid_argument if the range is not inside the
+  /// sequence, or if keys or values is null or the two overlap.
   void read(SequenceId id, std::size_t begin, std::size_t count, float* keys, float* values) const;
 
   /// The pool's bytes (see the layout above), for inspection and tests.

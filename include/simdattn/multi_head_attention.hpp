@@ -31,7 +31,7 @@ using SequenceId = std::uint64_t;
 ///
 ///     Q = query Wq^T (+ bq), K = keys Wk^T (+ bk), V = values Wv^T (+ bv)     (E -> E)
 ///     split E into `heads` heads of head_dim = E / heads
-///     O = softmax(Q K^T * scale, masked scores = -1e20) V                     per head
+///     O = softmax(Q K^T * scale, masked keys given no weight) V               per head
 ///     out = concat_heads(O) Wo^T + bo
 ///
 /// Weights use PyTorch's nn.Linear layout, [out_features, in_features] row-major, so weights

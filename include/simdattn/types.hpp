@@ -81,9 +81,9 @@ struct PerHead {
 /// softmax makes equal to slope * k; it is not the symmetric -slope * |k - i|.
 struct Alibi {
   bool enabled = false;
-  /// The slopes, one per query head, finite; data == nullptr: alibi_slopes(H) (attention.hpp),
-  /// the paper's geometric series. Slopes given while enabled is false are an error (they would
-  /// be ignored).
+  /// The slopes, one per query head, finite and at most 1e30 in magnitude; data == nullptr and
+  /// size 0: alibi_slopes(H) (attention.hpp), the paper's geometric series. Slopes given (data
+  /// or size set) while enabled is false are an error (they would be ignored).
   PerHead slopes;
 };
 
@@ -125,7 +125,7 @@ struct AttentionWeights {
 struct Options {
   /// Multiplies Q K^T. Unset: 1/sqrt(head_dim), as in the equation and in PyTorch.
   /// The tutorial's code divides by sqrt(embed_size): use `tutorial_scale(embed_size)`.
-  /// Must be finite and > 0.
+  /// Must be finite, > 0 and at most 1e30 (the kernels scale scores by log2(e) in float).
   std::optional<float> scale;
   Causal causal = Causal::none;
   MaskedRows masked_rows = MaskedRows::uniform;
@@ -142,7 +142,7 @@ struct Options {
   // ---- score modifications and extra outputs (see "Scores" above) ----
 
   /// Logit soft-capping (Gemma 2's attn_logit_softcapping, ggml's logit_softcap): must be
-  /// finite and > 0 when set.
+  /// within [1e-30, 1e30] when set (the kernels multiply by 1 / softcap in float).
   std::optional<float> softcap;
   /// Additive float bias; combines with the mask, causal and ALiBi.
   Bias bias;
@@ -152,8 +152,9 @@ struct Options {
   /// causal end, key k when i + offset - window < k <= i + offset (offset as for Causal), so
   /// the cost grows with L x window, not L^2. Needs a causal alignment; must be >= 1 when set.
   std::optional<std::size_t> window;
-  /// Attention sinks (gpt-oss, ONNX Runtime's head_sink): one finite logit per query head that
-  /// joins every row's softmax denominator and contributes no value.
+  /// Attention sinks (gpt-oss, ONNX Runtime's head_sink): one logit per query head, finite and
+  /// at most 1e30 in magnitude, that joins every row's softmax denominator and contributes no
+  /// value.
   PerHead sinks;
   /// PyTorch's key_padding_mask ([N, Lk], nonzero = padding).
   KeyPadding key_padding;
@@ -201,7 +202,10 @@ TensorView<T> sequence_first(T* data, std::size_t l, std::size_t n, std::size_t 
 /// So the heads of an [N, L, E] buffer are used in place with the defaults, a larger
 /// row_stride selects a slice of a wider row, and PyTorch's and ONNX's [N, H, L, D] tensors are
 /// used in place with head_stride = L * D (nhld_view() below). Views may not overlap
-/// themselves (two elements at one address).
+/// themselves (two elements at one address): they must nest, each of the three strides, from the
+/// smallest up, at least the span of what lies inside it (D elements, then rows and heads, then
+/// batches). That also refuses the rare interleaved views that repeat no address (rows 3 and
+/// heads 2 floats apart with D = 1), as "makes elements overlap".
 template <class T>
 struct HeadsView {
   T* data = nullptr;
