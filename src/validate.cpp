@@ -44,14 +44,14 @@ std::string float_string(float x) {
 
 // The optimized kernels work in base 2 (scores times log2(e)) and multiply by 1 / softcap, so the
 // options' magnitudes are bounded well inside float's range: past about 2.4e38 a scaled score or
-// sink becomes infinite, and past 8.5e37 a cap's reciprocal is flushed to zero.
+// sink becomes infinite, and past about 6e37 (or below 1e-38) a cap, times log2(e), has a
+// reciprocal (or is) below FLT_MIN, which flush-to-zero makes 0.
 constexpr float kMaxOptionMagnitude = 1e30f;
 
-void check_magnitude(const char* where, const std::string& what, float x) {
-  if (std::fabs(x) > kMaxOptionMagnitude) {
-    fail(where, what + " must be at most 1e30 in magnitude (the kernels scale scores by log2(e) " +
-                    "in float), got " + float_string(x));
-  }
+// The message is built only on failure: these checks run on every call.
+[[noreturn]] void fail_magnitude(const char* where, const std::string& what, float x) {
+  fail(where, what + " must be at most 1e30 in magnitude (the kernels scale scores by log2(e) " +
+                  "in float), got " + float_string(x));
 }
 
 }  // namespace
@@ -62,7 +62,7 @@ float resolve_scale(const char* where, const Options& options, std::size_t head_
   if (!std::isfinite(s) || !(s > 0.0f)) {
     fail(where, "options.scale must be finite and > 0, got " + std::to_string(s));
   }
-  check_magnitude(where, "options.scale", s);
+  if (s > kMaxOptionMagnitude) fail_magnitude(where, "options.scale", s);
   return s;
 }
 
@@ -213,7 +213,9 @@ void check_per_head(const char* where, const char* what, const PerHead& p, std::
       fail(where, std::string(what) + "[" + std::to_string(j) + "] must be finite, got " +
                       float_string(p.data[j]));
     }
-    check_magnitude(where, std::string(what) + "[" + std::to_string(j) + "]", p.data[j]);
+    if (std::fabs(p.data[j]) > kMaxOptionMagnitude) {
+      fail_magnitude(where, std::string(what) + "[" + std::to_string(j) + "]", p.data[j]);
+    }
   }
 }
 
@@ -321,7 +323,7 @@ MaskRule resolve_rule(const char* where, const Mask& mask, const Options& option
       fail(where,
            "options.softcap must be finite and > 0 (unset for none), got " + float_string(c));
     }
-    check_magnitude(where, "options.softcap", c);
+    if (c > kMaxOptionMagnitude) fail_magnitude(where, "options.softcap", c);
     if (c < 1.0f / kMaxOptionMagnitude) {
       fail(where,
            "options.softcap must be at least 1e-30 (the kernels multiply by its "
