@@ -4,7 +4,6 @@
 #include "simdattn/kv_cache.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -256,9 +255,7 @@ void KvCache::read(SequenceId id, std::size_t begin, std::size_t count, float* k
   }
   // Each output holds count x kv_heads x head_dim floats (a product below the pool's size).
   const std::size_t floats = count * c.config.kv_heads * c.config.head_dim;
-  const auto k0 = reinterpret_cast<std::uintptr_t>(keys);
-  const auto v0 = reinterpret_cast<std::uintptr_t>(values);
-  if (count != 0 && k0 < v0 + floats * sizeof(float) && v0 < k0 + floats * sizeof(float)) {
+  if (detail::overlaps(keys, floats * sizeof(float), values, floats * sizeof(float))) {
     detail::fail(where, "keys and values overlap: each takes " + std::to_string(floats) +
                             " floats ([count, kv_heads, head_dim] = [" + std::to_string(count) +
                             ", " + std::to_string(c.config.kv_heads) + ", " +
