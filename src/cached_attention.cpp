@@ -76,30 +76,40 @@ void cached_attention_naive(const KvCache::Impl& c,
   }
 }
 
+// One pass of the paged kernel: of the call's T new tokens, [t0, t0 + tokens), and of the G
+// query heads of each kv head, [g0, g0 + groups); groups x tokens <= kPagedMaxRows.
+struct PagedPass {
+  std::size_t t0 = 0, tokens = 0, g0 = 0, groups = 0;
+  bool write_new = true;  // write the new tokens into the blocks (else already written)
+};
+
 // Few rows per kv head (decoding, short chunks): the paged kernel over the blocks in place.
-// Tasks are (sequence, kv head, slice of kPagedSlice keys); each covers the G x T rows that read
-// that kv head, so every cached byte is read once per call. The kernel applies soft-capping and
-// ALiBi to each slice's scores; the sinks join each row's denominator after the slices merge.
+// Tasks are (sequence, kv head, slice of kPagedSlice keys); each covers the pass's rows that
+// read that kv head, so every cached byte is read once per pass. The kernel applies
+// soft-capping and ALiBi to each slice's scores; the sinks join each row's denominator after
+// the slices merge. A pass over tokens [t0, t0 + tokens) sees the sequence as if it ended with
+// its last token, so that each token keeps its own causal end and position.
 void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
                             const AppendPlan& plan, const Heads<const float>& q,
-                            const Heads<float>& out, float scale, int threads,
-                            const MaskRule& call) {
+                            const Heads<float>& out, float scale, int threads, const MaskRule& call,
+                            const PagedPass& pass) {
   const std::vector<KvCache::Impl::Sequence*>& sequences = plan.sequences;
   const std::size_t window = call.window;
-  const std::size_t n = q.n, t_new = q.l, d = q.d, kvh = c.config.kv_heads;
-  const std::size_t groups = q.h / kvh, rows = groups * t_new;
+  const std::size_t n = q.n, t_new = pass.tokens, d = q.d, kvh = c.config.kv_heads;
+  const std::size_t all_groups = q.h / kvh, groups = pass.groups, rows = groups * t_new;
+  const std::size_t later_tokens = q.l - pass.t0 - t_new;  // new tokens after this pass's
   const std::size_t rec = kernels::partial_record_floats(d);
   const std::size_t per_task = rows * rec;
   std::vector<std::size_t> first_task(n + 1, 0);  // batch b's tasks: [first_task[b], [b + 1])
   std::vector<std::size_t> first_key(n);          // batch b's slices start there
   double work = 0;
   for (std::size_t b = 0; b < n; ++b) {
-    const std::size_t length = sequences[b]->length;
+    const std::size_t length = sequences[b]->length - later_tokens;
     first_key[b] = first_key_read(t_new, length, window);
     const std::size_t slices =
         (length - first_key[b] + kernels::kPagedSlice - 1) / kernels::kPagedSlice;
     first_task[b + 1] = first_task[b] + kvh * slices;
-    work += static_cast<double>(length - first_key[b]) * q.h * t_new * d;
+    work += static_cast<double>(length - first_key[b]) * kvh * rows * d;
   }
   const std::size_t tasks = first_task[n];
   float* partial = thread_scratch(ScratchSlot::partials, tasks * per_task);
@@ -110,7 +120,9 @@ void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
   // the grouping changes no arithmetic. At least 8 jobs per thread (at 4 kv heads 2 per job, not
   // 4; at 16, 8 not 16) ran slower: one sequence, Lk = 4096, 2 threads, Zen 5, cold, 3 rounds in
   // turn, 4 kv heads 162-172 -> 175-188 us, 16 kv heads 441-496 -> 485-500.
-  std::size_t together = kvh;
+  // The kernel finds kv head i's rows at (i x groups + g) heads: a pass over part of each
+  // group runs its kv heads one at a time.
+  std::size_t together = groups == all_groups ? kvh : 1;
   while (together > 1 && (tasks / kvh * (kvh / together) < 4 * static_cast<std::size_t>(threads) ||
                           kvh % together != 0)) {
     --together;
@@ -122,21 +134,23 @@ void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
     const std::size_t b =
         std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1;
     const KvCache::Impl::Sequence& s = *sequences[b];
+    const std::size_t length = s.length - later_tokens;
     const std::size_t slices = (first_task[b + 1] - first_task[b]) / kvh;
     const std::size_t hg = (task - first_task[b]) / (slices * together);
     const std::size_t slice = (task - first_task[b]) / together % slices;
     const std::size_t hk = hg * together;
+    const std::size_t h0 = hk * all_groups + pass.g0;  // the first query head of the task
     kernels::PagedAttentionArgs a;
-    a.q = q.at(b, 0, hk * groups);
+    a.q = q.at(b, pass.t0, h0);
     a.q_stride = q.row_stride;
     a.q_head_stride = q.heads_apart();
     a.heads = together;
     a.groups = groups;
     a.tokens = t_new;
     a.d = d;
-    a.rule = new_tokens_keys(t_new, s.length, window);
+    a.rule = new_tokens_keys(t_new, length, window);
     a.softcap = call.softcap;
-    a.alibi = call.alibi.empty() ? nullptr : call.alibi.data() + hk * groups;
+    a.alibi = call.alibi.empty() ? nullptr : call.alibi.data() + h0;
     a.pool = c.pool.get();
     a.blocks = s.blocks.data();
     a.block_bytes = c.block_bytes;
@@ -148,7 +162,7 @@ void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
     a.row_elems = c.row_elems;
     a.storage = c.config.storage;
     a.key_begin = first_key[b] + slice * kernels::kPagedSlice;
-    a.key_end = std::min(s.length, a.key_begin + kernels::kPagedSlice);
+    a.key_end = std::min(length, a.key_begin + kernels::kPagedSlice);
     a.scale = scale;
     a.partial = partial + (first_task[b] + hk * slices + slice) * per_task;
     a.partial_head_stride = slices * per_task;
@@ -159,7 +173,7 @@ void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
     // of 128 tokens, 2 threads, AVX-512, 1.53-1.55x the floor before, 1.15-1.24x now; 384 of 32
     // tokens 21.8-23.7 -> 12.3-12.4 ms (floor 5.6). Prefetching the lines before the writes
     // changed nothing beyond the noise.
-    write_appended(c, plan, b, hk, hk + together, a.key_begin, a.key_end);
+    if (pass.write_new) write_appended(c, plan, b, hk, hk + together, a.key_begin, a.key_end);
     table.paged_attention(a);
   });
   FlushDenormals ftz;  // the merge runs like the kernels do
@@ -170,8 +184,8 @@ void cached_attention_paged(const kernels::KernelTable& table, KvCache::Impl& c,
       for (std::size_t r = 0; r < rows; ++r) {
         // Every row sees at least its own token (a window too): no masked-row answer is needed.
         const float* first = head + r * rec;
-        const std::size_t h = hk * groups + r % groups;
-        float* o = out.at(b, r / groups, h);
+        const std::size_t h = hk * all_groups + pass.g0 + r % groups;
+        float* o = out.at(b, pass.t0 + r / groups, h);
         kernels::merge_slices(call.sinks != nullptr ? call.sinks + h : nullptr, first, per_task,
                               first + 16, per_task, slices, d, o);
       }
@@ -248,9 +262,30 @@ CacheCallOptions check_cache_options(const char* where, const Options& options, 
 void run_cached_attention(const kernels::KernelTable* table, KvCache::Impl& c,
                           const AppendPlan& plan, const Heads<const float>& q,
                           const Heads<float>& out, float scale, int threads, const MaskRule& rule) {
-  if (table != nullptr && q.h / c.config.kv_heads * q.l <= kernels::kPagedMaxRows) {
-    cached_attention_paged(*table, c, plan, q, out, scale, threads, rule);
-    return;
+  if (table != nullptr) {
+    // Rows per kv head past kPagedMaxRows (speculative decoding, short chunks, more than 16
+    // query heads per kv head) take several passes of the kernel, each reading the history
+    // again, up to kPagedMaxPasses; past that the gathered tile path below is faster.
+    const std::size_t groups = q.h / c.config.kv_heads;
+    const std::size_t pass_groups = std::min(groups, kernels::kPagedMaxRows);
+    const std::size_t pass_tokens = std::max<std::size_t>(1, kernels::kPagedMaxRows / pass_groups);
+    const std::size_t passes =
+        (groups + pass_groups - 1) / pass_groups * ((q.l + pass_tokens - 1) / pass_tokens);
+    if (passes == 1) {
+      cached_attention_paged(*table, c, plan, q, out, scale, threads, rule, {0, q.l, 0, groups});
+      return;
+    }
+    if (passes <= kernels::kPagedMaxPasses) {
+      write_all_appended(c, plan);
+      for (std::size_t t0 = 0; t0 < q.l; t0 += pass_tokens) {
+        for (std::size_t g0 = 0; g0 < groups; g0 += pass_groups) {
+          const PagedPass pass{t0, std::min(pass_tokens, q.l - t0), g0,
+                               std::min(pass_groups, groups - g0), false};
+          cached_attention_paged(*table, c, plan, q, out, scale, threads, rule, pass);
+        }
+      }
+      return;
+    }
   }
   write_all_appended(c, plan);
   if (table == nullptr) {

@@ -220,7 +220,7 @@ TEST_CASE("cache attention: ALiBi, softcap and sinks, with a window and GQA, equ
   // tokens over 16 heads, for the optimized path: the last decode steps span two slices of 512
   // keys (the sinks join after their merge) and are above the serial limit, so 2 threads split
   // them; only tokens from 460 on are checked (time: the oracle). 24 heads over 1 kv head: decode
-  // steps take the gathered path's decode kernel, chunks of 7 and 64 its tiles.
+  // steps take two paged passes (16 and 8 query heads), chunks of 7 and 64 the gathered path.
   const Case cases[] = {{1, 3, 1, 3, true},   {2, 4, 4, 1, true},      {7, 6, 3, 15, true},
                         {33, 4, 2, 17, true}, {530, 16, 2, 33, false}, {130, 24, 1, 3, false}};
   std::size_t index = 0;
@@ -324,9 +324,9 @@ TEST_CASE("cache attention: every row count of the paged tiles, in f32, bf16 and
   // The paged kernel computes a kv head's rows (its query heads x the call's new tokens, up to
   // 16) in tiles of a few rows, per storage type, with whole and partial column tiles (head_dim
   // 64 and 80): query heads per kv head 1 to 8 and 16, chunks of 1, 2 and 3 tokens reach every
-  // row count of every tile (larger products run the tile path). Two kv heads, 100 tokens (a
-  // partial last block). Against the double oracle over the values the cache holds, bitwise
-  // across thread counts.
+  // row count of every tile (larger products take several passes, tested below). Two kv heads, 100
+  // tokens (a partial last block). Against the double oracle over the values the cache holds,
+  // bitwise across thread counts.
   const std::size_t l = 100, kvh = 2;
   std::size_t index = 0;
   for (std::size_t d : {64, 80}) {
@@ -346,6 +346,56 @@ TEST_CASE("cache attention: every row count of the paged tiles, in f32, bf16 and
             o.threads = kThreads[t];
             by_threads[t] = run_chunks(s, chunk, storage, o);
             test::check_close(by_threads[t].data(), ref, "paged tiles", kCacheRelTol, kCacheMaxTol);
+          }
+          CHECK(test::same_bits(by_threads[0], by_threads[1]));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cache attention: more rows than one paged pass holds, in several passes",
+          "[kv_cache][attention]") {
+  // More rows per kv head than the paged kernel's 16 (query heads per kv head x new tokens) take
+  // several passes over the cache, up to 8: each over some of the new tokens (every token keeps
+  // its causal end and ALiBi position) or some of each kv head's query heads (more than 16, as
+  // multi-query models have); more passes gather the sequence. Chunks of 5, 17 and 40 with 4
+  // query heads per kv head (2, 5 and 10 passes), of 17, 40 and 130 with 1 (2, 3 and 9), steps
+  // of 1, 2, 4 and 5 tokens with 20 (2, 4, 8 and 10) and of 1 and 3 with 32 (2 and 6); plain, and
+  // with ALiBi, soft-capping, sinks and a window; f32 and bf16. Against the double oracle over
+  // the values the cache holds, bitwise across thread counts.
+  struct Case {
+    std::size_t l, h, kvh, d;
+    std::vector<std::size_t> chunks;
+  };
+  const Case cases[] = {{90, 8, 2, 17, {5, 17, 40}},
+                        {140, 2, 2, 64, {17, 40, 130}},
+                        {70, 40, 2, 3, {1, 2, 4, 5}},
+                        {70, 32, 1, 16, {1, 3}}};
+  std::size_t index = 0;
+  for (const Case& c : cases) {
+    const Sequence s(c.l, c.h, c.kvh, c.d, 300 + 10 * index++);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    for (bool modified : {false, true}) {
+      CacheVariant x(Mod::all, c.h, c.l, 40 + index);
+      Options o;
+      if (modified) {
+        o = x.options;
+        o.window = 30;
+      }
+      for (KvStorage storage : {KvStorage::f32, KvStorage::bf16}) {
+        const auto [k, v] = stored(s, storage);
+        const auto ref = oracle(s, k, v, scale, o);
+        for (std::size_t chunk : c.chunks) {
+          std::vector<float> by_threads[2];
+          for (int t = 0; t < 2; ++t) {
+            INFO("L " << c.l << " H " << c.h << " kv_heads " << c.kvh << " D " << c.d << ", "
+                      << kv_storage_name(storage) << (modified ? ", " + x.name + ", window 30" : "")
+                      << ", chunk " << chunk << ", threads " << kThreads[t]);
+            o.threads = kThreads[t];
+            by_threads[t] = run_chunks(s, chunk, storage, o);
+            test::check_close(by_threads[t].data(), ref, "paged passes", kCacheRelTol,
+                              kCacheMaxTol);
           }
           CHECK(test::same_bits(by_threads[0], by_threads[1]));
         }

@@ -266,9 +266,10 @@ struct LongHistory {
 
 TEST_CASE("cache attention: running out of memory part way takes the append back",
           "[kv_cache][attention][reliability]") {
-  // 8 query heads over the one kv head, 3 new tokens: 24 rows per kv head, the prefill route
-  // that gathers the history as float (2 x 2^18 x 16 floats) before its attention.
-  constexpr std::size_t n = 2, t = 3, h = 8, d = LongHistory::kD, kvh = LongHistory::kKvHeads;
+  // 8 query heads over the one kv head, 20 new tokens: 160 rows per kv head, more than 8 passes
+  // of the paged kernel hold, so the prefill route that gathers the history as float (2 x 2^18 x
+  // 16 floats) before its attention.
+  constexpr std::size_t n = 2, t = 20, h = 8, d = LongHistory::kD, kvh = LongHistory::kKvHeads;
   LongHistory history;
   const auto q = test::random_normal(n * t * h * d, 3);
   const auto k = test::random_normal(n * t * kvh * d, 4);
@@ -283,7 +284,7 @@ TEST_CASE("cache attention: running out of memory part way takes the append back
 
 TEST_CASE("module step: running out of memory part way takes the append back",
           "[module][kv_cache][reliability]") {
-  constexpr std::size_t n = 2, t = 3, h = 8, e = h * LongHistory::kD;
+  constexpr std::size_t n = 2, t = 20, h = 8, e = h * LongHistory::kD;  // the gathering route
   const MultiHeadAttention m(e, h, KvHeads{LongHistory::kKvHeads}, 6);
   LongHistory history;
   const Tensor x = Tensor::randn(n, t, e, 7);

@@ -9,6 +9,10 @@
 //                                 through scaled_dot_product_attention on views
 //   cache/optimized/batch/...     the same for 8 sequences of 128 to 4096 tokens in one call
 //                                 and for 96 sequences of 128 tokens
+//   cache/optimized/tokens/...    Lq = 4 to 64 new tokens in one call (speculative decoding's
+//                                 drafts, short chunks), kv_heads 4, f32: up to 16 rows (query
+//                                 heads per kv head x tokens) in one pass of the paged kernel,
+//                                 2 to 8 passes, then the gathered tile path (64 tokens)
 //   step/optimized/decode/...     MultiHeadAttention::step of one token at Lk = 4096: the Q/K/V
 //                                 projection of the token, the append, the attention and the
 //                                 output projection
@@ -96,11 +100,11 @@ double rel_error(const std::vector<float>& got, const std::vector<float>& want) 
 
 std::string name_of(const std::string& op, const std::string& c, std::size_t n,
                     const std::string& lk, std::size_t kv_heads, KvStorage s, int threads,
-                    OptIsa isa) {
-  std::string name = op + "/optimized/" + c + "/N:" + std::to_string(n) + "/Lq:1/Lk:" + lk +
-                     "/E:" + std::to_string(kE) + "/H:" + std::to_string(kH) +
-                     "/KV:" + std::to_string(kv_heads) + "/type:" + kv_storage_name(s) +
-                     "/threads:" + std::to_string(threads);
+                    OptIsa isa, std::size_t lq = 1) {
+  std::string name = op + "/optimized/" + c + "/N:" + std::to_string(n) +
+                     "/Lq:" + std::to_string(lq) + "/Lk:" + lk + "/E:" + std::to_string(kE) +
+                     "/H:" + std::to_string(kH) + "/KV:" + std::to_string(kv_heads) +
+                     "/type:" + kv_storage_name(s) + "/threads:" + std::to_string(threads);
   if (machine().isa_in_names && isa) name += std::string("/isa:") + simdattn::isa_name(*isa);
   return name;
 }
@@ -126,23 +130,24 @@ Options options_for(int threads, OptIsa isa, Path path = Path::optimized, Mods m
   return o;
 }
 
-// Several layers' caches, each holding the same sequences one token short of their lengths,
-// and the new token of each sequence.
+// Several layers' caches, each holding the same sequences `tokens` short of their lengths,
+// and the new tokens of each sequence.
 struct CacheLayers {
   std::vector<std::size_t> lengths;
-  std::size_t kv_heads;
+  std::size_t kv_heads, tokens;
   KvStorage storage;
   std::vector<KvCache> caches;
   std::vector<std::vector<SequenceId>> ids;
-  Tensor q, k, v;  // [N, 1, H, D] and [N, 1, kv_heads, D] as [N, 1, E] tensors
+  Tensor q, k, v;  // [N, T, H, D] and [N, T, kv_heads, D] as [N, T, E] tensors
 
-  CacheLayers(std::vector<std::size_t> lens, std::size_t kvh, KvStorage s, std::size_t layers)
-      : lengths(std::move(lens)), kv_heads(kvh), storage(s) {
+  CacheLayers(std::vector<std::size_t> lens, std::size_t kvh, std::size_t t, KvStorage s,
+              std::size_t layers)
+      : lengths(std::move(lens)), kv_heads(kvh), tokens(t), storage(s) {
     const std::size_t n = lengths.size(),
                       longest = *std::max_element(lengths.begin(), lengths.end());
-    q = Tensor::randn(n, 1, kE, 1);
-    k = Tensor::randn(n, 1, kvh * kD, 2);
-    v = Tensor::randn(n, 1, kvh * kD, 3);
+    q = Tensor::randn(n, t, kE, 1);
+    k = Tensor::randn(n, t, kvh * kD, 2);
+    v = Tensor::randn(n, t, kvh * kD, 3);
     const Tensor hk = Tensor::randn(1, longest, kvh * kD, 4),
                  hv = Tensor::randn(1, longest, kvh * kD, 5);
     KvCacheConfig config;
@@ -156,17 +161,18 @@ struct CacheLayers {
       for (std::size_t l : lengths) {
         const SequenceId id = caches.back().add_sequence();
         ids.back().push_back(id);
-        caches.back().append({id}, {hk.data(), 1, l - 1, kvh, kD}, {hv.data(), 1, l - 1, kvh, kD});
+        caches.back().append({id}, {hk.data(), 1, l - t, kvh, kD}, {hv.data(), 1, l - t, kvh, kD});
       }
     }
   }
   std::size_t n() const { return lengths.size(); }
   void run(std::size_t layer, const Options& o, std::vector<float>& out) {
-    out.resize(n() * kE);
+    const std::size_t t = tokens;
+    out.resize(n() * t * kE);
     simdattn::scaled_dot_product_attention(
-        caches[layer], ids[layer], {q.data(), n(), 1, kH, kD}, {k.data(), n(), 1, kv_heads, kD},
-        {v.data(), n(), 1, kv_heads, kD}, HeadsView<float>{out.data(), n(), 1, kH, kD}, o);
-    for (std::size_t i = 0; i < n(); ++i) caches[layer].truncate(ids[layer][i], lengths[i] - 1);
+        caches[layer], ids[layer], {q.data(), n(), t, kH, kD}, {k.data(), n(), t, kv_heads, kD},
+        {v.data(), n(), t, kv_heads, kD}, HeadsView<float>{out.data(), n(), t, kH, kD}, o);
+    for (std::size_t i = 0; i < n(); ++i) caches[layer].truncate(ids[layer][i], lengths[i] - t);
   }
 };
 
@@ -177,14 +183,15 @@ void release_workloads();
 std::unique_ptr<CacheLayers> g_layers;
 std::string g_layers_key;
 
-CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh, KvStorage s) {
-  std::string key = std::to_string(kvh) + kv_storage_name(s);
+CacheLayers& layers_for(const std::vector<std::size_t>& lengths, std::size_t kvh, std::size_t t,
+                        KvStorage s) {
+  std::string key = std::to_string(kvh) + kv_storage_name(s) + "/T" + std::to_string(t);
   for (std::size_t l : lengths) key += "/" + std::to_string(l);
   if (!g_layers || g_layers_key != key) {
     release_workloads();
     const double bytes = cache_bytes(lengths, kvh, s);
     const auto layers = cold_layers(bytes);
-    g_layers = std::make_unique<CacheLayers>(lengths, kvh, s, layers);
+    g_layers = std::make_unique<CacheLayers>(lengths, kvh, t, s, layers);
     g_layers_key = key;
   }
   return *g_layers;
@@ -236,14 +243,17 @@ double time_layers(benchmark::State& state, const std::string& name, Layers& w, 
   return seconds_since(t0) / static_cast<double>(state.iterations());
 }
 
+// `t` new tokens per sequence (1: a decode step). FLOPs: 4 x T x length x E per sequence, as if
+// every new token saw every key (its causal end hides at most T - 1 of them).
 void bench_cache(benchmark::State& state, const std::string& name, std::vector<std::size_t> lengths,
-                 std::size_t kvh, KvStorage s, int threads, OptIsa isa, Mods mods = Mods::none) {
-  CacheLayers& w = layers_for(lengths, kvh, s);
+                 std::size_t kvh, KvStorage s, int threads, OptIsa isa, Mods mods = Mods::none,
+                 std::size_t t = 1) {
+  CacheLayers& w = layers_for(lengths, kvh, t, s);
   const double seconds = time_layers(state, name, w, w.caches.size(), threads, isa, mods);
   if (seconds < 0) return;
   double tokens = 0;
   for (std::size_t l : lengths) tokens += static_cast<double>(l);
-  set_rate_counters(state, 4.0 * tokens * kE, seconds, threads, isa);
+  set_rate_counters(state, 4.0 * static_cast<double>(t) * tokens * kE, seconds, threads, isa);
   set_bandwidth_counters(state, cache_bytes(lengths, kvh, s), seconds, threads);
 }
 
@@ -456,6 +466,15 @@ void register_set_stream() {
       add_benchmark(name, [=](benchmark::State& st) {
         bench_cache(st, name, short_batch, 16, KvStorage::f32, t, isa);
       });
+    }
+    for (std::size_t lq : {4, 5, 8, 16, 32, 64}) {
+      for (int t : config().threads) {
+        const std::string name =
+            name_of("cache", "tokens", 1, "4096", 4, KvStorage::f32, t, isa, lq);
+        add_benchmark(name, [=](benchmark::State& st) {
+          bench_cache(st, name, {kLk}, 4, KvStorage::f32, t, isa, Mods::none, lq);
+        });
+      }
     }
     for (std::size_t kvh : {16, 4}) {
       for (KvStorage s : {KvStorage::f32, KvStorage::bf16}) {
