@@ -265,7 +265,8 @@ void run_cached_attention(const kernels::KernelTable* table, KvCache::Impl& c,
   if (table != nullptr) {
     // Rows per kv head past kPagedMaxRows (speculative decoding, short chunks, more than 16
     // query heads per kv head) take several passes of the kernel, each reading the history
-    // again, up to kPagedMaxPasses; past that the gathered tile path below is faster.
+    // again, up to kPagedMaxPasses (blocking.hpp: about where the gathered tile path below
+    // becomes faster).
     const std::size_t groups = q.h / c.config.kv_heads;
     const std::size_t pass_groups = std::min(groups, kernels::kPagedMaxRows);
     const std::size_t pass_tokens = std::max<std::size_t>(1, kernels::kPagedMaxRows / pass_groups);

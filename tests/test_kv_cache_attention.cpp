@@ -141,7 +141,8 @@ TEST_CASE("cache attention: a sliding window, token by token and in chunks, equa
     std::size_t l, h, kvh, d;
   };
   // 1100 tokens: a decode step over several slices of 512 keys, windows that start inside a
-  // slice and a block; 8 heads over 1 kv head: chunks of 7 take the gathered path. Window 70 in
+  // slice and a block; 8 heads over 1 kv head: chunks of 7 take four passes of the paged kernel,
+  // chunks of 300 the gathered path. Window 70 in
   // chunks of 7 (the paged kernel): a key block can lie wholly before the chunk's first token's
   // causal end and wholly inside its window while the last token's window starts within it.
   const Case cases[] = {{1100, 4, 2, 17}, {130, 8, 1, 3}};
@@ -362,16 +363,20 @@ TEST_CASE("cache attention: more rows than one paged pass holds, in several pass
   // multi-query models have); more passes gather the sequence. Chunks of 5, 17 and 40 with 4
   // query heads per kv head (2, 5 and 10 passes), of 17, 40 and 130 with 1 (2, 3 and 9), steps
   // of 1, 2, 4 and 5 tokens with 20 (2, 4, 8 and 10) and of 1 and 3 with 32 (2 and 6); plain, and
-  // with ALiBi, soft-capping, sinks and a window; f32 and bf16. Against the double oracle over
-  // the values the cache holds, bitwise across thread counts.
+  // with ALiBi, soft-capping, sinks and a window; f32 and bf16. 1100 tokens with a window of 600:
+  // passes over several slices of 512 keys, split between 2 threads (only the last 100 tokens
+  // are checked: time, the oracle). Against the double oracle over the values the cache holds,
+  // bitwise across thread counts.
   struct Case {
     std::size_t l, h, kvh, d;
     std::vector<std::size_t> chunks;
+    std::size_t window, first;  // the modified calls' window; the first token checked
   };
-  const Case cases[] = {{90, 8, 2, 17, {5, 17, 40}},
-                        {140, 2, 2, 64, {17, 40, 130}},
-                        {70, 40, 2, 3, {1, 2, 4, 5}},
-                        {70, 32, 1, 16, {1, 3}}};
+  const Case cases[] = {{90, 8, 2, 17, {5, 17, 40}, 30, 0},
+                        {140, 2, 2, 64, {17, 40, 130}, 30, 0},
+                        {70, 40, 2, 3, {1, 2, 4, 5}, 30, 0},
+                        {70, 32, 1, 16, {1, 3}, 30, 0},
+                        {1100, 8, 2, 64, {5, 17}, 600, 1000}};
   std::size_t index = 0;
   for (const Case& c : cases) {
     const Sequence s(c.l, c.h, c.kvh, c.d, 300 + 10 * index++);
@@ -381,21 +386,22 @@ TEST_CASE("cache attention: more rows than one paged pass holds, in several pass
       Options o;
       if (modified) {
         o = x.options;
-        o.window = 30;
+        o.window = c.window;
       }
       for (KvStorage storage : {KvStorage::f32, KvStorage::bf16}) {
         const auto [k, v] = stored(s, storage);
-        const auto ref = oracle(s, k, v, scale, o);
+        const auto ref = oracle(s, k, v, scale, o, c.first);
         for (std::size_t chunk : c.chunks) {
           std::vector<float> by_threads[2];
           for (int t = 0; t < 2; ++t) {
             INFO("L " << c.l << " H " << c.h << " kv_heads " << c.kvh << " D " << c.d << ", "
-                      << kv_storage_name(storage) << (modified ? ", " + x.name + ", window 30" : "")
+                      << kv_storage_name(storage)
+                      << (modified ? ", " + x.name + ", window " + std::to_string(c.window) : "")
                       << ", chunk " << chunk << ", threads " << kThreads[t]);
             o.threads = kThreads[t];
             by_threads[t] = run_chunks(s, chunk, storage, o);
-            test::check_close(by_threads[t].data(), ref, "paged passes", kCacheRelTol,
-                              kCacheMaxTol);
+            test::check_close(by_threads[t].data() + c.first * c.h * c.d, ref, "paged passes",
+                              kCacheRelTol, kCacheMaxTol);
           }
           CHECK(test::same_bits(by_threads[0], by_threads[1]));
         }
@@ -560,41 +566,44 @@ TEST_CASE("cache attention: blocks of 128 and 192 tokens give the same results a
 
 TEST_CASE("cache attention: query and out as [N, H, T, D] views through a head stride",
           "[kv_cache][attention]") {
-  const std::size_t h = 8, kvh = 2, d = 16, history = 100, t = 2;
-  const Sequence s(history + t, h, kvh, d, 31);
-  // The new tokens' queries, transposed to [H, T, D].
-  std::vector<float> qt(h * t * d);
-  for (std::size_t i = 0; i < t; ++i) {
-    for (std::size_t j = 0; j < h; ++j) {
-      std::copy_n(s.q.data() + ((history + i) * h + j) * d, d, qt.data() + (j * t + i) * d);
-    }
-  }
-  for (Path path : kPaths) {
-    Options o;
-    o.path = path;
-    std::vector<float> dense(t * h * d), strided(h * t * d);
-    for (int layout = 0; layout < 2; ++layout) {
-      KvCache cache(test::cache_config(4, kvh, d));
-      const SequenceId id = cache.add_sequence();
-      cache.append({id}, {s.k.data(), 1, history, kvh, d}, {s.v.data(), 1, history, kvh, d});
-      const ConstHeadsView k{s.k.data() + history * kvh * d, 1, t, kvh, d};
-      const ConstHeadsView v{s.v.data() + history * kvh * d, 1, t, kvh, d};
-      if (layout == 0) {
-        scaled_dot_product_attention(cache, {id}, {s.q.data() + history * h * d, 1, t, h, d}, k, v,
-                                     {dense.data(), 1, t, h, d}, o);
-      } else {
-        scaled_dot_product_attention(cache, {id}, {qt.data(), 1, t, h, d, d, 0, t * d}, k, v,
-                                     {strided.data(), 1, t, h, d, d, 0, t * d}, o);
-      }
-    }
-    std::vector<float> back(t * h * d);
+  // 2, 5 and 20 new tokens: one pass of the paged kernel, two and five.
+  for (const std::size_t t : {2, 5, 20}) {
+    const std::size_t h = 8, kvh = 2, d = 16, history = 100;
+    const Sequence s(history + t, h, kvh, d, 31);
+    // The new tokens' queries, transposed to [H, T, D].
+    std::vector<float> qt(h * t * d);
     for (std::size_t i = 0; i < t; ++i) {
       for (std::size_t j = 0; j < h; ++j) {
-        std::copy_n(strided.data() + (j * t + i) * d, d, back.data() + (i * h + j) * d);
+        std::copy_n(s.q.data() + ((history + i) * h + j) * d, d, qt.data() + (j * t + i) * d);
       }
     }
-    INFO("path " << path_name(path));
-    CHECK(test::same_bits(back, dense));
+    for (Path path : kPaths) {
+      Options o;
+      o.path = path;
+      std::vector<float> dense(t * h * d), strided(h * t * d);
+      for (int layout = 0; layout < 2; ++layout) {
+        KvCache cache(test::cache_config(4, kvh, d));
+        const SequenceId id = cache.add_sequence();
+        cache.append({id}, {s.k.data(), 1, history, kvh, d}, {s.v.data(), 1, history, kvh, d});
+        const ConstHeadsView k{s.k.data() + history * kvh * d, 1, t, kvh, d};
+        const ConstHeadsView v{s.v.data() + history * kvh * d, 1, t, kvh, d};
+        if (layout == 0) {
+          scaled_dot_product_attention(cache, {id}, {s.q.data() + history * h * d, 1, t, h, d}, k,
+                                       v, {dense.data(), 1, t, h, d}, o);
+        } else {
+          scaled_dot_product_attention(cache, {id}, {qt.data(), 1, t, h, d, d, 0, t * d}, k, v,
+                                       {strided.data(), 1, t, h, d, d, 0, t * d}, o);
+        }
+      }
+      std::vector<float> back(t * h * d);
+      for (std::size_t i = 0; i < t; ++i) {
+        for (std::size_t j = 0; j < h; ++j) {
+          std::copy_n(strided.data() + (j * t + i) * d, d, back.data() + (i * h + j) * d);
+        }
+      }
+      INFO("path " << path_name(path) << ", T " << t);
+      CHECK(test::same_bits(back, dense));
+    }
   }
 }
 

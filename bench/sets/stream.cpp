@@ -11,8 +11,8 @@
 //                                 and for 96 sequences of 128 tokens
 //   cache/optimized/tokens/...    Lq = 4 to 64 new tokens in one call (speculative decoding's
 //                                 drafts, short chunks), kv_heads 4, f32: up to 16 rows (query
-//                                 heads per kv head x tokens) in one pass of the paged kernel,
-//                                 2 to 8 passes, then the gathered tile path (64 tokens)
+//                                 heads per kv head x tokens) in one pass of the paged kernel
+//                                 (4 tokens), 2 to 8 passes, then the gathered tile path (64)
 //   step/optimized/decode/...     MultiHeadAttention::step of one token at Lk = 4096: the Q/K/V
 //                                 projection of the token, the append, the attention and the
 //                                 output projection

@@ -88,11 +88,13 @@ struct AttentionTileFor<4> {
 inline constexpr std::size_t kPagedMaxRows = 16;
 /// Passes of kPagedMaxRows rows at most over the cache in one call (a few new tokens, or more
 /// than 16 query heads per kv head); larger products (prefill chunks) gather the sequence as
-/// float and run the tile path. Zen 5, AVX-512, 4096 cached tokens, medians of 15 calls over 6
+/// float and run the tile path. Each pass reads the history again, so where the bound falls
+/// depends on the bytes per row. Zen 5, AVX-512, 4096 cached tokens, medians of 15 calls over 6
 /// sequences in turn, passes against gathering, ms: 32 query heads on 8 kv heads (D = 128, bf16)
 /// at 1 thread, T = 5 3.2 / 15.0, T = 8 4.9 / 15.6, T = 32 (8 passes) 17.9 / 20.0, T = 64 (16)
 /// 34.9 / 38.2; 16 on 16 (D = 64, f32) T = 64 (4) 13.8 / 16.9, T = 128 (8) 27.7 / 23.9, at 2
-/// threads 14.1 / 11.9; 32 on 1 (T = 1, 2 passes) 0.25 / 0.83 at 2 threads.
+/// threads 14.1 / 11.9; 32 on 1 (T = 1, 2 passes) 0.25 / 0.83 at 2 threads. So at 8 the passes
+/// lose up to 16% (one query head per kv head, f32) and gathering beyond it up to 9%.
 inline constexpr std::size_t kPagedMaxPasses = 8;
 /// Keys per slice of a paged task, fixed by position so that the merged result does not depend
 /// on the thread count. 512 keys keep a slice's work (512 x D x 2 elements read) far above its
