@@ -14,8 +14,8 @@
 // version packed K^T per block and per task instead: that transpose measured 12% of the time at
 // s2048 (55 ms -> 62 ms when done twice) and the per-row horizontal max a few % more.
 //
-// Why K and V are packed (bench/kernel_parts.cpp: one task of 256 rows, D = 64, thread CPU
-// time, AVX2 forced on the Zen 5): read in place from [N, L, H, D], a head's consecutive keys
+// Why K and V are packed (a probe, not kept, that timed one task of 256 rows, D = 64, thread
+// CPU time, AVX2 forced on the Zen 5): read in place from [N, L, H, D], a head's consecutive keys
 // are E floats apart, 4 KiB at E = 1024, so a block's rows fall into a few L1 sets (64 sets of
 // 64 B per way) and each key sits on its own page: 0.61 of the ymm FMA peak at L = 2048 and
 // 0.58 at 4096, against 0.79 when the same keys were contiguous; the output micro-kernel, which
