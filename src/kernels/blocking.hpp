@@ -68,8 +68,8 @@ struct AttentionTileFor<16> {
 /// working set (K and V blocks, its Q^T, S^T and O tiles: 28 KiB) stays in the 32 KiB 8-way L1
 /// of a Zen 3. Forced AVX2 on the Zen 5, blocks of 32 to 96 keys measured within 2% (0.81-0.84
 /// of the ymm peak at L = 2048, E = 512), so the smaller L1 decides. On a Zen 3 (a busy host, one
-/// thread, 2 rounds in turn) 12, 24 and 32 KiB moved s2048, bert and cross by less than the
-/// run-to-run noise (15%).
+/// thread, a trial build, 2 rounds in turn) none of 12, 24 and 32 KiB beat 18 on all of s2048,
+/// bert and cross: -10% to +25% against a 9-21% spread of 18 KiB itself between the rounds.
 template <>
 struct AttentionTileFor<8> {
   static constexpr std::size_t kScoreKeys = 6, kQueryVecs = 2, kRows = 6, kOutVecs = 2;
