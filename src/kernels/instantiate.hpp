@@ -1,6 +1,9 @@
 // Builds the kernel table of one ISA. Included only by the src/isa/*.cpp translation units, each
 // compiled with its own ISA flags; everything reached from here is a template on Arch with
 // internal linkage, so no ISA-specific code can leak into another unit through the linker.
+// xsimd's own templates have external linkage: each unit instantiates them on architectures no
+// other unit uses (simd.hpp, avx2_in_avx512_unit), and CI checks that the units' objects define
+// no weak symbol in common.
 #pragma once
 
 #include <xsimd/xsimd.hpp>
@@ -58,7 +61,7 @@ struct DecodeArch {
 #if defined(__AVX512F__)
 template <>
 struct DecodeArch<xsimd::avx512bw> {
-  using type = xsimd::fma3<xsimd::avx2>;
+  using type = avx2_in_avx512_unit;  // not fma3<avx2> itself: simd.hpp says why
 };
 #endif
 

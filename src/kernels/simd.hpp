@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 /// Inlines a micro-kernel's step lambda: GCC 12 otherwise left one (paged_decode.hpp, bf16 on
@@ -10,6 +11,22 @@
 #define SIMDATTN_ALWAYS_INLINE __attribute__((always_inline))
 
 namespace simdattn::kernels {
+
+#if defined(__AVX512F__)
+/// The AVX-512 unit's ymm kernel (the decode kernel, instantiate.hpp's DecodeArch) runs on this
+/// architecture, not on xsimd::fma3<xsimd::avx2>: the same instructions under a type of its own.
+/// xsimd's templates have external linkage, so an xsimd::exp for fma3<avx2> instantiated here
+/// (compiled with AVX-512 flags) and the AVX2 unit's would share one name, and the linker keeps
+/// one copy for both units: where it kept this one, the AVX2 path ran AVX-512 instructions on an
+/// AVX2-only CPU (SIGILL on a Zen 3 in the sanitizer build, where xsimd::exp is not inlined).
+struct avx2_in_avx512_unit : xsimd::fma3<xsimd::avx2> {
+  static constexpr char const* name() noexcept { return "fma3+avx2 in the avx512 unit"; }
+};
+#endif
+
+/// True for the 8-float AVX2 architectures (fma3<avx2> and the AVX-512 unit's alias of it).
+template <class Arch>
+inline constexpr bool kIsAvx2 = std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch>;
 
 template <class Arch>
 using Vec = xsimd::batch<float, Arch>;
@@ -78,3 +95,9 @@ inline void with_rows(std::size_t r, F&& f) {
 }
 
 }  // namespace simdattn::kernels
+
+#if defined(__AVX512F__)
+namespace xsimd::types {
+XSIMD_DECLARE_SIMD_REGISTER_ALIAS(simdattn::kernels::avx2_in_avx512_unit, avx2);
+}  // namespace xsimd::types
+#endif

@@ -589,7 +589,7 @@ struct RowSums<xsimd::avx512bw> {
       const __m512 r = rows[i];
       half[i] = _mm256_add_ps(_mm512_castps512_ps256(r), _mm512_extractf32x8_ps(r, 1));
     }
-    using Half = xsimd::batch<float, xsimd::fma3<xsimd::avx2>>;
+    using Half = xsimd::batch<float, avx2_in_avx512_unit>;
     const __m256 lo = xsimd::haddp(reinterpret_cast<const Half*>(half));
     const __m256 hi = xsimd::haddp(reinterpret_cast<const Half*>(half + 8));
     return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);

@@ -92,14 +92,12 @@ std::enable_if_t<std::is_same_v<Arch, xsimd::avx512bw>, Vec<Arch>> load_elems(co
 }
 #elif defined(__AVX2__)
 template <class Arch>
-std::enable_if_t<std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>, Vec<Arch>> load_elems(
-    const Bf16* p) {
+std::enable_if_t<kIsAvx2<Arch>, Vec<Arch>> load_elems(const Bf16* p) {
   const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 template <class Arch>
-std::enable_if_t<std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>, Vec<Arch>> load_elems(
-    const F16* p) {
+std::enable_if_t<kIsAvx2<Arch>, Vec<Arch>> load_elems(const F16* p) {
   return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
 }
 #elif defined(__SSE2__)

@@ -102,7 +102,7 @@ inline void transpose_square(Vec<Arch>* r) {
   }
 #endif
 #if defined(__AVX2__)
-  if constexpr (std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>) {
+  if constexpr (kIsAvx2<Arch>) {
     __m256 t[8], u[8];
     for (int k = 0; k < 4; ++k) {
       t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
