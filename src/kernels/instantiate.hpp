@@ -3,7 +3,7 @@
 // internal linkage, so no ISA-specific code can leak into another unit through the linker.
 // xsimd's own templates have external linkage: each unit instantiates them on architectures no
 // other unit uses (simd.hpp, avx2_in_avx512_unit), and CI checks that the units' objects define
-// no weak symbol in common.
+// no weak function in common.
 #pragma once
 
 #include <xsimd/xsimd.hpp>
