@@ -324,7 +324,7 @@ SIMDATTN_ALWAYS_INLINE inline void zero_tile(V (&acc)[kR][kN]) {
 /// In the stand-alone loop above it ran the 16-head bf16 step in 384-432 us with Q and P rounded
 /// to bf16 and 416-453 with each split into high and low bf16 parts (float accuracy), against
 /// 395-446 for these pairs (3 rounds): no gain worth a second cache layout.
-template <class Arch>
+template <class Arch, class = void>
 struct Bf16Pairs {
   static constexpr bool kOn = false;
 };
@@ -361,8 +361,8 @@ struct Bf16Pairs<xsimd::avx512bw> {
 };
 #endif
 #if defined(__AVX2__)
-template <>
-struct Bf16Pairs<xsimd::fma3<xsimd::avx2>> {
+template <class Arch>
+struct Bf16Pairs<Arch, std::enable_if_t<kIsAvx2<Arch>>> {
   static constexpr bool kOn = true;
   using R = __m256;
   /// The even elements (as floats) of the 16 bf16 at p, and the odd ones.
