@@ -262,20 +262,20 @@ void run_tiles(const kernels::KernelTable& table, const AttentionProblem& p, int
     });
     return;
   }
-  // Otherwise a head's rows run back to back, which keeps its K and V in L2; except under a
-  // window with the heads of a key side by side in its row ([N, L, H, D]), where the heads of a
-  // block of rows run back to back, so that each 256-byte piece of a K/V row is read while its
-  // neighbours (the other heads') are near. A window's task reads only its rows' span of keys
-  // (a few hundred), each piece a jump the hardware prefetchers do not follow. AMD EPYC Zen 3,
-  // AVX2, one thread, W = 256 at L = 8192 (E = 512, H = 8), the two orders in turn in one
-  // process, medians of 15-21 calls, 3 rounds: 91-106 ms against 107-115; 2 threads 48.4 against
-  // 49.8; W = 64 40.7 against 44.8; E = 1024, H = 16, L = 4096, W = 512 170 against 175; the same
-  // tensors as [N, H, L, D] within 3% either way, so they keep the head-major order. On a Zen 5
-  // (AVX-512, one thread) the rows-major order ran W = 256 at L = 8192 in 29.2 ms against
-  // 29.0-29.7: no change. A shared bias with too few row blocks for the copy above runs head-major
-  // too: running the same rows of every head back to back instead measured no faster (Lq = 96,
-  // Lk = 32768, 2 heads, 2 threads, bias from memory: medians 29-36 ms against 27-34, 3 rounds;
-  // the two threads take the same rows at once, each from memory).
+  // Otherwise a head's rows run back to back, which keeps its K and V in L2; except under a window
+  // with the heads of a row side by side ([N, L, H, D]), where the heads of a block of rows run
+  // back to back, so that a head's piece of a K/V row (256 bytes at D = 64) is read while its
+  // neighbours (the other heads') are near. A window's task reads only its rows' span of keys (a
+  // few hundred), each piece a jump the hardware prefetchers do not follow. AMD EPYC Zen 3, AVX2,
+  // one thread, W = 256 at L = 8192 (E = 512, H = 8), the two orders in turn in one process,
+  // medians of 15-21 calls, 3 rounds: 91-106 ms against 107-115; 2 threads 48.4 against 49.8;
+  // W = 64 40.7 against 44.8; E = 1024, H = 16, L = 4096, W = 512 170 against 175; the same tensors
+  // as [N, H, L, D] within 3% either way, so they keep the head-major order. On a Zen 5 (AVX-512,
+  // one thread) the rows-major order ran W = 256 at L = 8192 in 29.2 ms against 29.0-29.7: no
+  // change. A shared bias with too few row blocks for the copy above runs so too (head-major
+  // without such a window): running the same rows of every head back to back instead measured no
+  // faster (Lq = 96, Lk = 32768, 2 heads, 2 threads, bias from memory: medians 29-36 ms against
+  // 27-34, 3 rounds; the two threads take the same rows at once, each from memory).
   const bool rows_major = rule0.window != 0 && p.k.heads_dense() && p.k.row_stride != p.k.d;
   parallel_tasks(tasks, threads, /*dynamic=*/true, [&](std::size_t t) {
     const std::size_t b = t / (q.h * row_tasks);
