@@ -127,12 +127,14 @@ struct PagedTileFor<16> {
 /// AVX2 (16 ymm): 2 x 4 = 8 accumulators + 4 key vectors + a broadcast; one row: 8 accumulators,
 /// each vector loaded (and converted) right before its multiply-add. Grouped heads (4 rows per
 /// kv head, f32) cost 1.6-2.0 us per 64-key block and kv head with K and V in L2 (Intel Xeon VM,
-/// 1 thread; AVX-512 1.15-1.26), which a cold step pays on top of its stream. Running such rows
-/// one at a time over whole 256-byte rows (the one-row tile) measured the same cold (Lk = 4096,
-/// 2 threads: 628-663 us against 617-670), and unrolling the loops that have no prefetch the same
-/// in L2. A 4 x 2 tile (each K^T or V vector loaded once for four rows, each line read once) ran
-/// 1.81 us per block and kv head in L2 against 1.93-2.00, but cold (Lk = 4096, 2 threads)
-/// 699-707 us against 614-660 (2 rounds).
+/// 1 thread; AVX-512 1.15-1.26), which a cold step paid on top of its stream while only the
+/// first of the two passes over an item prefetched the next (paged_block shares it out now).
+/// Running such rows one at a time over whole 256-byte rows (the one-row tile) measured the same
+/// cold (Lk = 4096, 2 threads: 628-663 us against 617-670), and unrolling the loops that have no
+/// prefetch the same in L2. A 4 x 2 tile (each K^T or V vector loaded once for four rows, each line
+/// read once) ran 1.81 us per block and kv head in L2 against 1.93-2.00, but cold (Lk = 4096, 2
+/// threads) 699-707 us against 614-660 (2 rounds); on an AMD EPYC Zen 3, both in turn in one
+/// process, 900 against 875 us cold and 541 against 572 with K and V in L3 (2 and 1 threads).
 template <>
 struct PagedTileFor<8> {
   static constexpr std::size_t kScoreRows = 2, kScoreVecs = 4, kOutRows = 2, kOutVecs = 4;

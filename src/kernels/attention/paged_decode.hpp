@@ -212,7 +212,7 @@ inline constexpr std::size_t kPrefetchItemsAhead = 2;
 /// against 356-402 us), 354-389 -> 282-290 us while the other core was busy. bf16 and f16, already
 /// two lines per row, unchanged (2 threads 102-106 us both). AVX2, whose tile computes twice as
 /// long per block, ran no faster with it (2 threads 277-280 against 262-282 us), so it keeps the
-/// rule above, as do SSE2 and NEON.
+/// rule above, as do SSE2 and NEON (for one pass; several share the item out, paged_block).
 /// The prefetches cost the tiles their peak where the lines are near already: the 4 x 4 score and
 /// output tiles alone over one f32 item (32 KiB of K^T and V) take 0.32 us from L1, the FMA peak;
 /// cycling over 8 items in L2, 0.31 us without the prefetches and 0.45 us with them (Zen 5,
@@ -282,17 +282,54 @@ inline void rows_with_prefetch(std::size_t n, const E* next, std::size_t stride,
   for (; i < n; ++i) step(i);
 }
 
+/// step(i) for i in [0, n), with the `lines` consecutive cache lines from `next` prefetched
+/// spread evenly over the steps (whole lines per step, in order).
+template <class E, class Step>
+inline void rows_with_spread_prefetch(std::size_t n, const E* next, std::size_t lines,
+                                      const Step& step) {
+  const char* line = reinterpret_cast<const char*>(next);
+  std::size_t credit = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    for (credit += lines; credit >= n; credit -= n, line += 64) prefetch_line<false>(line);
+    step(i);
+  }
+}
+
 /// rows_with_prefetch for a micro-kernel of kR rows over kCols columns (kW per vector) of `next`:
 /// rows that share one source (query heads of one kv head) prefetch it as one stream of kR rows'
 /// use; rows with their own keys (kOwn) are kR streams, `row` elements apart, each prefetched as
-/// a single row's.
+/// a single row's. With next_lines != 0, `next` is instead the first of next_lines consecutive
+/// lines to prefetch over the steps (a share of a later item, PrefetchShares).
 template <class E, std::size_t kR, std::size_t kCols, std::size_t kW, bool kOwn, class Step>
 SIMDATTN_ALWAYS_INLINE inline void tile_rows_with_prefetch(std::size_t n, const E* next,
                                                            std::size_t stride, const Step& step,
-                                                           std::size_t row) {
+                                                           std::size_t row,
+                                                           std::size_t next_lines = 0) {
+  if (next != nullptr && next_lines != 0) {
+    rows_with_spread_prefetch(n, next, next_lines, step);
+    return;
+  }
   rows_with_prefetch<PrefetchPlan<E, kOwn ? 1 : kR, kCols, kW>, kOwn ? kR : 1>(n, next, stride,
                                                                                step, row);
 }
+
+/// A later item's K^T or V (`lines` consecutive cache lines from p) shared out among the `calls`
+/// micro-kernel calls over the current item's K^T or V, call c prefetching its share while it
+/// runs: the stream then goes on through every pass over the item, not only through the first.
+struct PrefetchShares {
+  const char* p = nullptr;  // nullptr: no later item
+  std::size_t lines = 0, calls = 1;
+  std::size_t per_call() const { return (lines + calls - 1) / calls; }
+  template <class E>
+  const E* at(std::size_t c) const {
+    const std::size_t first = std::min(lines, c * per_call());
+    return p == nullptr || first == lines ? nullptr : reinterpret_cast<const E*>(p + 64 * first);
+  }
+  std::size_t count(std::size_t c) const {
+    const std::size_t first = std::min(lines, c * per_call());
+    return std::min(per_call(), lines - first);
+  }
+};
 
 /// p + offset, or nullptr for no p (a later item to prefetch, ALiBi slopes).
 template <class E>
@@ -457,7 +494,8 @@ inline void store_bf16_pairs(const Vec<Arch> (&acc)[kR][kN], const Vec<Arch>& sc
 /// paged_score_ukernel for kBf16Pairs.
 template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn>
 void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
-                       std::size_t d, float scale, float* s, const E* next, std::size_t kt_row) {
+                       std::size_t d, float scale, float* s, const E* next, std::size_t kt_row,
+                       std::size_t next_lines) {
   using V = Vec<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
   V acc[kR][kV];
@@ -465,7 +503,7 @@ void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::s
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
-  tile_rows_with_prefetch<E, kR, kV * kW, kW, kOwn>(d, next, kt_stride, step, kt_row);
+  tile_rows_with_prefetch<E, kR, kV * kW, kW, kOwn>(d, next, kt_stride, step, kt_row, next_lines);
   store_bf16_pairs<Arch, kR, kV>(acc, V(scale), s, kKeyBlock);
 }
 
@@ -473,7 +511,7 @@ void paged_score_pairs(const float* q, std::size_t q_stride, const E* kt, std::s
 template <class Arch, class E, std::size_t kR, std::size_t kC, bool kOwn>
 void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
                         const float* alpha, float* o, std::size_t o_stride, const E* next,
-                        std::size_t v_row) {
+                        std::size_t v_row, std::size_t next_lines) {
   using V = Vec<Arch>;
   using P = Bf16Pairs<Arch>;
   constexpr std::size_t kW = kWidth<Arch>;
@@ -493,7 +531,7 @@ void paged_output_pairs(const float* p, const E* v, std::size_t v_stride, std::s
   auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
     madd_bf16_pairs<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
   };
-  tile_rows_with_prefetch<E, kR, kC * kW, kW, kOwn>(nkeys, next, v_stride, step, v_row);
+  tile_rows_with_prefetch<E, kR, kC * kW, kW, kOwn>(nkeys, next, v_stride, step, v_row, next_lines);
   store_bf16_pairs<Arch, kR, kC>(acc, V(1.0f), o, o_stride);  // x 1: exact
 }
 
@@ -555,9 +593,10 @@ SIMDATTN_ALWAYS_INLINE inline void madd_rows(const float* x, std::size_t x_strid
 template <class Arch, class E, std::size_t kR, std::size_t kV, bool kOwn = false>
 void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std::size_t kt_stride,
                          std::size_t d, float scale, float* s, const E* next,
-                         std::size_t kt_row = 0) {
+                         std::size_t kt_row = 0, std::size_t next_lines = 0) {
   if constexpr (kBf16Pairs<Arch, E, kV>) {
-    paged_score_pairs<Arch, E, kR, kV, kOwn>(q, q_stride, kt, kt_stride, d, scale, s, next, kt_row);
+    paged_score_pairs<Arch, E, kR, kV, kOwn>(q, q_stride, kt, kt_stride, d, scale, s, next, kt_row,
+                                             next_lines);
     return;
   }
   using V = Vec<Arch>;
@@ -567,7 +606,7 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
   auto step = [&](std::size_t dd) SIMDATTN_ALWAYS_INLINE {
     madd_rows<Arch, kR, kV, kOwn>(q + dd, q_stride, kt + dd * kt_stride, kt_row, acc);
   };
-  tile_rows_with_prefetch<E, kR, kV * kW, kW, kOwn>(d, next, kt_stride, step, kt_row);
+  tile_rows_with_prefetch<E, kR, kV * kW, kW, kOwn>(d, next, kt_stride, step, kt_row, next_lines);
   const V vs(scale);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
@@ -581,10 +620,10 @@ void paged_score_ukernel(const float* q, std::size_t q_stride, const E* kt, std:
 template <class Arch, class E, std::size_t kR, std::size_t kC, bool kOwn = false>
 void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std::size_t nkeys,
                           const float* alpha, float* o, std::size_t o_stride, const E* next,
-                          std::size_t v_row = 0) {
+                          std::size_t v_row = 0, std::size_t next_lines = 0) {
   if constexpr (kBf16Pairs<Arch, E, kC>) {
     paged_output_pairs<Arch, E, kR, kC, kOwn>(p, v, v_stride, nkeys, alpha, o, o_stride, next,
-                                              v_row);
+                                              v_row, next_lines);
     return;
   }
   using V = Vec<Arch>;
@@ -599,7 +638,7 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
   auto step = [&](std::size_t j) SIMDATTN_ALWAYS_INLINE {
     madd_rows<Arch, kR, kC, kOwn>(p + j, kKeyBlock, v + j * v_stride, v_row, acc);
   };
-  tile_rows_with_prefetch<E, kR, kC * kW, kW, kOwn>(nkeys, next, v_stride, step, v_row);
+  tile_rows_with_prefetch<E, kR, kC * kW, kW, kOwn>(nkeys, next, v_stride, step, v_row, next_lines);
 #pragma GCC unroll 8
   for (std::size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
@@ -607,22 +646,37 @@ void paged_output_ukernel(const float* p, const E* v, std::size_t v_stride, std:
   }
 }
 
+/// The calls paged_output_columns makes over columns [0, dv).
+template <class Arch>
+constexpr std::size_t paged_output_calls(std::size_t dv) {
+  constexpr std::size_t kW = kWidth<Arch>, kC = PagedTile<Arch>::kOutVecs;
+  return dv / (kC * kW) + dv % (kC * kW) / kW;
+}
+
 /// Output columns [c0, dv) of kR rows (paged_output_ukernel's arguments, o and next_vb at
-/// column 0): PagedTile::kOutVecs vectors at a time, then one.
+/// column 0): PagedTile::kOutVecs vectors at a time, then one. With `shares` (a later item's V),
+/// the calls prefetch its shares from `call` on instead of next_vb's columns; returns the next
+/// share's index.
 template <class Arch, class E, std::size_t kR, bool kOwn>
-void paged_output_columns(const float* p, const E* vb, std::size_t v_stride, std::size_t nkeys,
-                          const float* alpha, float* o, std::size_t o_stride, const E* next_vb,
-                          std::size_t v_row, std::size_t c0, std::size_t dv) {
+std::size_t paged_output_columns(const float* p, const E* vb, std::size_t v_stride,
+                                 std::size_t nkeys, const float* alpha, float* o,
+                                 std::size_t o_stride, const E* next_vb, std::size_t v_row,
+                                 std::size_t c0, std::size_t dv, const PrefetchShares& shares = {},
+                                 std::size_t call = 0) {
   constexpr std::size_t kW = kWidth<Arch>;
   constexpr std::size_t kC = PagedTile<Arch>::kOutVecs;
-  for (; c0 + kC * kW <= dv; c0 += kC * kW) {
+  auto next_of = [&](std::size_t c) {
+    return shares.p != nullptr ? shares.at<E>(call) : offset_or_null(next_vb, c);
+  };
+  for (; c0 + kC * kW <= dv; c0 += kC * kW, ++call) {
     paged_output_ukernel<Arch, E, kR, kC, kOwn>(p, vb + c0, v_stride, nkeys, alpha, o + c0,
-                                                o_stride, offset_or_null(next_vb, c0), v_row);
+                                                o_stride, next_of(c0), v_row, shares.count(call));
   }
-  for (; c0 < dv; c0 += kW) {
+  for (; c0 < dv; c0 += kW, ++call) {
     paged_output_ukernel<Arch, E, kR, 1, kOwn>(p, vb + c0, v_stride, nkeys, alpha, o + c0, o_stride,
-                                               offset_or_null(next_vb, c0), v_row);
+                                               next_of(c0), v_row, shares.count(call));
   }
+  return call;
 }
 
 /// The largest lane of v (any lane if one is NaN: the row's sum turns NaN through that score).
@@ -737,15 +791,37 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
                                                               offset_or_null(next_kt, j0), kt_head);
     }
   }
-  for (std::size_t r0 = 0; !one_row && !paired && r0 < rows; r0 += Tile::kScoreRows) {
+  // Several row groups (grouped heads, new tokens) pass over the item more than once. With the
+  // 2-row tiles (all but AVX-512's) each pass then prefetches its share of the later item
+  // (PrefetchShares) when its K^T is whole lines in a row (blocks of kKeyBlock tokens): the
+  // stream runs on under the passes that find the item in cache, where with the first pass alone
+  // prefetching the memory idled under the others and a step cost its stream plus its
+  // arithmetic. AMD EPYC Zen 3, 4 kv heads of 16 query heads, Lk = 4096, cold (48 caches), both
+  // ways in turn in one process, medians of 288-480 calls: AVX2 f32 733 -> 454 us at 2 threads
+  // and 1212 -> 760 at 1, bf16 494 -> 366, f16 380 -> 300; SSE2 f32 1253 -> 928, bf16 742 -> 657;
+  // 16 kv heads (one row, untouched) 1673 and 1646. Otherwise the first pass prefetches the later
+  // item's columns.
+  const std::size_t groups = (rows + Tile::kScoreRows - 1) / Tile::kScoreRows;
+  const bool share = kW != 16 && !one_row && groups > 1 && a.block_tokens == kKeyBlock;
+  PrefetchShares kt_shares, vb_shares;
+  if (share) {
+    kt_shares = {reinterpret_cast<const char*>(next_kt), (d * kKeyBlock * sizeof(E) + 63) / 64,
+                 groups * (kKeyBlock / kScoreKeys)};
+    vb_shares = {reinterpret_cast<const char*>(next_vb),
+                 (kKeyBlock * a.row_elems * sizeof(E) + 63) / 64,
+                 (rows + Tile::kOutRows - 1) / Tile::kOutRows * paged_output_calls<Arch>(dv)};
+  }
+  for (std::size_t r0 = 0, call = 0; !one_row && !paired && r0 < rows; r0 += Tile::kScoreRows) {
     const std::size_t nr = std::min(Tile::kScoreRows, rows - r0);
-    for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
-      // The first row group streams the keys in; the others find them in L1.
-      const E* next = r0 == 0 ? offset_or_null(next_kt, j0) : nullptr;
+    for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys, ++call) {
+      // The first row group streams the keys in; the others find them in cache.
+      const E* next = share     ? kt_shares.at<E>(call)
+                      : r0 == 0 ? offset_or_null(next_kt, j0)
+                                : nullptr;
       with_rows<Tile::kScoreRows>(nr, [&](auto r) {
         paged_score_ukernel<Arch, E, decltype(r)::value, Tile::kScoreVecs>(
             q + r0 * q_stride, q_stride, kt + j0, a.block_tokens, d, a.scale,
-            s + r0 * kKeyBlock + j0, next);
+            s + r0 * kKeyBlock + j0, next, 0, kt_shares.count(call));
       });
     }
   }
@@ -779,7 +855,7 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
       return;
     }
   }
-  for (std::size_t r0 = 0; r0 < rows; r0 += Tile::kOutRows) {
+  for (std::size_t r0 = 0, call = 0; r0 < rows; r0 += Tile::kOutRows) {
     const std::size_t nr = std::min(Tile::kOutRows, rows - r0);
     float* o = rec0 + r0 * rec + 16;
     const E* next = r0 == 0 ? next_vb : nullptr;
@@ -789,8 +865,9 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
                                                     rec, offset_or_null(next, c0));
     }
     with_rows<Tile::kOutRows>(nr, [&](auto r) {
-      paged_output_columns<Arch, E, decltype(r)::value, false>(
-          s + r0 * kKeyBlock, vb, a.row_elems, used, alpha + r0, o, rec, next, 0, c0, dv);
+      call = paged_output_columns<Arch, E, decltype(r)::value, false>(
+          s + r0 * kKeyBlock, vb, a.row_elems, used, alpha + r0, o, rec, next, 0, c0, dv, vb_shares,
+          call);
     });
   }
 }
