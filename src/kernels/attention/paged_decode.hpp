@@ -814,7 +814,7 @@ void paged_block(const PagedAttentionArgs& a, const float* q, std::size_t q_stri
   for (std::size_t r0 = 0, call = 0; !one_row && !paired && r0 < rows; r0 += Tile::kScoreRows) {
     const std::size_t nr = std::min(Tile::kScoreRows, rows - r0);
     for (std::size_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys, ++call) {
-      // The first row group streams the keys in; the others find them in cache.
+      // Without shares the first row group prefetches; the others find the item in cache.
       const E* next = share     ? kt_shares.at<E>(call)
                       : r0 == 0 ? offset_or_null(next_kt, j0)
                                 : nullptr;
