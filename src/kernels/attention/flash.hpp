@@ -322,7 +322,8 @@ void softmax_lanes(float* st, std::size_t stride, std::size_t nk, float* m, floa
   const V neg_inf(-std::numeric_limits<float>::infinity());
   // Four running maxima: one chain of dependent max operations, one per key, ran at its latency
   // (4 cycles a key, 6% of the tile loop's samples under a window). The maximum is the same in
-  // any order. Intel Xeon VM, one thread, both in turn in one process, medians of 7-11 calls,
+  // any order; a NaN score, which max keeps or drops by its position, makes the row's sum NaN
+  // either way. Intel Xeon VM, one thread, both in turn in one process, medians of 7-11 calls,
   // results bitwise the same: s2048 (E = 512, H = 8) 75.7 -> 73.0 ms on AVX-512, 108.9 -> 105.7
   // on AVX2; window W = 256 at L = 8192 52.7 -> 51.3 and 69.5 -> 68.6 ms.
   V vmax = V::load_aligned(st), m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
